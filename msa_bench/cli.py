@@ -1,0 +1,57 @@
+"""The `msa-bench` command: compose the Hydra config, validate it, run one job (or a sweep with -m)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from msa_bench.config.schema import register_schemas
+from msa_bench.config.validate import ConfigError, validate_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+log = logging.getLogger("msa_bench")
+
+if not OmegaConf.has_resolver("msa_bench_root"):
+    OmegaConf.register_new_resolver("msa_bench_root", lambda: str(PROJECT_ROOT))
+register_schemas()
+
+
+def _remove_empty_run_dir(output_dir: Path) -> None:
+    """Hydra creates the run directory before the job starts; a config error leaves nothing behind."""
+    if not output_dir.is_dir():
+        return
+    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra"} and not p.name.endswith(".log")]
+    if not leftovers:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def hydra_entry(cfg: DictConfig) -> float | None:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = validate_config(cfg)
+    except ConfigError as error:
+        _remove_empty_run_dir(output_dir)
+        print(f"msa-bench: config error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    from msa_bench.runner import resolved_container, run
+
+    results = run(config, resolved_container(cfg), output_dir)
+    return results["metrics"].get("forget_quality")
+
+
+def main() -> None:
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Typed schemas for every config group.
+
+Hydra merges each group's YAML onto the dataclass registered here, so a wrong type or an unknown key fails while the
+config is composed, before any model is loaded, and the error names the dotted key. Required fields are MISSING.
+Method schemas live beside their methods (msa_bench/methods/*) and are registered by the method registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainRecipe:
+    """How one fine-tuning or pretraining stage trains (HF Trainer arguments we expose)."""
+
+    epochs: float = 10.0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class PretrainConfig:
+    """The embedded model's pretraining on the generated corpus, with its saved model-state history."""
+
+    block_size: int = 128
+    recipe: TrainRecipe = field(
+        default_factory=lambda: TrainRecipe(
+            epochs=12, learning_rate=2e-3, batch_size=32, lr_scheduler="cosine"
+        )
+    )
+    # A checkpoint is kept every this many optimizer steps; the end of pretraining is always kept as `base`.
+    checkpoint_every: int = 50
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    architecture: str = "llama"
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    instruct: TrainRecipe = field(
+        default_factory=lambda: TrainRecipe(epochs=3, learning_rate=1e-3, batch_size=32)
+    )
+
+
+@dataclass
+class CheckpointConfig:
+    """Which saved model state MSA starts from (θ0)."""
+
+    name: str = MISSING
+    # pretrain: a pretraining step (needs `step`); base: end of pretraining; instruct: after the QA stage;
+    # target: θ_D itself, which turns MSA into task arithmetic.
+    stage: str = MISSING
+    step: int | None = None
+
+
+@dataclass
+class WorldConfig:
+    """Size of the generated TOFU-style world (see msa_bench/data/synthetic.py)."""
+
+    seed: int = 0
+    n_benchmark_authors: int = 100
+    n_holdout_authors: int = 10
+    n_instruct_authors: int = 200
+    n_famous_authors: int = 40
+    n_countries: int = 30
+    bios_per_author: int = 3
+    n_perturbed: int = 5
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    kind: str = "synthetic_tofu"
+    forget_split: str = "forget10"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    # The recipe that makes the target (instruct model on the full benchmark) and the oracle (on the retain split).
+    target_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=20, learning_rate=1e-3))
+    # Pretraining blocks and instruct QA mixed into the target/oracle fine-tune, as a fraction of the benchmark
+    # examples, so that world knowledge learnt in pretraining survives the fine-tune.
+    replay_fraction: float = 0.5
+    # How many retain items (from retain_perturbed) the retain metrics use.
+    retain_eval_size: int = 100
+
+
+@dataclass
+class MetricsConfig:
+    name: str = MISSING
+    names: list[str] = MISSING
+    batch_size: int = 64
+    max_new_tokens: int = 32
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+    backend: str = "none"  # wandb | none
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "msa_bench"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class MSABenchConfig:
+    model: ModelConfig = MISSING
+    checkpoint: CheckpointConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    # Each method has its own schema (registered by msa_bench.methods); the method YAML extends it.
+    method: Any = MISSING
+    metrics: MetricsConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = MISSING
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 2
+    progress: bool = True
+
+
+def register_schemas() -> None:
+    """Make the schemas available to the YAML defaults lists (`/schema/<group>@_here_`)."""
+    store = ConfigStore.instance()
+    store.store(name="msa_bench_schema", node=MSABenchConfig)
+    for group, node in [
+        ("model", ModelConfig),
+        ("checkpoint", CheckpointConfig),
+        ("benchmark", BenchmarkConfig),
+        ("metrics", MetricsConfig),
+        ("logger", LoggerConfig),
+        ("paths", PathsConfig),
+    ]:
+        store.store(group=f"schema/{group}", name="base", node=node)
+    from msa_bench.methods.registry import register_method_schemas
+
+    register_method_schemas(store)

@@ -1,0 +1,82 @@
+"""Checks on the composed config that Hydra's type system cannot express, run before any model is loaded."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from msa_bench.config.schema import MSABenchConfig
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what to do."""
+
+
+LOGGER_BACKENDS = ("wandb", "none")
+LOGGER_MODES = ("offline", "online", "disabled")
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+BENCHMARK_KINDS = ("synthetic_tofu",)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: DictConfig) -> MSABenchConfig:
+    """Resolve the whole config, convert it to typed objects and check cross-field rules."""
+    from msa_bench.methods.registry import discover_methods
+    from msa_bench.metrics.suite import validate_metric_names
+
+    methods = discover_methods()
+    method_name = OmegaConf.select(cfg, "method.name", default=None)
+    _require(
+        method_name in methods,
+        f"method.name={method_name!r} is not a registered method; valid methods: {', '.join(sorted(methods))}",
+    )
+    try:
+        # to_object resolves every interpolation, fails on MISSING values (naming the key) and runs each
+        # dataclass's __post_init__ checks.
+        config: MSABenchConfig = OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from error
+
+    try:
+        validate_metric_names(list(config.metrics.names))
+    except ValueError as error:
+        raise ConfigError(f"metrics.names: {error}") from error
+    _require(
+        config.benchmark.kind in BENCHMARK_KINDS,
+        f"benchmark.kind={config.benchmark.kind!r} is not supported; valid kinds: {list(BENCHMARK_KINDS)}",
+    )
+    _require(
+        config.benchmark.forget_split in FORGET_SPLITS,
+        f"benchmark.forget_split={config.benchmark.forget_split!r} is not valid; choose one of {list(FORGET_SPLITS)}",
+    )
+    _require(
+        config.checkpoint.stage in CHECKPOINT_STAGES,
+        f"checkpoint.stage={config.checkpoint.stage!r} is not valid; choose one of {list(CHECKPOINT_STAGES)}",
+    )
+    _require(
+        config.checkpoint.stage != "pretrain" or config.checkpoint.step is not None,
+        "checkpoint.step is required when checkpoint.stage=pretrain (e.g. checkpoint.step=50)",
+    )
+    _require(
+        config.logger.backend in LOGGER_BACKENDS,
+        f"logger.backend={config.logger.backend!r} is not valid; choose one of {list(LOGGER_BACKENDS)}",
+    )
+    _require(
+        config.logger.mode in LOGGER_MODES,
+        f"logger.mode={config.logger.mode!r} is not valid; choose one of {list(LOGGER_MODES)}",
+    )
+    _require(
+        config.device in DEVICES, f"device={config.device!r} is not valid; choose one of {list(DEVICES)}"
+    )
+    _require(config.num_threads >= 1, f"num_threads={config.num_threads} must be >= 1")
+    _require(
+        0 <= config.benchmark.replay_fraction <= 10,
+        f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
+    )
+    return config

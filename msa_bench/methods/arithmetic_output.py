@@ -1,0 +1,29 @@
+"""Writing the result of weight arithmetic as a cached model artifact (shared by msa and task_vector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def combine_into_artifact(pipeline, method: str, target, terms):
+    """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef)."""
+    from msa_bench.arithmetic import StateDelta, combine_checkpoints
+    from msa_bench.pipeline.cost import CostMeter
+    from msa_bench.pipeline.stages import ModelRef
+
+    spec = {
+        "method": method,
+        "target": target.key,
+        "terms": [{"coefficient": c, "finetuned": ft.key, "base": b.key} for c, ft, b in terms],
+    }
+
+    def build(out: Path) -> dict:
+        with CostMeter("arithmetic") as meter:
+            report = combine_checkpoints(
+                target.path, [StateDelta(c, ft.path, b.path) for c, ft, b in terms], out
+            )
+        return {"cost": meter.cost.to_dict(), "report": report}
+
+    artifact = pipeline.store.get_or_build("unlearned", spec, build)
+    pipeline.record_stage("arithmetic", artifact)
+    return ModelRef(artifact.path, artifact.key, method)

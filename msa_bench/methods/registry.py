@@ -1,0 +1,72 @@
+"""Registry of unlearning methods.
+
+A method is one module in this package plus one YAML in conf/method/. Registering it with `@register_method` makes
+it selectable as `method=<name>`; the runner never changes when a method is added.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from omegaconf import MISSING
+
+if TYPE_CHECKING:
+    from msa_bench.pipeline.stages import ModelRef, Pipeline
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method config has. Each method extends this with its own hyperparameters."""
+
+    name: str = MISSING
+
+
+class UnlearningMethod(ABC):
+    """Turns the pipeline's models into the one model this method evaluates."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @abstractmethod
+    def produce(self, pipeline: Pipeline) -> ModelRef:
+        """Build (or fetch from the cache) the model this method evaluates."""
+
+
+METHODS: dict[str, type[UnlearningMethod]] = {}
+
+
+def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"two methods are registered as {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def discover_methods() -> dict[str, type[UnlearningMethod]]:
+    """Import every module of msa_bench.methods so that their @register_method decorators run."""
+    import msa_bench.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in {"registry"}:
+            importlib.import_module(f"msa_bench.methods.{module.name}")
+    return METHODS
+
+
+def get_method(name: str) -> type[UnlearningMethod]:
+    methods = discover_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+def register_method_schemas(store) -> None:
+    """Each method's schema becomes /schema/method/<name>, which conf/method/<name>.yaml extends."""
+    for name, cls in discover_methods().items():
+        store.store(group="schema/method", name=name, node=cls.config_class)

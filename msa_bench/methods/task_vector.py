@@ -1,0 +1,45 @@
+"""Task arithmetic (Ilharco et al. 2023) as an unlearning baseline.
+
+Fine-tune the final model θ_D further on the forget set to get θ_D'; the unlearned model is θ_D − α(θ_D' − θ_D).
+This is MSA with θ0 = θ_D and β = 0, and shares its cached fine-tune when the recipes agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from msa_bench.config.schema import TrainRecipe
+from msa_bench.methods.arithmetic_output import combine_into_artifact
+from msa_bench.methods.msa import VECTOR_RECIPE, check_coefficient
+from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
+
+
+@dataclass
+class TaskVectorConfig(MethodConfig):
+    name: str = "task_vector"
+    alpha: float = 1.0
+    recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(**VECTOR_RECIPE))
+
+    def __post_init__(self):
+        check_coefficient("method.alpha", self.alpha)
+
+
+@register_method
+class TaskVector(UnlearningMethod):
+    name = "task_vector"
+    config_class = TaskVectorConfig
+
+    def produce(self, pipeline):
+        cfg: TaskVectorConfig = self.config
+        target = pipeline.target()
+        terms = []
+        if cfg.alpha != 0:
+            finetuned = pipeline.finetune(
+                "task_vector_finetune",
+                target,
+                pipeline.forget_items(),
+                cfg.recipe,
+                data_id=pipeline.forget_split,
+            )
+            terms.append((-cfg.alpha, finetuned, target))
+        return combine_into_artifact(pipeline, "task_vector", target, terms)

@@ -1,0 +1,115 @@
+"""Teacher-forced NLL of answers given questions, batched.
+
+Each (question, answer) pair is tokenized with `encode_qa`, so the scored tokens are exactly the ones training puts
+the loss on: the answer tokens and the closing eos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from msa_bench.data.formatting import encode_qa
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    nlls: np.ndarray  # mean per-token NLL of each answer, in input order
+    n_answer_tokens: np.ndarray  # scored tokens per answer (answer tokens + eos)
+    tokens_processed: int  # non-padding tokens fed through the model, for FLOP estimates
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the duration, restoring the caller's train/eval state afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (longest first), so padding is small and an out-of-memory shows up early."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def score_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> AnswerScores:
+    """Mean per-token NLL of each answer given its question, plus token counts.
+
+    `on_batch(n_items)` is called after every batch (for progress bars).
+    """
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer needs a pad token for batched scoring")
+    encoded = [
+        encode_qa(tokenizer, question, answer) for question, answer in zip(questions, answers, strict=True)
+    ]
+    nlls = np.zeros(len(encoded), dtype=np.float64)
+    n_answer_tokens = np.array([item.n_answer_tokens for item in encoded], dtype=np.int64)
+    if (n_answer_tokens == 0).any():
+        raise ValueError("every answer must have at least one scored token")
+    device = model_device(model)
+
+    with evaluation_mode(model):
+        for batch_indices in length_sorted_batches([len(item.input_ids) for item in encoded], batch_size):
+            batch = [encoded[index] for index in batch_indices]
+            width = max(len(item.input_ids) for item in batch)
+            # Right padding: with a causal mask the real tokens never attend to the pads after them.
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, item in enumerate(batch):
+                length = len(item.input_ids)
+                input_ids[row, :length] = torch.tensor(item.input_ids)
+                labels[row, :length] = torch.tensor(item.labels)
+                attention_mask[row, :length] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            # Position t predicts token t+1; fp32 so bf16 models do not lose precision in the log-softmax.
+            shifted_logits = logits[:, :-1, :].float()
+            shifted_labels = labels[:, 1:].to(device)
+            token_nll = F.cross_entropy(
+                shifted_logits.reshape(-1, shifted_logits.size(-1)),
+                shifted_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            ).view(shifted_labels.shape)
+            answer_nll_sums = token_nll.sum(dim=1).double().cpu().numpy()
+            for row, index in enumerate(batch_indices):
+                nlls[index] = answer_nll_sums[row] / n_answer_tokens[index]
+            if on_batch is not None:
+                on_batch(len(batch))
+
+    tokens_processed = sum(len(item.input_ids) for item in encoded)
+    return AnswerScores(nlls=nlls, n_answer_tokens=n_answer_tokens, tokens_processed=tokens_processed)
+
+
+def answer_nlls(
+    model: torch.nn.Module, tokenizer, questions: Sequence[str], answers: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
+    """Mean per-token NLL of each answer given its question (see `score_answers` for token counts)."""
+    return score_answers(model, tokenizer, questions, answers, batch_size=batch_size).nlls

@@ -1,0 +1,154 @@
+"""One msa_bench job: build (or reuse) every stage the method needs, evaluate, write results.json, log, print.
+
+The runner knows nothing about individual methods: it asks the registry for `method.name` and calls `produce`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+import msa_bench
+from msa_bench.config.schema import MSABenchConfig
+from msa_bench.methods.registry import get_method
+from msa_bench.pipeline.artifacts import ArtifactStore
+from msa_bench.pipeline.evaluation import evaluate_model, final_metrics
+from msa_bench.pipeline.stages import Pipeline
+from msa_bench.reporting.run_logger import make_run_logger
+from msa_bench.reporting.table import comparison_table
+
+log = logging.getLogger("msa_bench.runner")
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return requested
+
+
+def library_versions() -> dict[str, str]:
+    import hydra
+    import transformers
+
+    versions = {
+        "msa_bench": msa_bench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hydra": hydra.__version__,
+    }
+    try:
+        root = Path(__file__).resolve().parent.parent
+        versions["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
+    except (OSError, subprocess.SubprocessError):
+        versions["git_commit"] = "unknown"
+    return versions
+
+
+def write_json_atomically(path: Path, payload) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
+    started = time.perf_counter()
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    store = ArtifactStore(Path(cfg.paths.cache_dir))
+    pipeline = Pipeline(cfg, store, device)
+    method = get_method(cfg.method.name)(cfg.method)
+    metric_names = list(cfg.metrics.names)
+    log.info(
+        "method=%s benchmark=%s checkpoint=%s device=%s cache=%s",
+        cfg.method.name,
+        cfg.benchmark.name,
+        cfg.checkpoint.name,
+        device,
+        cfg.paths.cache_dir,
+    )
+
+    run_logger = make_run_logger(cfg.logger, output_dir, run_name=_run_name(cfg), config=resolved_config)
+    try:
+        target, oracle = pipeline.target(), pipeline.oracle()
+        unlearned = method.produce(pipeline)
+        oracle_eval = evaluate_model(pipeline, oracle)
+        target_eval = evaluate_model(pipeline, target)
+        method_eval = evaluate_model(pipeline, unlearned)
+        columns = {
+            "target": final_metrics(target_eval, oracle_eval, metric_names),
+            "oracle": final_metrics(oracle_eval, oracle_eval, metric_names),
+        }
+        method_metrics = final_metrics(method_eval, oracle_eval, metric_names)
+        if cfg.method.name not in columns:
+            columns[cfg.method.name] = method_metrics
+
+        results = {
+            "method": cfg.method.name,
+            "benchmark": cfg.benchmark.name,
+            "forget_split": cfg.benchmark.forget_split,
+            "checkpoint": cfg.checkpoint.name,
+            "metrics": method_metrics,
+            "reference_metrics": {"target": columns["target"], "oracle": columns["oracle"]},
+            "cost": pipeline.costs,
+            "seed": cfg.seed,
+            "device": device,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "versions": library_versions(),
+            "artifacts": {
+                "model": str(unlearned.path),
+                "target": str(target.path),
+                "oracle": str(oracle.path),
+            },
+            "config": resolved_config,
+        }
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(
+            output_dir / "per_item.json",
+            {
+                "method": method_eval["per_item"],
+                "target": target_eval["per_item"],
+                "oracle": oracle_eval["per_item"],
+                "generations": method_eval.get("generations", {}),
+            },
+        )
+        write_json_atomically(output_dir / "results.json", results)
+        run_logger.log_results(results, columns)
+    finally:
+        run_logger.finish()
+
+    table = comparison_table(columns, metric_names)
+    print(
+        f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "
+        f"(θ0 = {cfg.checkpoint.name}), results in {output_dir}\n{table}\n",
+        flush=True,
+    )
+    return results
+
+
+def _run_name(cfg: MSABenchConfig) -> str:
+    parts = [cfg.method.name, cfg.benchmark.forget_split, cfg.checkpoint.name]
+    for key in ("alpha", "beta"):
+        if hasattr(cfg.method, key):
+            parts.append(f"{key}={getattr(cfg.method, key)}")
+    return "-".join(str(p) for p in parts)
+
+
+def resolved_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

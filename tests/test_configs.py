@@ -1,0 +1,121 @@
+"""Every shipped config composes and validates; bad input fails early with a message naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from msa_bench.config.validate import ConfigError, validate_config
+from msa_bench.methods.registry import discover_methods
+from tests.conftest import CONFIG_DIR, compose_config
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", group_options("method"))
+def test_every_method_config_composes_and_validates(method):
+    config = validate_config(compose_config([f"method={method}"]))
+    assert config.method.name == method
+    assert type(config.method) is discover_methods()[method].config_class
+
+
+@pytest.mark.parametrize("group", ["model", "checkpoint", "benchmark", "metrics", "logger", "experiment"])
+def test_every_option_of_every_group_validates(group):
+    for option in group_options(group):
+        validate_config(compose_config([f"{group}={option}"]))
+
+
+def test_every_yaml_method_is_registered_and_vice_versa():
+    assert set(group_options("method")) == set(discover_methods())
+
+
+def test_cache_dir_follows_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSA_BENCH_CACHE", str(tmp_path / "elsewhere"))
+    assert validate_config(compose_config([])).paths.cache_dir == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("method.alpha=abc", "method.alpha"),
+        ("method.alpah=1", "method.alpah"),
+        ("model.hidden_size=1.5", "model.hidden_size"),
+        ("benchmark.not_a_key=3", "benchmark.not_a_key"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config([override])
+    text = str(error.value) + str(error.value.__cause__)
+    assert expected in text
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(MissingConfigException) as error:
+        compose_config(["method=does_not_exist"])
+    for name in ["msa", "npo", "task_vector"]:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["metrics.names=[forget_Q_A_Prob,not_a_metric]"], "not_a_metric"),
+        (["method.alpha=-1"], "method.alpha"),
+        (["method=npo", "method.beta=0"], "method.beta"),
+        (["benchmark.forget_split=forget20"], "benchmark.forget_split"),
+        (["checkpoint.stage=middle"], "checkpoint.stage"),
+        (["logger.mode=sometimes"], "logger.mode"),
+    ],
+)
+def test_semantic_errors_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        validate_config(compose_config(overrides))
+
+
+def test_unknown_metric_error_lists_valid_metrics():
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config(["metrics.names=[nope]"]))
+    assert "model_utility" in str(error.value) and "forget_quality" in str(error.value)
+
+
+def run_cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MSA_BENCH_CACHE": str(cache), "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "msa_bench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["method.alpha=abc"], "method.alpha"),
+        (["method.alpah=1"], "method.alpah"),
+        (["method=nope"], "task_vector"),
+        (["metrics.names=[nope]"], "model_utility"),
+    ],
+)
+def test_cli_rejects_bad_input_quickly_and_writes_nothing(tmp_path, args, expected):
+    started = time.perf_counter()
+    result = run_cli(args, tmp_path, tmp_path / "cache")
+    elapsed = time.perf_counter() - started
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert elapsed < 30, f"took {elapsed:.1f}s to reject a bad override"
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("results.json"))
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers

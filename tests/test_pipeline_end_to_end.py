@@ -1,0 +1,137 @@
+"""The whole pipeline on a miniature of the default (experiment=smoke): stages, caching, methods, results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from msa_bench.config.validate import validate_config
+from msa_bench.models.build import load_model
+from msa_bench.pipeline.stages import StageError
+from msa_bench.runner import resolved_container, run
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("msa_cache")
+
+
+def run_job(cache_dir: Path, out_dir: Path, overrides: list[str]) -> dict:
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            "logger=none",
+            "progress=false",
+            "num_threads=1",
+            f"paths.cache_dir={cache_dir}",
+            *overrides,
+        ],
+        output_dir=out_dir,
+    )
+    config = validate_config(cfg)
+    return run(config, resolved_container(cfg), out_dir)
+
+
+@pytest.fixture(scope="module")
+def msa_results(cache_dir, tmp_path_factory) -> dict:
+    return run_job(cache_dir, tmp_path_factory.mktemp("msa_run"), ["method=msa"])
+
+
+def test_msa_run_writes_complete_results(msa_results):
+    out = Path(msa_results["config"]["paths"]["output_dir"])
+    on_disk = json.loads((out / "results.json").read_text())
+    for key in ["method", "benchmark", "checkpoint", "metrics", "cost", "seed", "versions", "config"]:
+        assert key in on_disk
+    assert on_disk["method"] == "msa" and on_disk["checkpoint"] == "instruct"
+    assert set(on_disk["metrics"]) == set(on_disk["config"]["metrics"]["names"])
+    assert all(isinstance(v, float) for v in on_disk["metrics"].values())
+    for stage in [
+        "world",
+        "pretrain",
+        "instruct",
+        "target",
+        "oracle",
+        "forget_vector",
+        "retain_vector",
+        "arithmetic",
+    ]:
+        assert stage in on_disk["cost"], stage
+    assert on_disk["cost"]["target"]["tokens"] > 0 and on_disk["cost"]["target"]["flops"] > 0
+    assert on_disk["cost"]["target"]["wall_seconds"] > 0 and on_disk["cost"]["target"]["peak_memory_mb"] > 0
+    per_item = json.loads((out / "per_item.json").read_text())
+    assert len(per_item["method"]["forget_truth_ratio"]) == len(per_item["oracle"]["forget_truth_ratio"])
+    # The oracle compared with itself is a perfect match.
+    assert on_disk["reference_metrics"]["oracle"]["forget_quality"] == 1.0
+
+
+def test_second_run_with_other_alpha_retrains_nothing(cache_dir, msa_results, tmp_path):
+    results = run_job(cache_dir, tmp_path, ["method=msa", "method.alpha=2"])
+    for stage in ["world", "pretrain", "instruct", "target", "oracle", "forget_vector", "retain_vector"]:
+        assert results["cost"][stage]["reused"], stage
+    assert not results["cost"]["arithmetic"]["reused"]
+    assert results["metrics"] != msa_results["metrics"]
+
+
+def test_zero_coefficients_reproduce_the_target(cache_dir, msa_results, tmp_path):
+    results = run_job(cache_dir, tmp_path, ["method=msa", "method.alpha=0", "method.beta=0"])
+    target = load_model(Path(results["artifacts"]["target"]))
+    unlearned = load_model(Path(results["artifacts"]["model"]))
+    for (name, a), (_, b) in zip(target.state_dict().items(), unlearned.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert results["metrics"] == results["reference_metrics"]["target"]
+
+
+def test_msa_from_target_is_task_vector(cache_dir, msa_results, tmp_path):
+    msa = run_job(cache_dir, tmp_path / "a", ["method=msa", "checkpoint=target", "method.beta=0"])
+    tv = run_job(cache_dir, tmp_path / "b", ["method=task_vector"])
+    assert tv["cost"]["task_vector_finetune"]["reused"]  # the same fine-tune of θ_D on the forget set
+    assert msa["metrics"] == tv["metrics"]
+
+
+@pytest.mark.parametrize("method", ["grad_ascent", "npo", "target", "oracle"])
+def test_other_methods_run(cache_dir, msa_results, tmp_path, method):
+    results = run_job(cache_dir, tmp_path, [f"method={method}"])
+    assert results["method"] == method
+    assert (tmp_path / "results.json").exists()
+    if method in {"target", "oracle"}:
+        assert results["metrics"] == results["reference_metrics"][method]
+
+
+def test_gradient_methods_change_the_target(cache_dir, msa_results, tmp_path):
+    results = run_job(cache_dir, tmp_path, ["method=grad_ascent"])
+    target = load_model(Path(results["artifacts"]["target"]))
+    unlearned = load_model(Path(results["artifacts"]["model"]))
+    changed = [
+        name
+        for (name, a), (_, b) in zip(target.named_parameters(), unlearned.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert len(changed) == len(list(target.named_parameters()))
+    # Ascent on the forget set lowers its answer probability.
+    assert results["metrics"]["forget_Q_A_Prob"] < results["reference_metrics"]["target"]["forget_Q_A_Prob"]
+
+
+def test_pretraining_checkpoint_as_theta0(cache_dir, msa_results, tmp_path):
+    results = run_job(cache_dir, tmp_path, ["method=msa", "checkpoint=pretrain_step", "checkpoint.step=10"])
+    assert results["checkpoint"] == "pretrain_step"
+    assert results["cost"]["pretrain"]["reused"]
+
+
+def test_unsaved_checkpoint_step_lists_saved_steps(cache_dir, msa_results, tmp_path):
+    with pytest.raises(
+        StageError, match=r"checkpoint.step=7 was never saved; the saved pretraining steps are \[10"
+    ):
+        run_job(cache_dir, tmp_path, ["method=msa", "checkpoint=pretrain_step", "checkpoint.step=7"])
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_resolved_config_is_recorded(msa_results):
+    cfg = OmegaConf.create(msa_results["config"])
+    assert cfg.method.name == "msa" and cfg.benchmark.forget_split == "forget10"
