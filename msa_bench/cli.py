@@ -43,9 +43,15 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         print(f"msa-bench: config error: {error}", file=sys.stderr)
         sys.exit(2)
 
+    from msa_bench.pipeline.stages import StageError
     from msa_bench.runner import resolved_container, run
 
-    results = run(config, resolved_container(cfg), output_dir)
+    try:
+        results = run(config, resolved_container(cfg), output_dir)
+    except (StageError, FileNotFoundError) as error:
+        _remove_empty_run_dir(output_dir)
+        print(f"msa-bench: error: {error}", file=sys.stderr)
+        sys.exit(2)
     return results["metrics"].get("forget_quality")
 
 

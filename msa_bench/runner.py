@@ -84,6 +84,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         cfg.paths.cache_dir,
     )
 
+    pipeline.preflight()
     run_logger = make_run_logger(cfg.logger, output_dir, run_name=_run_name(cfg), config=resolved_config)
     try:
         target, oracle = pipeline.target(), pipeline.oracle()

@@ -126,7 +126,7 @@ def test_pretraining_checkpoint_as_theta0(cache_dir, msa_results, tmp_path):
 
 def test_unsaved_checkpoint_step_lists_saved_steps(cache_dir, msa_results, tmp_path):
     with pytest.raises(
-        StageError, match=r"checkpoint.step=7 was never saved; the saved pretraining steps are \[10"
+        StageError, match=r"checkpoint.step=7 was never saved; the saved pretraining steps are \[5, 10, 15\]"
     ):
         run_job(cache_dir, tmp_path, ["method=msa", "checkpoint=pretrain_step", "checkpoint.step=7"])
     assert not (tmp_path / "results.json").exists()
@@ -135,3 +135,46 @@ def test_unsaved_checkpoint_step_lists_saved_steps(cache_dir, msa_results, tmp_p
 def test_resolved_config_is_recorded(msa_results):
     cfg = OmegaConf.create(msa_results["config"])
     assert cfg.method.name == "msa" and cfg.benchmark.forget_split == "forget10"
+
+
+def test_crashed_run_resumes_from_completed_stages(cache_dir, msa_results, tmp_path, monkeypatch):
+    from msa_bench.methods import task_vector
+
+    def crash(self, pipeline):
+        pipeline.target()
+        raise RuntimeError("killed mid-way")
+
+    monkeypatch.setattr(task_vector.TaskVector, "produce", crash)
+    with pytest.raises(RuntimeError, match="killed mid-way"):
+        run_job(cache_dir, tmp_path / "crashed", ["method=task_vector", "method.alpha=3"])
+    assert not (tmp_path / "crashed" / "results.json").exists()
+    monkeypatch.undo()
+    results = run_job(cache_dir, tmp_path / "rerun", ["method=task_vector", "method.alpha=3"])
+    assert results["cost"]["target"]["reused"] and results["cost"]["pretrain"]["reused"]
+
+
+def test_cli_multirun_sweep_reuses_every_stage(cache_dir, msa_results, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MSA_BENCH_CACHE": str(cache_dir), "WANDB_MODE": "disabled"}
+    command = [
+        sys.executable,
+        "-m",
+        "msa_bench.cli",
+        "-m",
+        "experiment=smoke",
+        "progress=false",
+        "num_threads=1",
+        "method.alpha=0.5,1.5",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    runs = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in range(2)]
+    assert [r["config"]["method"]["alpha"] for r in runs] == [0.5, 1.5]
+    for results in runs:
+        for stage in ["pretrain", "instruct", "target", "oracle", "forget_vector", "retain_vector"]:
+            assert results["cost"][stage]["reused"], stage
+    assert "forget_quality" in completed.stdout  # the comparison table was printed

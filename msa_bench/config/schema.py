@@ -39,7 +39,7 @@ class PretrainConfig:
         )
     )
     # A checkpoint is kept every this many optimizer steps; the end of pretraining is always kept as `base`.
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -92,7 +92,7 @@ class BenchmarkConfig:
     forget_split: str = "forget10"
     world: WorldConfig = field(default_factory=WorldConfig)
     # The recipe that makes the target (instruct model on the full benchmark) and the oracle (on the retain split).
-    target_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=20, learning_rate=1e-3))
+    target_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))
     # Pretraining blocks and instruct QA mixed into the target/oracle fine-tune, as a fraction of the benchmark
     # examples, so that world knowledge learnt in pretraining survives the fine-tune.
     replay_fraction: float = 0.5

@@ -61,7 +61,7 @@ def validate_config(cfg: DictConfig) -> MSABenchConfig:
     )
     _require(
         config.checkpoint.stage != "pretrain" or config.checkpoint.step is not None,
-        "checkpoint.step is required when checkpoint.stage=pretrain (e.g. checkpoint.step=50)",
+        "checkpoint.step is required when checkpoint.stage=pretrain (e.g. checkpoint.step=200)",
     )
     _require(
         config.logger.backend in LOGGER_BACKENDS,

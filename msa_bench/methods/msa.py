@@ -16,7 +16,7 @@ from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_
 
 # The vectors' default recipe is the one that made the target (conf/benchmark), as in the paper's code, which uses
 # one fine-tuning recipe for θ1, θ2 and θ_D.
-VECTOR_RECIPE = dict(epochs=20.0, learning_rate=1e-3, batch_size=16)
+VECTOR_RECIPE = dict(epochs=10.0, learning_rate=1e-3, batch_size=16)
 
 
 def check_coefficient(key: str, value: float) -> None:

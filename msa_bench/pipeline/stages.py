@@ -16,7 +16,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from msa_bench.config.schema import CheckpointConfig, MSABenchConfig, TrainRecipe
-from msa_bench.data.synthetic import SyntheticWorldSpec, generate_world, load_benchmark_split, write_benchmark
+from msa_bench.data.synthetic import (
+    GENERATOR_VERSION,
+    SyntheticWorldSpec,
+    generate_world,
+    load_benchmark_split,
+    write_benchmark,
+)
 from msa_bench.data.tokenizer import train_bpe_tokenizer
 from msa_bench.models.build import (
     build_embedded_model,
@@ -34,6 +40,9 @@ log = logging.getLogger("msa_bench.pipeline")
 
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
+# Bump when a change to training, data encoding or evaluation code should invalidate every cached artifact: every
+# key depends on the world's key, which includes this.
+PIPELINE_VERSION = 1
 
 
 class StageError(ValueError):
@@ -67,6 +76,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ bookkeeping
     def record_stage(self, stage: str, artifact: Artifact) -> Artifact:
+        """Remember a stage's cost for results.json; a stage built in this run stays recorded as built."""
+        previous = self.costs.get(stage)
+        if previous is not None and previous["artifact"] == f"{artifact.kind}/{artifact.key}":
+            return artifact
         cost = dict(artifact.meta.get("cost", {}))
         cost["reused"] = artifact.reused
         cost["artifact"] = f"{artifact.kind}/{artifact.key}"
@@ -82,7 +95,12 @@ class Pipeline:
         b = self.cfg.benchmark
         if b.kind != "synthetic_tofu":
             raise StageError(f"benchmark.kind={b.kind!r} is not supported yet; use 'synthetic_tofu'")
-        return {"world": _plain(b.world), "vocab_size": self.cfg.model.vocab_size}
+        return {
+            "world": _plain(b.world),
+            "vocab_size": self.cfg.model.vocab_size,
+            "generator": GENERATOR_VERSION,
+            "pipeline": PIPELINE_VERSION,
+        }
 
     def world(self) -> Artifact:
         if hasattr(self, "_world"):
@@ -142,10 +160,30 @@ class Pipeline:
         m = self.cfg.model
         return {"world": self.world().key, "model": _plain(m) | {"instruct": None}, "seed": self.cfg.seed}
 
-    def pretrain_steps(self) -> tuple[list[int], int]:
-        """The pretraining steps kept as checkpoints, and the total number of steps."""
-        meta = self.history().meta
-        return meta["saved_steps"], meta["total_steps"]
+    def pretrain_blocks(self) -> list[dict]:
+        if not hasattr(self, "_pretrain_blocks"):
+            texts = [d["text"] for d in self.split("pretraining")]
+            self._pretrain_blocks = packed_text_blocks(
+                self.tokenizer(), texts, self.cfg.model.pretrain.block_size
+            )
+        return self._pretrain_blocks
+
+    def pretrain_schedule(self) -> tuple[list[int], int]:
+        """The pretraining steps kept as checkpoints, and the total number of steps (known before training)."""
+        pre = self.cfg.model.pretrain
+        n_steps = total_steps(len(self.pretrain_blocks()), pre.recipe)
+        saved = (
+            list(range(pre.checkpoint_every, n_steps, pre.checkpoint_every))
+            if pre.checkpoint_every > 0
+            else []
+        )
+        return saved, n_steps
+
+    def preflight(self) -> None:
+        """Checks that need the data but no training, run before any model is trained."""
+        self.forget_split  # noqa: B018  (validates the split name)
+        if self.cfg.checkpoint.stage == "pretrain":
+            self._check_saved_step(self.cfg.checkpoint.step)
 
     def history(self) -> Artifact:
         if hasattr(self, "_history"):
@@ -156,14 +194,8 @@ class Pipeline:
 
         def build(out: Path) -> dict:
             tokenizer = self.tokenizer()
-            texts = [d["text"] for d in self.split("pretraining")]
-            blocks = packed_text_blocks(tokenizer, texts, pre.block_size)
-            n_steps = total_steps(len(blocks), pre.recipe)
-            saved = (
-                list(range(pre.checkpoint_every, n_steps, pre.checkpoint_every))
-                if pre.checkpoint_every > 0
-                else []
-            )
+            blocks = self.pretrain_blocks()
+            saved, n_steps = self.pretrain_schedule()
             model = build_embedded_model(self.cfg.model, tokenizer, seed=self.cfg.seed)
             log.info(
                 "pretraining %s parameters on %d blocks of %d tokens for %d steps (checkpoints at %s)",
@@ -231,13 +263,16 @@ class Pipeline:
         h = self.history()
         return ModelRef(h.path / "base", f"{h.key}/base", "base")
 
-    def pretrain_checkpoint(self, step: int) -> ModelRef:
-        saved, total = self.pretrain_steps()
+    def _check_saved_step(self, step: int | None) -> None:
+        saved, total = self.pretrain_schedule()
         if step not in saved:
             raise StageError(
                 f"checkpoint.step={step} was never saved; the saved pretraining steps are {saved} "
                 f"(of {total}); `checkpoint=base` is the end of pretraining"
             )
+
+    def pretrain_checkpoint(self, step: int) -> ModelRef:
+        self._check_saved_step(step)
         h = self.history()
         return ModelRef(
             h.path / "pretrain" / f"step-{step:06d}", f"{h.key}/step-{step}", f"pretrain step {step}"

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.training.data import PaddingCollator
+from msa_bench.training.data import ExampleDataset, PaddingCollator
 from msa_bench.training.losses import mean_token_nll
 
 
@@ -106,9 +106,13 @@ def run_training(
     trainer_kwargs: dict | None = None,
     save_at_steps: Sequence[int] = (),
     save_fn=None,
+    group_by_length: bool | None = None,
 ) -> TrainStats:
     """Train `model` in place on `dataset` with `recipe`; optionally call save_fn(step) at the given steps."""
     n_steps = total_steps(len(dataset), recipe)
+    if group_by_length is None:
+        # Batching examples of similar length avoids padding short QA to the length of a pretraining block.
+        group_by_length = isinstance(dataset, ExampleDataset)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="msa-bench-trainer-") as scratch:
         args = TrainingArguments(
@@ -131,6 +135,7 @@ def run_training(
             data_seed=seed,
             dataloader_pin_memory=False,
             remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
         )
         callbacks = [_SaveAtSteps(save_at_steps, save_fn)] if save_at_steps else []
         trainer = trainer_class(
