@@ -18,7 +18,7 @@ def combine_into_artifact(pipeline, method: str, target, terms):
     }
 
     def build(out: Path) -> dict:
-        with CostMeter("arithmetic") as meter:
+        with CostMeter("arithmetic", device="cpu") as meter:
             report = combine_checkpoints(
                 target.path, [StateDelta(c, ft.path, b.path) for c, ft, b in terms], out
             )

@@ -41,7 +41,7 @@ def unlearn_with_loss(pipeline, method: str, config, loss_fn, *, needs_reference
             reference = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
             reference.requires_grad_(False)
             kwargs["reference_model"] = reference.eval()
-        with CostMeter(method) as meter:
+        with CostMeter(method, device=pipeline.device) as meter:
             stats = run_training(
                 model,
                 ForgetRetainDataset(forget, retain, seed=pipeline.cfg.seed),

@@ -46,7 +46,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
 
     def build(out: Path) -> dict:
         model = load_model(model_ref.path, pipeline.device, pipeline.cfg.model.dtype)
-        with CostMeter(f"eval:{model_ref.label}") as meter:
+        with CostMeter(f"eval:{model_ref.label}", device=pipeline.device) as meter:
             result = evaluate_tofu(
                 model,
                 pipeline.tokenizer(),

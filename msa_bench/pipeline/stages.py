@@ -7,7 +7,6 @@ retrains nothing; a run killed mid-way resumes from the completed stages.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -73,6 +72,11 @@ class Pipeline:
         self.device = device
         self.costs: dict[str, dict] = {}
         self._split_cache: dict[str, list[dict]] = {}
+        # Memoised within one run; across runs the artifact store does the caching.
+        self._world: Artifact | None = None
+        self._history: Artifact | None = None
+        self._tokenizer = None
+        self._pretrain_blocks: list[dict] | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def record_stage(self, stage: str, artifact: Artifact) -> Artifact:
@@ -103,12 +107,12 @@ class Pipeline:
         }
 
     def world(self) -> Artifact:
-        if hasattr(self, "_world"):
+        if self._world is not None:
             return self._world
         spec = self.world_spec()
 
         def build(out: Path) -> dict:
-            with CostMeter("world") as meter:
+            with CostMeter("world", device="cpu") as meter:
                 world = generate_world(SyntheticWorldSpec(**spec["world"]))
                 counts = write_benchmark(world, out / "data")
                 tokenizer = train_bpe_tokenizer(
@@ -128,7 +132,7 @@ class Pipeline:
         return self._split_cache[name]
 
     def tokenizer(self):
-        if not hasattr(self, "_tokenizer"):
+        if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.world().path / "tokenizer")
         return self._tokenizer
 
@@ -161,7 +165,7 @@ class Pipeline:
         return {"world": self.world().key, "model": _plain(m) | {"instruct": None}, "seed": self.cfg.seed}
 
     def pretrain_blocks(self) -> list[dict]:
-        if not hasattr(self, "_pretrain_blocks"):
+        if self._pretrain_blocks is None:
             texts = [d["text"] for d in self.split("pretraining")]
             self._pretrain_blocks = packed_text_blocks(
                 self.tokenizer(), texts, self.cfg.model.pretrain.block_size
@@ -186,7 +190,7 @@ class Pipeline:
             self._check_saved_step(self.cfg.checkpoint.step)
 
     def history(self) -> Artifact:
-        if hasattr(self, "_history"):
+        if self._history is not None:
             return self._history
         spec = self.history_spec()
         pre = self.cfg.model.pretrain
@@ -205,7 +209,7 @@ class Pipeline:
                 n_steps,
                 saved,
             )
-            with CostMeter("pretrain") as meter:
+            with CostMeter("pretrain", device=self.device) as meter:
                 stats = run_training(
                     model,
                     ExampleDataset(blocks),
@@ -241,7 +245,7 @@ class Pipeline:
             tokenizer = self.tokenizer()
             model = load_model(base.path, self.device, self.cfg.model.dtype)
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
-            with CostMeter(stage) as meter:
+            with CostMeter(stage, device=self.device) as meter:
                 stats = run_training(
                     model,
                     ExampleDataset(examples),
@@ -349,5 +353,3 @@ class Pipeline:
         data_id = f"{FORGET_TO_RETAIN[self.forget_split]}[{size} seed {seed}]"
         return [retain[i] for i in indices], data_id
 
-    def save_json(self, path: Path, payload) -> None:
-        path.write_text(json.dumps(payload, indent=2, default=str))
