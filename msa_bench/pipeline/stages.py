@@ -352,4 +352,3 @@ class Pipeline:
         indices = sorted(random.Random(seed).sample(range(len(retain)), size))
         data_id = f"{FORGET_TO_RETAIN[self.forget_split]}[{size} seed {seed}]"
         return [retain[i] for i in indices], data_id
-
