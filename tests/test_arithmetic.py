@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from msa_bench.arithmetic import (
     CheckpointNotFoundError,
@@ -21,6 +21,7 @@ from msa_bench.arithmetic import (
     apply_deltas_in_place,
     combine_checkpoints,
 )
+from tests.tiny_models import tiny_llama
 
 torch.set_num_threads(1)
 
@@ -29,23 +30,13 @@ LM_HEAD = "lm_head.weight"
 ATOL = 1e-6
 
 
-def tiny_llama(tied: bool) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=64,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+def tiny_model(tied: bool) -> LlamaForCausalLM:
+    return tiny_llama(64, tie_word_embeddings=tied)
 
 
 def save_family(root: Path, *, tied: bool, max_shard_size: str | None = None) -> dict[str, Path]:
     """Save θ0 and three distinct perturbations of it (θ1, θ2, θ_D); same values for the same seed."""
-    model = tiny_llama(tied)
+    model = tiny_model(tied)
     theta_0 = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     save_kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     paths = {}

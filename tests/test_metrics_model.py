@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 from msa_bench.data.formatting import encode_prompt, encode_qa
 from msa_bench.metrics import (
@@ -23,6 +22,7 @@ from msa_bench.metrics import (
 )
 from msa_bench.metrics import suite as suite_module
 from msa_bench.metrics.tofu import MODEL_UTILITY_COMPONENTS
+from tests.tiny_models import tiny_llama, tiny_tokenizer
 
 SENTENCES = [
     "Question: Who wrote the novel about the lighthouse keeper?\nAnswer: The novel was written by Mira Castellan.",
@@ -38,39 +38,14 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|bos|>", "<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|bos|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
-    )
+def tokenizer():
+    return tiny_tokenizer(SENTENCES)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Larger than the default 0.02 so greedy choices are not near-ties that float noise could flip.
-        initializer_range=0.3,
-    )
-    return LlamaForCausalLM(config).float().eval()
+    # initializer_range above the default 0.02 so greedy choices are not near-ties that float noise could flip.
+    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
 
 
 def make_item(index: int, n_perturbed: int, with_paraphrase: bool = True) -> dict:

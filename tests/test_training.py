@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.training.data import (
@@ -19,6 +17,7 @@ from msa_bench.training.data import (
 )
 from msa_bench.training.losses import mean_token_nll, npo_loss, sequence_nll
 from msa_bench.training.trainer import DivergenceError, LossOverrideTrainer, run_training
+from tests.tiny_models import tiny_llama, tiny_tokenizer
 
 torch.set_num_threads(1)
 
@@ -32,35 +31,13 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = [f"Question: {i['question']}\nAnswer: {i['answer']}" for i in ITEMS] * 3
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|endoftext|>", "<|pad|>", "<|bos|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
+    return tiny_tokenizer(
+        [f"Question: {i['question']}\nAnswer: {i['answer']}" for i in ITEMS] * 3, vocab_size=300
     )
 
 
 def tiny_model(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(len(tokenizer), seed=seed, max_position_embeddings=64)
 
 
 def test_collator_pads_and_masks(tokenizer):
