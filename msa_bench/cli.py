@@ -29,8 +29,15 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
     if not output_dir.is_dir():
         return
     leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra"} and not p.name.endswith(".log")]
-    if not leftovers:
-        shutil.rmtree(output_dir, ignore_errors=True)
+    if leftovers:
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+    # Also the empty `outputs/<date>` folders Hydra made for it, but never anything outside the working directory.
+    cwd = Path.cwd().resolve()
+    for parent in list(output_dir.resolve().parents)[:2]:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
