@@ -63,6 +63,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    # Subcommands that are not Hydra jobs; everything else is a Hydra run (or sweep with -m).
+    if len(sys.argv) > 1 and sys.argv[1] == "parity":
+        from msa_bench.parity.command import main as parity_main
+
+        sys.exit(parity_main(sys.argv[2:]))
     hydra_entry()
 
 

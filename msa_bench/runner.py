@@ -20,7 +20,7 @@ import msa_bench
 from msa_bench.config.schema import MSABenchConfig
 from msa_bench.methods.registry import get_method
 from msa_bench.pipeline.artifacts import ArtifactStore
-from msa_bench.pipeline.evaluation import evaluate_model, final_metrics
+from msa_bench.pipeline.evaluation import evaluate_model, evaluation_plan, final_metrics, required_eval_sets
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.reporting.run_logger import make_run_logger
 from msa_bench.reporting.table import comparison_table
@@ -92,11 +92,15 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         oracle_eval = evaluate_model(pipeline, oracle)
         target_eval = evaluate_model(pipeline, target)
         method_eval = evaluate_model(pipeline, unlearned)
-        columns = {
-            "target": final_metrics(target_eval, oracle_eval, metric_names),
-            "oracle": final_metrics(oracle_eval, oracle_eval, metric_names),
-        }
-        method_metrics = final_metrics(method_eval, oracle_eval, metric_names)
+        all_sets = required_eval_sets(evaluation_plan(metric_names))
+
+        def against_oracle(evaluation: dict) -> tuple[dict, dict]:
+            return final_metrics(
+                evaluation, oracle_eval, metric_names, cfg.metrics, lambda: pipeline.eval_sets(all_sets)
+            )
+
+        columns = {"target": against_oracle(target_eval)[0], "oracle": against_oracle(oracle_eval)[0]}
+        method_metrics, provenance = against_oracle(method_eval)
         if cfg.method.name not in columns:
             columns[cfg.method.name] = method_metrics
 
@@ -106,6 +110,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             "forget_split": cfg.benchmark.forget_split,
             "checkpoint": cfg.checkpoint.name,
             "metrics": method_metrics,
+            "metric_provenance": provenance,
             "reference_metrics": {"target": columns["target"], "oracle": columns["oracle"]},
             "cost": pipeline.costs,
             "seed": cfg.seed,

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from msa_bench.metrics import tofu
+from msa_bench.metrics import registry, tofu
 from msa_bench.metrics.suite import (
+    TOFU_CROSS_MODEL_METRICS,
     TOFU_METRICS,
     EvalResult,
     resolve_metric_names,
@@ -132,11 +133,11 @@ def test_rouge_of_empty_generation_is_zero():
 
 # --- registry ------------------------------------------------------------------------------------------------------
 
-EXPECTED_METRICS = {
+# TOFU's default fourteen (forget_quality is cross-model: computed from this model's and the oracle's evaluations).
+DEFAULT_METRICS = {
     "forget_Q_A_Prob",
     "forget_Q_A_ROUGE",
     "forget_truth_ratio",
-    "forget_quality",
     "retain_Q_A_Prob",
     "retain_Q_A_ROUGE",
     "retain_Truth_Ratio",
@@ -148,14 +149,37 @@ EXPECTED_METRICS = {
     "wf_Truth_Ratio",
     "model_utility",
 }
+# The rest of the complete suite.
+EXTRA_METRICS = {
+    *(f"{prefix}_Q_A_ROUGE1_recall" for prefix in ("forget", "retain", "ra", "wf")),
+    *(f"{prefix}_Q_A_ROUGE_L_F1" for prefix in ("forget", "retain", "ra", "wf")),
+    *(f"{prefix}_truth_ratio_prob_mean" for prefix in ("forget", "retain", "ra", "wf")),
+    "forget_truth_ratio_true_better",
+    *(f"{prefix}_truth_ratio_closer_to_1" for prefix in ("retain", "ra", "wf")),
+    "extraction_strength",
+    "exact_memorization",
+    *(f"mia_{attack}" for attack in ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")),
+}
 
 
-def test_registry_holds_the_fourteen_tofu_metrics():
-    assert set(TOFU_METRICS) == EXPECTED_METRICS
+def test_registry_holds_the_tofu_metrics():
+    assert set(TOFU_METRICS) == DEFAULT_METRICS | EXTRA_METRICS
+    assert set(TOFU_CROSS_MODEL_METRICS) == {"forget_quality", "privleak", "mia_reference"}
+    assert TOFU_CROSS_MODEL_METRICS["forget_quality"].needs == ("forget_truth_ratio",)
     assert TOFU_METRICS["model_utility"].depends_on == tofu.MODEL_UTILITY_COMPONENTS
-    assert TOFU_METRICS["forget_quality"].depends_on == ("forget_truth_ratio",)
     assert not TOFU_METRICS["forget_Q_A_Prob"].higher_is_better
-    assert TOFU_METRICS["forget_quality"].higher_is_better and TOFU_METRICS["model_utility"].higher_is_better
+    assert not TOFU_METRICS["forget_truth_ratio_prob_mean"].higher_is_better
+    assert (
+        TOFU_METRICS["forget_truth_ratio"].higher_is_better and TOFU_METRICS["model_utility"].higher_is_better
+    )
+    assert TOFU_METRICS["mia_loss"].eval_sets == ("forget", "holdout")
+
+
+def test_tofu_metrics_are_in_the_cross_suite_registry():
+    assert registry.SUITES["tofu"].metric_names == tuple(TOFU_METRICS)
+    for name, metric in TOFU_CROSS_MODEL_METRICS.items():
+        assert registry.CROSS_MODEL_METRICS[name] is metric
+        assert all(need in TOFU_METRICS for need in metric.needs)
 
 
 def test_registry_lists_dependencies_before_dependents():
@@ -171,7 +195,13 @@ def test_unknown_metric_name_is_reported_with_the_valid_names():
         validate_metric_names(["forget_Q_A_Prob", "forget_rouge"])
     assert "forget_rouge" in str(error.value)
     assert "wf_Truth_Ratio" in str(error.value)
-    validate_metric_names(sorted(EXPECTED_METRICS))
+    validate_metric_names(sorted(DEFAULT_METRICS | EXTRA_METRICS))
+
+
+def test_cross_model_metric_names_point_to_the_registry():
+    with pytest.raises(ValueError, match="CROSS_MODEL_METRICS") as error:
+        validate_metric_names(["forget_quality", "privleak"])
+    assert "forget_truth_ratio" in str(error.value) and "mia_min_k" in str(error.value)
 
 
 def test_a_single_string_is_not_a_list_of_names():
@@ -180,7 +210,6 @@ def test_a_single_string_is_not_a_list_of_names():
 
 
 def test_resolving_adds_dependencies_in_order():
-    assert resolve_metric_names(["forget_quality"]) == ["forget_truth_ratio", "forget_quality"]
     resolved = resolve_metric_names(["model_utility", "forget_Q_A_Prob"])
     assert resolved[0] == "forget_Q_A_Prob" and resolved[-1] == "model_utility"
     assert set(resolved) == {"forget_Q_A_Prob", "model_utility", *tofu.MODEL_UTILITY_COMPONENTS}

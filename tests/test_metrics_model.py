@@ -21,6 +21,7 @@ from msa_bench.metrics import (
     score_answers,
 )
 from msa_bench.metrics import suite as suite_module
+from msa_bench.metrics.registry import CROSS_MODEL_METRICS
 from msa_bench.metrics.tofu import MODEL_UTILITY_COMPONENTS
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
@@ -66,6 +67,7 @@ def eval_sets() -> dict[str, list[dict]]:
         "retain": [make_item(index, n_perturbed=3) for index in range(10, 13)],
         "real_authors": [make_item(index, n_perturbed=2, with_paraphrase=False) for index in range(20, 22)],
         "world_facts": [make_item(index, n_perturbed=3, with_paraphrase=False) for index in range(30, 32)],
+        "holdout": [make_item(index, n_perturbed=2) for index in range(40, 43)],
     }
 
 
@@ -162,29 +164,31 @@ def test_evaluate_tofu_computes_all_metrics(model, tokenizer, eval_sets, monkeyp
         return real_score_answers(*args, **kwargs)
 
     monkeypatch.setattr(suite_module, "score_answers", counting_score_answers)
-    reference = [0.3, 0.6, 0.9, 1.2, 2.0]
-    result = evaluate_tofu(
-        model,
-        tokenizer,
-        eval_sets,
-        list(TOFU_METRICS),
-        reference_forget_truth_ratios=reference,
-        batch_size=4,
-        max_new_tokens=6,
-    )
+    result = evaluate_tofu(model, tokenizer, eval_sets, list(TOFU_METRICS), batch_size=4, max_new_tokens=6)
 
     assert set(result.metrics) == set(TOFU_METRICS)
     assert result.skipped == {}
     check_ranges(result.metrics)
-    # One scoring call per eval set, whatever number of metrics read its NLLs.
+    # At most one scoring call per eval set, whatever number of metrics read its NLLs; the holdout set needs only
+    # the answer-token pass of the attacks, which also gives the forget answer NLLs.
     assert len(scoring_calls) == 4
+    forget = eval_sets["forget"]
+    np.testing.assert_allclose(
+        result.per_item["forget_Q_A_Prob"],
+        np.exp(
+            -answer_nlls(model, tokenizer, [i["question"] for i in forget], [i["answer"] for i in forget])
+        ),
+        rtol=1e-5,
+    )
 
     assert result.metrics["model_utility"] == pytest.approx(
         stats.hmean([result.metrics[name] for name in MODEL_UTILITY_COMPONENTS])
     )
     forget_tr = result.per_item["forget_truth_ratio"]
     assert len(forget_tr) == len(eval_sets["forget"])
-    assert result.metrics["forget_quality"] == pytest.approx(stats.ks_2samp(forget_tr, reference).pvalue)
+    reference = {"per_item": {"forget_truth_ratio": [0.3, 0.6, 0.9, 1.2, 2.0]}}
+    forget_quality = CROSS_MODEL_METRICS["forget_quality"].compute(result.to_dict(), reference, None)
+    assert forget_quality == pytest.approx(stats.ks_2samp(forget_tr, [0.3, 0.6, 0.9, 1.2, 2.0]).pvalue)
     assert result.metrics["forget_truth_ratio"] == pytest.approx(
         np.mean(np.minimum(forget_tr, 1 / np.array(forget_tr)))
     )
@@ -196,7 +200,7 @@ def test_evaluate_tofu_computes_all_metrics(model, tokenizer, eval_sets, monkeyp
     ):
         n_items = len(eval_sets[eval_set])
         assert len(result.generations[eval_set]) == n_items
-        for key in ("Q_A_ROUGE", "rouge1_recall", "rougeL_f1"):
+        for key in ("Q_A_ROUGE", "Q_A_ROUGE1_recall", "Q_A_ROUGE_L_F1"):
             assert len(result.per_item[f"{prefix}_{key}"]) == n_items
     assert result.tokens_processed > 0
     json.dumps(result.to_dict())
@@ -218,27 +222,19 @@ def test_evaluate_tofu_computes_all_metrics(model, tokenizer, eval_sets, monkeyp
 
 def test_forget_quality_against_own_truth_ratios_is_one(model, tokenizer, eval_sets):
     forget_only = {"forget": eval_sets["forget"]}
-    own = evaluate_tofu(model, tokenizer, forget_only, ["forget_truth_ratio"], batch_size=4)
-    result = evaluate_tofu(
-        model,
-        tokenizer,
-        forget_only,
-        ["forget_quality"],
-        reference_forget_truth_ratios=own.per_item["forget_truth_ratio"],
-        batch_size=4,
-    )
-    assert result.metrics["forget_quality"] == pytest.approx(1.0)
+    own = evaluate_tofu(model, tokenizer, forget_only, ["forget_truth_ratio"], batch_size=4).to_dict()
+    forget_quality = CROSS_MODEL_METRICS["forget_quality"].compute(own, own, None)
+    assert forget_quality == pytest.approx(1.0)
     # Only NLLs were needed: no generation ran.
-    assert result.generations == {}
+    assert own["generations"] == {}
 
 
-def test_forget_quality_is_skipped_without_reference(model, tokenizer, eval_sets):
-    result = evaluate_tofu(
-        model, tokenizer, {"forget": eval_sets["forget"]}, ["forget_quality"], batch_size=4
-    )
-    assert "forget_quality" not in result.metrics
-    assert "reference" in result.skipped["forget_quality"]
-    assert "forget_truth_ratio" in result.metrics
+def test_forget_quality_names_what_an_evaluation_lacks(model, tokenizer, eval_sets):
+    without_ratios = evaluate_tofu(
+        model, tokenizer, {"forget": eval_sets["forget"]}, ["forget_Q_A_Prob"], batch_size=4
+    ).to_dict()
+    with pytest.raises(ValueError, match="forget_truth_ratio"):
+        CROSS_MODEL_METRICS["forget_quality"].compute(without_ratios, without_ratios, None)
 
 
 def test_missing_eval_set_is_named(model, tokenizer, eval_sets):

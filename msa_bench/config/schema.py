@@ -101,11 +101,45 @@ class BenchmarkConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """Who decides which candidate answer a generation matches (the paper's judged accuracies)."""
+
+    kind: str = "rouge"  # rouge (offline, deterministic) | openai (an OpenAI-compatible chat endpoint)
+    url: str | None = None  # e.g. http://localhost:8000/v1 for kind=openai
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key, if any
+    timeout_seconds: float = 30.0
+
+
+@dataclass
+class LmEvalConfig:
+    # Local tasks built from the benchmark (e.g. msa_world_facts_mc) and/or any lm-eval task name.
+    tasks: list[str] = field(default_factory=lambda: ["msa_world_facts_mc", "msa_real_authors_mc"])
+    include_path: str | None = None  # a folder of extra task YAMLs
+    limit: int | None = None
+    batch_size: int = 32
+
+
+@dataclass
+class MuseMetricsConfig:
+    # A MUSE-layout folder (e.g. ../shared/data/muse-news) to evaluate on; null builds MUSE-style sets from the
+    # benchmark's own QA (see msa_bench/data/muse.py).
+    data_dir: str | None = None
+    verbmem_max_new_tokens: int = 128
+    knowmem_max_new_tokens: int = 32
+    icl_shots: int = 10
+
+
+@dataclass
 class MetricsConfig:
     name: str = MISSING
     names: list[str] = MISSING
     batch_size: int = 64
     max_new_tokens: int = 32
+    mia_k: float = 0.4  # the k of min-k% and min-k%++ attacks
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    muse: MuseMetricsConfig = field(default_factory=MuseMetricsConfig)
 
 
 @dataclass

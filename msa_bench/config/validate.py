@@ -28,7 +28,7 @@ def _require(condition: bool, message: str) -> None:
 def validate_config(cfg: DictConfig) -> MSABenchConfig:
     """Resolve the whole config, convert it to typed objects and check cross-field rules."""
     from msa_bench.methods.registry import discover_methods
-    from msa_bench.metrics.suite import validate_metric_names
+    from msa_bench.metrics.registry import validate_metric_names
 
     methods = discover_methods()
     method_name = OmegaConf.select(cfg, "method.name", default=None)

@@ -1,63 +1,101 @@
-"""Evaluation as a cached stage: a model's metrics and per-item values are computed once per configuration.
+"""Evaluation as a cached stage: a model's metrics, per-item values and generations are computed once per
+configuration, by whichever suites (TOFU, MUSE, lm-eval) the requested metric names belong to.
 
-Forget quality compares a model's per-item forget truth ratios with the oracle's, so it is computed from two cached
-evaluations instead of re-evaluating the oracle in every run.
+Cross-model metrics (forget quality, privleak, the reference-model attack, the judged accuracies) compare a model's
+cached evaluation with the oracle's, so the oracle is evaluated once and reused by every later run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from msa_bench.metrics.suite import evaluate_tofu
-from msa_bench.metrics.tofu import forget_quality
+from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, discover_suites, suite_of
 from msa_bench.models.build import count_parameters, load_model
 from msa_bench.pipeline.cost import CostMeter
 
 log = logging.getLogger("msa_bench.evaluation")
 
-# Metrics computed from two evaluations (this model's and the oracle's) rather than from one model.
-CROSS_MODEL_METRICS = {"forget_quality": "forget_truth_ratio"}
+
+class MetricUnavailableError(RuntimeError):
+    """A requested metric could not be computed; the message says why (never a placeholder value)."""
 
 
-def per_model_metric_names(requested: list[str]) -> list[str]:
-    names = [n for n in requested if n not in CROSS_MODEL_METRICS]
-    for metric, needs in CROSS_MODEL_METRICS.items():
-        if metric in requested and needs not in names:
-            names.append(needs)
-    return names
+def evaluation_plan(requested: Sequence[str]) -> dict[str, list[str]]:
+    """Suite name -> the per-model metrics to compute, including what the requested cross-model metrics read."""
+    discover_suites()
+    names: list[str] = [n for n in requested if n not in CROSS_MODEL_METRICS]
+    for name in requested:
+        if name in CROSS_MODEL_METRICS:
+            names += [n for n in CROSS_MODEL_METRICS[name].needs if n not in names]
+    plan: dict[str, list[str]] = {}
+    for name in names:
+        plan.setdefault(suite_of(name).name, []).append(name)
+    return plan
+
+
+def required_eval_sets(plan: Mapping[str, Sequence[str]]) -> set[str]:
+    return (
+        set().union(*(SUITES[suite].required_sets(names) for suite, names in plan.items())) if plan else set()
+    )
+
+
+def _settings_spec(settings) -> dict:
+    spec = asdict(settings)
+    spec.pop("names", None)
+    spec.pop("name", None)
+    spec.pop("judge", None)  # judges only enter cross-model metrics, which are never cached
+    spec.pop("batch_size", None)  # batching does not change the values
+    return spec
 
 
 def evaluate_model(pipeline, model_ref) -> dict:
-    """Metrics, per-item values and generations of one model, from the cache when already computed."""
-    cfg = pipeline.cfg.metrics
-    names = per_model_metric_names(list(cfg.names))
+    """The evaluation of one model (metrics, per_item, generations), from the cache when already computed."""
+    settings = pipeline.cfg.metrics
+    plan = evaluation_plan(list(settings.names))
     spec = {
         "model": model_ref.key,
-        "metrics": names,
-        "max_new_tokens": cfg.max_new_tokens,
+        "plan": plan,
+        "settings": _settings_spec(settings),
         "world": pipeline.world().key,
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,
     }
     if pipeline.store.lookup("eval", spec) is None:
-        log.info("evaluating %s", model_ref.label)
+        log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
         model = load_model(model_ref.path, pipeline.device, pipeline.cfg.model.dtype)
+        eval_sets = pipeline.eval_sets(required_eval_sets(plan))
+        merged: dict = {
+            "metrics": {},
+            "per_item": {},
+            "generations": {},
+            "skipped": {},
+            "tokens_processed": 0,
+        }
         with CostMeter(f"eval:{model_ref.label}", device=pipeline.device) as meter:
-            result = evaluate_tofu(
-                model,
-                pipeline.tokenizer(),
-                pipeline.eval_sets(),
-                names,
-                batch_size=cfg.batch_size,
-                max_new_tokens=cfg.max_new_tokens,
-                progress=pipeline.cfg.progress,
-            )
-            meter.add_tokens(result.tokens_processed, count_parameters(model), training=False)
-        (out / "eval.json").write_text(json.dumps(result.to_dict(), indent=1))
+            for suite_name, names in plan.items():
+                result = (
+                    SUITES[suite_name]
+                    .evaluate(
+                        model,
+                        pipeline.tokenizer(),
+                        eval_sets,
+                        names,
+                        settings,
+                        progress=pipeline.cfg.progress,
+                    )
+                    .to_dict()
+                )
+                for key in ("metrics", "per_item", "generations", "skipped"):
+                    merged[key].update(result.get(key) or {})
+                merged["tokens_processed"] += int(result.get("tokens_processed") or 0)
+            meter.add_tokens(merged["tokens_processed"], count_parameters(model), training=False)
+        (out / "eval.json").write_text(json.dumps(merged, indent=1))
         return {"cost": meter.cost.to_dict()}
 
     artifact = pipeline.store.get_or_build("eval", spec, build)
@@ -65,17 +103,23 @@ def evaluate_model(pipeline, model_ref) -> dict:
     return json.loads((artifact.path / "eval.json").read_text())
 
 
-def final_metrics(evaluation: dict, oracle_evaluation: dict, requested: list[str]) -> dict[str, float]:
-    """The requested metrics of one model, with the cross-model ones computed against the oracle."""
-    metrics = {}
+def final_metrics(
+    evaluation: Mapping, oracle_evaluation: Mapping, requested: Sequence[str], settings, eval_sets_for=None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The requested metrics of one model (cross-model ones against the oracle), and what produced each number
+    where that is a choice (e.g. the judge)."""
+    metrics: dict[str, float] = {}
+    provenance: dict[str, str] = {}
     for name in requested:
-        if name == "forget_quality":
-            metrics[name] = float(
-                forget_quality(
-                    evaluation["per_item"]["forget_truth_ratio"],
-                    oracle_evaluation["per_item"]["forget_truth_ratio"],
-                )
-            )
-        else:
+        if name in CROSS_MODEL_METRICS:
+            metric = CROSS_MODEL_METRICS[name]
+            kwargs = {"eval_sets": eval_sets_for()} if metric.needs_eval_sets else {}
+            metrics[name] = float(metric.compute(evaluation, oracle_evaluation, settings, **kwargs))
+            if metric.provenance is not None:
+                provenance[name] = metric.provenance(settings)
+        elif name in evaluation["metrics"]:
             metrics[name] = float(evaluation["metrics"][name])
-    return metrics
+        else:
+            reason = (evaluation.get("skipped") or {}).get(name, "the evaluation did not produce it")
+            raise MetricUnavailableError(f"metric {name!r} is unavailable: {reason}")
+    return metrics, provenance

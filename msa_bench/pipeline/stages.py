@@ -151,13 +151,47 @@ class Pipeline:
     def retain_items(self) -> list[dict]:
         return self.split(FORGET_TO_RETAIN[self.forget_split])
 
-    def eval_sets(self) -> dict[str, list[dict]]:
-        return {
-            "forget": self.split(f"{self.forget_split}_perturbed"),
-            "retain": self.split("retain_perturbed")[: self.cfg.benchmark.retain_eval_size],
-            "real_authors": self.split("real_authors_perturbed"),
-            "world_facts": self.split("world_facts_perturbed"),
+    def holdout_split(self) -> str:
+        return self.forget_split.replace("forget", "holdout")
+
+    def eval_sets(self, required: set[str] | None = None) -> dict[str, list[dict]]:
+        """The evaluation sets by name (TOFU: forget, retain, real_authors, world_facts, holdout; MUSE: muse_*),
+        loading only those `required` (all TOFU sets when None)."""
+        tofu_sets = {
+            "forget": lambda: self.split(f"{self.forget_split}_perturbed"),
+            "retain": lambda: self.split("retain_perturbed")[: self.cfg.benchmark.retain_eval_size],
+            "real_authors": lambda: self.split("real_authors_perturbed"),
+            "world_facts": lambda: self.split("world_facts_perturbed"),
+            "holdout": lambda: self.split(self.holdout_split()),
         }
+        if required is None:
+            required = set(tofu_sets) - {"holdout"}
+        sets = {name: tofu_sets[name]() for name in required if name in tofu_sets}
+        muse_names = {name for name in required if name.startswith("muse_")}
+        if muse_names:
+            muse_sets = self.muse_eval_sets()
+            missing = muse_names - set(muse_sets)
+            if missing:
+                raise StageError(f"the MUSE eval sets {sorted(missing)} are not available")
+            sets.update({name: muse_sets[name] for name in muse_names})
+        unknown = required - set(sets)
+        if unknown:
+            raise StageError(f"no eval set named {sorted(unknown)} on benchmark {self.cfg.benchmark.name!r}")
+        return sets
+
+    def muse_eval_sets(self) -> dict[str, list[dict]]:
+        """MUSE-format sets: from `metrics.muse.data_dir` when set, else built from this benchmark's QA."""
+        from msa_bench.data.muse import load_muse_eval_sets, muse_sets_from_tofu_items
+
+        data_dir = self.cfg.metrics.muse.data_dir
+        if data_dir:
+            return load_muse_eval_sets(Path(data_dir))
+        return muse_sets_from_tofu_items(
+            forget_items=self.split(self.forget_split),
+            retain_items=self.split("retain_perturbed")[: self.cfg.benchmark.retain_eval_size],
+            holdout_items=self.split(self.holdout_split()),
+            icl_items=self.split("instruct"),
+        )
 
     # ------------------------------------------------------------------ model history
     def history_spec(self) -> dict:

@@ -1,0 +1,614 @@
+"""The MUSE metric suite (Shi et al. 2024) on an in-memory model, with open-unlearning's definitions.
+
+Metrics (eval sets from `msa_bench.data.muse`):
+
+- `forget_verbmem_ROUGE`: greedy continuation (at most `muse.verbmem_max_new_tokens` new tokens) of each verbmem
+  prompt, ROUGE-L F1 (stemmed) against the true continuation `gt`.
+- `forget_knowmem_ROUGE` / `retain_knowmem_ROUGE`: few-shot QA. The prompt is `muse.icl_shots` in-context examples
+  "Question: {q}\\nAnswer: {a}\\n\\n" followed by "Question: {q}\\nAnswer: ", as open-unlearning builds it for base
+  models; greedy answer of at most `muse.knowmem_max_new_tokens` tokens, cut at the first "\\n\\n", "\\nQuestion" or
+  "Question:", ROUGE-L F1 (stemmed) against the answer. open-unlearning reports rougeL_f1 as the agg_value of all
+  three ROUGE metrics (checked against its MUSE-News logs); rougeL_recall and rouge1_recall are kept per item.
+- `muse_mia_loss`, `muse_mia_zlib`, `muse_mia_min_k`, `muse_mia_min_k_plus_plus`: membership-inference AUC
+  (`privacy.mia_auc`, ~1 when the forget texts are recognisable) of a loss-like attack score on the privleak
+  forget (members) vs holdout (non-members) texts; k = `mia_k`. Per-item scores are kept as
+  `per_item["muse_mia_<attack>_forget"]` and `["muse_mia_<attack>_holdout"]`.
+- `muse_extraction_strength`, `muse_exact_memorization`: teacher forcing of prompt + " " + gt on verbmem; per item
+  1 - k/L (k the shortest gt prefix after which the argmax predictions reproduce the rest) and the share of gt tokens
+  predicted by argmax.
+- `muse_privleak` (cross-model): `privacy.privleak` of this model's muse_mia_min_k AUC against the oracle's.
+
+Tokenization follows the rest of the project rather than one tokenizer's quirks: a prompt and what the model should
+produce after it are tokenized separately (bos + prompt, then the continuation with its leading space), so a BPE merge
+cannot move continuation characters into the prompt. Hence the knowmem prompt is encoded without the trailing space
+of "Answer: " (the model generates the space, as after every "Answer:" it was trained on); the prompt text itself is
+exactly open-unlearning's. Verbmem's continuation is " " + gt, open-unlearning's insert_space.
+
+Long texts: MUSE's privleak texts are whole articles and its verbmem prompts ~4k characters. Texts are cut to the
+model's context length (the smaller of `max_position_embeddings` and the tokenizer's `model_max_length`) and to at
+most 2048 tokens, open-unlearning's max_length: privleak texts keep their beginning; verbmem and knowmem prompts
+keep their end (the part the continuation follows), knowmem by dropping whole in-context examples first. Every
+truncation is logged as a warning.
+
+Differences from open-unlearning, all small: it drops the last labelled token of a text in ES/EM and the attacks (its
+"ignore the eos" rule, applied to texts that have no eos); we score every token. Its ES loop never tries the empty
+suffix, so an item with no matching suffix gets 1/L there and 0 here (see `memorization.extraction_strength`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from msa_bench.data.muse import (
+    KNOWMEM_FORGET,
+    KNOWMEM_FORGET_ICL,
+    KNOWMEM_RETAIN,
+    KNOWMEM_RETAIN_ICL,
+    PRIVLEAK_FORGET,
+    PRIVLEAK_HOLDOUT,
+    RECORD_FIELDS,
+    VERBMEM_FORGET,
+)
+from msa_bench.metrics import privacy, tofu
+from msa_bench.metrics.memorization import AnswerTokenStatistics, exact_memorization, extraction_strength
+from msa_bench.metrics.mia import MIN_VOCAB_VARIANCE, lowest_k_mean, zlib_compressed_length
+from msa_bench.metrics.registry import CrossModelMetric, Suite, register_cross_model_metric, register_suite
+from msa_bench.metrics.scoring import IGNORE_INDEX, evaluation_mode, length_sorted_batches, model_device
+from msa_bench.metrics.suite import EvalResult
+
+logger = logging.getLogger(__name__)
+
+VERBMEM_ROUGE = "forget_verbmem_ROUGE"
+FORGET_KNOWMEM_ROUGE = "forget_knowmem_ROUGE"
+RETAIN_KNOWMEM_ROUGE = "retain_knowmem_ROUGE"
+EXTRACTION_STRENGTH = "muse_extraction_strength"
+EXACT_MEMORIZATION = "muse_exact_memorization"
+MIA_ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus")
+MIA_METRICS: Mapping[str, str] = MappingProxyType({f"muse_mia_{attack}": attack for attack in MIA_ATTACKS})
+PRIVLEAK = "muse_privleak"
+PRIVLEAK_ATTACK_METRIC = "muse_mia_min_k"  # MUSE's privleak is defined on the min-k% AUC
+
+MUSE_METRIC_NAMES: tuple[str, ...] = (
+    VERBMEM_ROUGE,
+    FORGET_KNOWMEM_ROUGE,
+    RETAIN_KNOWMEM_ROUGE,
+    *MIA_METRICS,
+    EXTRACTION_STRENGTH,
+    EXACT_MEMORIZATION,
+)
+
+# The eval sets each metric reads.
+REQUIRED_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        VERBMEM_ROUGE: (VERBMEM_FORGET,),
+        FORGET_KNOWMEM_ROUGE: (KNOWMEM_FORGET, KNOWMEM_FORGET_ICL),
+        RETAIN_KNOWMEM_ROUGE: (KNOWMEM_RETAIN, KNOWMEM_RETAIN_ICL),
+        **{name: (PRIVLEAK_FORGET, PRIVLEAK_HOLDOUT) for name in MIA_METRICS},
+        EXTRACTION_STRENGTH: (VERBMEM_FORGET,),
+        EXACT_MEMORIZATION: (VERBMEM_FORGET,),
+    }
+)
+
+# Knowmem metric -> (QA set, in-context set, prefix of its per-item ROUGE side values).
+_KNOWMEM: Mapping[str, tuple[str, str, str]] = MappingProxyType(
+    {
+        FORGET_KNOWMEM_ROUGE: (KNOWMEM_FORGET, KNOWMEM_FORGET_ICL, "forget_knowmem"),
+        RETAIN_KNOWMEM_ROUGE: (KNOWMEM_RETAIN, KNOWMEM_RETAIN_ICL, "retain_knowmem"),
+    }
+)
+
+# open-unlearning's knowmem stop words: the end of the answer block, or the start of a next example.
+KNOWMEM_STOP_STRINGS: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
+# open-unlearning's max_length for privleak texts and verbmem continuations.
+MAX_TEXT_TOKENS = 2048
+# tokenizer.model_max_length is set to a huge sentinel (1e30) when a tokenizer declares no limit.
+_NO_TOKENIZER_LIMIT = 1_000_000
+
+
+def validate_metric_names(names: Sequence[str]) -> None:
+    if isinstance(names, str):
+        raise TypeError(f"metric names must be a sequence of names, not the string {names!r}")
+    unknown = [name for name in names if name not in REQUIRED_SETS]
+    if unknown:
+        hint = (
+            f" ({PRIVLEAK} is a cross-model metric, computed from two evaluations)"
+            if PRIVLEAK in unknown
+            else ""
+        )
+        raise ValueError(
+            f"unknown MUSE metric(s) {unknown}{hint}; valid names are: {', '.join(MUSE_METRIC_NAMES)}"
+        )
+
+
+def required_sets(metric_names: Sequence[str]) -> set[str]:
+    """The MUSE eval sets the given metrics read."""
+    validate_metric_names(metric_names)
+    return {eval_set for name in metric_names for eval_set in REQUIRED_SETS[name]}
+
+
+# --- prompts and tokens ---------------------------------------------------------------------------------------------
+
+
+def knowmem_prompt(icl_examples: Sequence[Mapping], question: str) -> str:
+    """open-unlearning's few-shot prompt for a base model: the examples, then the question and "Answer: "."""
+    shots = "".join(
+        f"Question: {example['question']}\nAnswer: {example['answer']}\n\n" for example in icl_examples
+    )
+    return f"{shots}Question: {question}\nAnswer: "
+
+
+def model_context_length(model: torch.nn.Module, tokenizer) -> int:
+    """The longest token sequence the model (and its tokenizer) are meant for."""
+    limits = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    limits = [int(limit) for limit in limits if limit is not None and limit < _NO_TOKENIZER_LIMIT]
+    if not limits:
+        raise ValueError(
+            "cannot tell the model's context length: no max_position_embeddings or model_max_length"
+        )
+    return min(limits)
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def _keep_end(tokenizer, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """bos + the last tokens of a prompt, at most `max_tokens` in all."""
+    head = _bos(tokenizer)
+    body = prompt_ids[len(head) :] if head and prompt_ids[:1] == head else prompt_ids
+    return head + body[max(0, len(body) - (max_tokens - len(head))) :]
+
+
+def _prompt_budget(context_length: int, max_new_tokens: int) -> int:
+    budget = context_length - max_new_tokens
+    if budget < 2:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's {context_length}-token context"
+        )
+    return budget
+
+
+class _TruncationLog:
+    """Counts the truncated items of one eval set and logs one warning for them."""
+
+    def __init__(self, eval_set: str, how: str) -> None:
+        self.eval_set, self.how, self.count, self.total = eval_set, how, 0, 0
+
+    def record(self, truncated: bool) -> None:
+        self.total += 1
+        self.count += int(truncated)
+
+    def report(self) -> None:
+        if self.count:
+            logger.warning("%s: %d of %d %s", self.eval_set, self.count, self.total, self.how)
+
+
+def knowmem_prompt_ids(
+    tokenizer, icl_examples: Sequence[Mapping], question: str, max_tokens: int
+) -> tuple[list[int], int]:
+    """Token ids of the few-shot prompt (trailing space left to the model) and how many examples fit in
+    `max_tokens`; the earliest examples are dropped first, then the question's beginning."""
+    for n_dropped in range(len(icl_examples) + 1):
+        text = knowmem_prompt(icl_examples[n_dropped:], question).removesuffix(" ")
+        ids = _bos(tokenizer) + _tokens(tokenizer, text)
+        if len(ids) <= max_tokens:
+            return ids, len(icl_examples) - n_dropped
+    return _keep_end(tokenizer, ids, max_tokens), 0
+
+
+# --- generation -----------------------------------------------------------------------------------------------------
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Marks a row finished once its new text contains a stop string (per row, so a batch behaves like single rows)."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer, self.stop_strings, self.prompt_width = tokenizer, tuple(stop_strings), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stop_strings) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    for stop in stop_strings:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def generate_continuations(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    stop_strings: Sequence[str] = (),
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[str], int]:
+    """Greedy continuation of each prompt (token ids), cut at eos and at the first stop string, stripped; and the
+    non-padding tokens processed. Batches are left-padded so every prompt ends where generation starts."""
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer needs pad and eos tokens for batched generation")
+    texts: list[str] = [""] * len(prompts)
+    tokens_processed = 0
+    device = model_device(model)
+    with evaluation_mode(model):
+        for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
+            batch = [prompts[index] for index in batch_indices]
+            width = max(len(prompt) for prompt in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, prompt in enumerate(batch):
+                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                attention_mask[row, width - len(prompt) :] = 1
+            stopping = (
+                StoppingCriteriaList([_StopOnStrings(tokenizer, stop_strings, width)])
+                if stop_strings
+                else None
+            )
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=stopping,
+            )
+            for row, index in enumerate(batch_indices):
+                new_ids = output[row, width:].tolist()
+                if tokenizer.eos_token_id in new_ids:
+                    new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id) + 1]
+                # Rows that stopped early are filled with pads; those were never fed through the model.
+                tokens_processed += len(batch[row]) + sum(
+                    token != tokenizer.pad_token_id for token in new_ids
+                )
+                text = tokenizer.decode(new_ids, skip_special_tokens=True)
+                texts[index] = _cut_at_stop_strings(text, stop_strings).strip()
+            if on_batch is not None:
+                on_batch(len(batch))
+    return texts, tokens_processed
+
+
+# --- teacher forcing ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredSequence:
+    context_ids: list[int]  # read but not scored (bos, prompt); at least one token
+    target_ids: list[int]  # scored: each predicted from everything before it
+
+
+def target_token_statistics(
+    model: torch.nn.Module,
+    pad_token_id: int,
+    sequences: Sequence[ScoredSequence],
+    batch_size: int = 32,
+    with_vocab_moments: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> AnswerTokenStatistics:
+    """Per sequence, teacher-forced statistics of its target tokens (label log-probs, argmax matches and, with
+    `with_vocab_moments`, the mean and variance of the vocabulary log-probs), one right-padded pass per batch."""
+    for index, sequence in enumerate(sequences):
+        if not sequence.context_ids or not sequence.target_ids:
+            raise ValueError(f"sequence {index} needs at least one context and one target token")
+    label_log_probs: list = [None] * len(sequences)
+    argmax_matches: list = [None] * len(sequences)
+    means: list = [None] * len(sequences)
+    variances: list = [None] * len(sequences)
+    lengths = [len(sequence.context_ids) + len(sequence.target_ids) for sequence in sequences]
+    device = model_device(model)
+    with evaluation_mode(model):
+        for batch_indices in length_sorted_batches(lengths, batch_size):
+            width = max(lengths[index] for index in batch_indices)
+            input_ids = torch.full((len(batch_indices), width), pad_token_id, dtype=torch.long)
+            labels = torch.full((len(batch_indices), width), IGNORE_INDEX, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch_indices), width), dtype=torch.long)
+            for row, index in enumerate(batch_indices):
+                sequence = sequences[index]
+                ids = sequence.context_ids + sequence.target_ids
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, len(sequence.context_ids) : len(ids)] = torch.tensor(sequence.target_ids)
+                attention_mask[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            shifted_labels = labels[:, 1:].to(device)
+            for row, index in enumerate(batch_indices):
+                # Row by row, so the fp32 (length, vocab) log-softmax of one article is the largest copy made.
+                scored = shifted_labels[row] != IGNORE_INDEX
+                row_logits = logits[row, :-1][scored].float()
+                targets = shifted_labels[row][scored]
+                log_probs = torch.log_softmax(row_logits, dim=-1)
+                label_log_probs[index] = (
+                    log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu().numpy()
+                )
+                argmax_matches[index] = (row_logits.argmax(dim=-1) == targets).cpu().numpy()
+                if with_vocab_moments:
+                    probs = log_probs.exp()
+                    mean = (probs * log_probs).sum(dim=-1)
+                    means[index] = mean.double().cpu().numpy()
+                    variances[index] = (
+                        ((probs * log_probs.square()).sum(dim=-1) - mean.square()).double().cpu().numpy()
+                    )
+            if on_batch is not None:
+                on_batch(len(batch_indices))
+    return AnswerTokenStatistics(
+        label_log_probs=label_log_probs,
+        argmax_matches=argmax_matches,
+        vocab_log_prob_means=means if with_vocab_moments else None,
+        vocab_log_prob_variances=variances if with_vocab_moments else None,
+        tokens_processed=sum(lengths),
+    )
+
+
+def text_sequences(tokenizer, texts: Sequence[str], max_tokens: int, eval_set: str) -> list[ScoredSequence]:
+    """Whole texts to score (every token after bos), cut to their first `max_tokens` tokens."""
+    truncation = _TruncationLog(eval_set, f"texts cut to their first {max_tokens} tokens (model context)")
+    sequences = []
+    for text in texts:
+        ids = _bos(tokenizer) + _tokens(tokenizer, text)
+        truncation.record(len(ids) > max_tokens)
+        ids = ids[:max_tokens]
+        sequences.append(ScoredSequence(context_ids=ids[:1], target_ids=ids[1:]))
+    truncation.report()
+    return sequences
+
+
+def verbmem_sequences(tokenizer, items: Sequence[Mapping], max_tokens: int) -> list[ScoredSequence]:
+    """bos + prompt as context, " " + gt as targets; the gt is cut to MAX_TEXT_TOKENS (and to the context), then
+    the prompt loses its beginning until both fit in `max_tokens`."""
+    truncation = _TruncationLog(
+        VERBMEM_FORGET, f"prompt + gt shortened to fit the model's {max_tokens}-token context"
+    )
+    sequences = []
+    for item in items:
+        prompt_ids = _bos(tokenizer) + _tokens(tokenizer, item["prompt"])
+        gt_ids = _tokens(tokenizer, " " + item["gt"])
+        room_for_gt = max_tokens - min(len(prompt_ids), 2)  # keep bos and at least one prompt token
+        target_ids = gt_ids[: min(MAX_TEXT_TOKENS, room_for_gt)]
+        context_ids = _keep_end(tokenizer, prompt_ids, max_tokens - len(target_ids))
+        truncation.record(len(target_ids) < len(gt_ids) or len(context_ids) < len(prompt_ids))
+        sequences.append(ScoredSequence(context_ids=context_ids, target_ids=target_ids))
+    truncation.report()
+    return sequences
+
+
+# --- attack scores --------------------------------------------------------------------------------------------------
+
+
+def text_attack_scores(
+    attack: str, statistics: AnswerTokenStatistics, scored_texts: Sequence[str], k: float
+) -> np.ndarray:
+    """Per text, the loss-like score of one attack ("loss", "zlib", "min_k", "min_k_plus_plus") over every scored
+    token; `scored_texts` are the texts of the scored tokens (for zlib)."""
+    if attack == "loss":
+        return np.array([-log_probs.mean() for log_probs in statistics.label_log_probs], dtype=np.float64)
+    if attack == "zlib":
+        losses = text_attack_scores("loss", statistics, scored_texts, k)
+        return losses / np.array([zlib_compressed_length(text) for text in scored_texts], dtype=np.float64)
+    if attack == "min_k":
+        return np.array([-lowest_k_mean(lp, k) for lp in statistics.label_log_probs], dtype=np.float64)
+    if attack == "min_k_plus_plus":
+        if statistics.vocab_log_prob_means is None or statistics.vocab_log_prob_variances is None:
+            raise ValueError("min-k%++ needs token statistics computed with vocabulary moments")
+        standardised = [
+            (log_probs - mean) / np.sqrt(np.maximum(variance, MIN_VOCAB_VARIANCE))
+            for log_probs, mean, variance in zip(
+                statistics.label_log_probs,
+                statistics.vocab_log_prob_means,
+                statistics.vocab_log_prob_variances,
+                strict=True,
+            )
+        ]
+        return np.array([-lowest_k_mean(scores, k) for scores in standardised], dtype=np.float64)
+    raise ValueError(f"unknown attack {attack!r}; known: {', '.join(MIA_ATTACKS)}")
+
+
+# --- the suite ------------------------------------------------------------------------------------------------------
+
+
+def _check_eval_sets(eval_sets: Mapping[str, Sequence[Mapping]], metric_names: Sequence[str]) -> None:
+    for eval_set in sorted(required_sets(metric_names)):
+        users = [name for name in metric_names if eval_set in REQUIRED_SETS[name]]
+        if eval_set not in eval_sets:
+            raise ValueError(f"missing eval set '{eval_set}' needed by {users}; given: {sorted(eval_sets)}")
+        items = eval_sets[eval_set]
+        # An empty in-context set is a valid zero-shot setup; every other set must have items.
+        if len(items) == 0 and eval_set not in (KNOWMEM_FORGET_ICL, KNOWMEM_RETAIN_ICL):
+            raise ValueError(f"eval set '{eval_set}' is empty but {users} need it")
+        for index, item in enumerate(items):
+            for field_name in RECORD_FIELDS[eval_set]:
+                if not isinstance(item.get(field_name), str):
+                    raise ValueError(
+                        f"item {index} of eval set '{eval_set}' lacks '{field_name}', needed by {users}"
+                    )
+
+
+def _rouge_into(
+    result: EvalResult, name: str, prefix: str, generations: list[str], references: list[str]
+) -> None:
+    scores = tofu.rouge_scores(generations, [reference.strip() for reference in references])
+    result.metrics[name] = float(scores["rougeL_f1"].mean())
+    result.per_item[name] = scores["rougeL_f1"].tolist()
+    result.per_item[f"{prefix}_rougeL_recall"] = scores["rougeL_recall"].tolist()
+    result.per_item[f"{prefix}_rouge1_recall"] = scores["rouge1_recall"].tolist()
+
+
+def evaluate_muse(
+    model: torch.nn.Module,
+    tokenizer,
+    eval_sets: Mapping[str, Sequence[Mapping]],
+    metric_names: Sequence[str],
+    settings,
+    progress: bool = False,
+) -> EvalResult:
+    """Compute the requested MUSE metrics of one model; `settings` is the MetricsConfig (batch_size, mia_k, muse.*).
+
+    Only the model passes the requested metrics need are run: verbmem generation, knowmem generation per set,
+    teacher forcing on verbmem (ES, EM) and on the privleak texts (all attacks share one pass per set).
+    """
+    metric_names = list(dict.fromkeys(metric_names))
+    validate_metric_names(metric_names)
+    _check_eval_sets(eval_sets, metric_names)
+    batch_size = int(settings.batch_size)
+    muse_settings = settings.muse
+    context_length = model_context_length(model, tokenizer)
+    wanted = set(metric_names)
+    attacks = [attack for name, attack in MIA_METRICS.items() if name in wanted]
+    memorisation = wanted & {EXTRACTION_STRENGTH, EXACT_MEMORIZATION}
+    knowmem = [name for name in _KNOWMEM if name in wanted]
+
+    total = (len(eval_sets[VERBMEM_FORGET]) if VERBMEM_ROUGE in wanted else 0) + (
+        len(eval_sets[VERBMEM_FORGET]) if memorisation else 0
+    )
+    total += sum(len(eval_sets[_KNOWMEM[name][0]]) for name in knowmem)
+    if attacks:
+        total += len(eval_sets[PRIVLEAK_FORGET]) + len(eval_sets[PRIVLEAK_HOLDOUT])
+
+    result = EvalResult()
+    with tqdm(total=total, desc="MUSE eval", unit="seq", disable=not progress) as progress_bar:
+        if VERBMEM_ROUGE in wanted:
+            progress_bar.set_postfix_str(VERBMEM_ROUGE)
+            max_new_tokens = int(muse_settings.verbmem_max_new_tokens)
+            budget = _prompt_budget(context_length, max_new_tokens)
+            items = eval_sets[VERBMEM_FORGET]
+            truncation = _TruncationLog(
+                VERBMEM_FORGET, f"prompts cut to their last {budget} tokens for generation"
+            )
+            prompts = []
+            for item in items:
+                prompt_ids = _bos(tokenizer) + _tokens(tokenizer, item["prompt"])
+                truncation.record(len(prompt_ids) > budget)
+                prompts.append(_keep_end(tokenizer, prompt_ids, budget))
+            truncation.report()
+            generations, tokens = generate_continuations(
+                model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=progress_bar.update
+            )
+            result.tokens_processed += tokens
+            result.generations[VERBMEM_FORGET] = generations
+            _rouge_into(result, VERBMEM_ROUGE, "forget_verbmem", generations, [item["gt"] for item in items])
+
+        for name in knowmem:
+            progress_bar.set_postfix_str(name)
+            qa_set, icl_set, prefix = _KNOWMEM[name]
+            max_new_tokens = int(muse_settings.knowmem_max_new_tokens)
+            budget = _prompt_budget(context_length, max_new_tokens)
+            shots = list(eval_sets[icl_set][: int(muse_settings.icl_shots)])
+            if len(shots) < int(muse_settings.icl_shots):
+                logger.warning(
+                    "%s: only %d in-context examples (asked for %d)",
+                    icl_set,
+                    len(shots),
+                    muse_settings.icl_shots,
+                )
+            truncation = _TruncationLog(
+                qa_set,
+                f"questions prompted with fewer than {len(shots)} in-context examples to fit the context",
+            )
+            prompts = []
+            for item in eval_sets[qa_set]:
+                prompt_ids, n_shots = knowmem_prompt_ids(tokenizer, shots, item["question"], budget)
+                truncation.record(n_shots < len(shots))
+                prompts.append(prompt_ids)
+            truncation.report()
+            generations, tokens = generate_continuations(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                KNOWMEM_STOP_STRINGS,
+                progress_bar.update,
+            )
+            result.tokens_processed += tokens
+            result.generations[qa_set] = generations
+            _rouge_into(result, name, prefix, generations, [item["answer"] for item in eval_sets[qa_set]])
+
+        if memorisation:
+            progress_bar.set_postfix_str("verbmem teacher forcing")
+            sequences = verbmem_sequences(tokenizer, eval_sets[VERBMEM_FORGET], context_length)
+            statistics = target_token_statistics(
+                model, tokenizer.pad_token_id, sequences, batch_size, on_batch=progress_bar.update
+            )
+            result.tokens_processed += statistics.tokens_processed
+            for name, per_item_metric, aggregate in (
+                (EXTRACTION_STRENGTH, extraction_strength, privacy.extraction_strength),
+                (EXACT_MEMORIZATION, exact_memorization, privacy.exact_memorization),
+            ):
+                if name in wanted:
+                    values = [per_item_metric(matches) for matches in statistics.argmax_matches]
+                    result.metrics[name] = aggregate(values)
+                    result.per_item[name] = values
+
+        if attacks:
+            k = float(settings.mia_k)
+            max_tokens = min(context_length, MAX_TEXT_TOKENS)
+            scores: dict[str, dict[str, np.ndarray]] = {attack: {} for attack in attacks}
+            for side, eval_set in (("forget", PRIVLEAK_FORGET), ("holdout", PRIVLEAK_HOLDOUT)):
+                progress_bar.set_postfix_str(eval_set)
+                sequences = text_sequences(
+                    tokenizer, [item["text"] for item in eval_sets[eval_set]], max_tokens, eval_set
+                )
+                statistics = target_token_statistics(
+                    model,
+                    tokenizer.pad_token_id,
+                    sequences,
+                    batch_size,
+                    with_vocab_moments="min_k_plus_plus" in attacks,
+                    on_batch=progress_bar.update,
+                )
+                result.tokens_processed += statistics.tokens_processed
+                scored_texts = (
+                    [
+                        tokenizer.decode(sequence.target_ids, skip_special_tokens=True)
+                        for sequence in sequences
+                    ]
+                    if "zlib" in attacks
+                    else []
+                )
+                for attack in attacks:
+                    scores[attack][side] = text_attack_scores(attack, statistics, scored_texts, k)
+                    result.per_item[f"muse_mia_{attack}_{side}"] = scores[attack][side].tolist()
+            for attack in attacks:
+                result.metrics[f"muse_mia_{attack}"] = privacy.mia_auc(
+                    scores[attack]["forget"], scores[attack]["holdout"]
+                )
+
+    return result
+
+
+def privleak_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, settings=None) -> float:
+    """MUSE privleak (percent) of a model's min-k% AUC against the oracle's, from two EvalResult dicts."""
+    aucs = []
+    for label, result in (("model", evaluation), ("oracle", oracle_evaluation)):
+        metrics = result.get("metrics") or {}
+        if PRIVLEAK_ATTACK_METRIC not in metrics:
+            raise ValueError(
+                f"{PRIVLEAK} needs the {label}'s {PRIVLEAK_ATTACK_METRIC}, which its evaluation lacks"
+            )
+        aucs.append(float(metrics[PRIVLEAK_ATTACK_METRIC]))
+    return privacy.privleak(aucs[0], reference_auc=aucs[1])
+
+
+MUSE_SUITE = register_suite(
+    Suite(name="muse", metric_names=MUSE_METRIC_NAMES, evaluate=evaluate_muse, required_sets=required_sets)
+)
+register_cross_model_metric(
+    CrossModelMetric(name=PRIVLEAK, needs=(PRIVLEAK_ATTACK_METRIC,), compute=privleak_against_oracle)
+)
