@@ -7,6 +7,7 @@ the loss on: the answer tokens and the closing eos.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,21 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _logits_at(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+    """Logits at the given sequence positions, (batch, len(positions), vocab).
+
+    transformers' causal LMs take `logits_to_keep` (a tensor of positions) and apply their own head, scaling and
+    soft-capping there; models without it get the full logits, sliced.
+    """
+    if _accepts_logits_to_keep(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, positions, :]
+
+
 def score_answers(
     model: torch.nn.Module,
     tokenizer,
@@ -88,16 +104,19 @@ def score_answers(
                 input_ids[row, :length] = torch.tensor(item.input_ids)
                 labels[row, :length] = torch.tensor(item.labels)
                 attention_mask[row, :length] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            # Position t predicts token t+1; fp32 so bf16 models do not lose precision in the log-softmax.
-            shifted_logits = logits[:, :-1, :].float()
-            shifted_labels = labels[:, 1:].to(device)
+            # Only positions that predict a scored token need logits: computing the vocabulary projection (and the
+            # log-softmax) for prompt positions too costs a quarter of the forward pass on a small model.
+            first_scored = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())
+            predicting = torch.arange(first_scored - 1, width - 1)
+            logits = _logits_at(model, input_ids.to(device), attention_mask.to(device), predicting.to(device))
+            # fp32 so bf16 models do not lose precision in the log-softmax.
+            scored_labels = labels[:, first_scored:].to(device)
             token_nll = F.cross_entropy(
-                shifted_logits.reshape(-1, shifted_logits.size(-1)),
-                shifted_labels.reshape(-1),
+                logits.float().reshape(-1, logits.size(-1)),
+                scored_labels.reshape(-1),
                 ignore_index=IGNORE_INDEX,
                 reduction="none",
-            ).view(shifted_labels.shape)
+            ).view(scored_labels.shape)
             answer_nll_sums = token_nll.sum(dim=1).double().cpu().numpy()
             for row, index in enumerate(batch_indices):
                 nlls[index] = answer_nll_sums[row] / n_answer_tokens[index]
