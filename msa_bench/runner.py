@@ -139,7 +139,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     finally:
         run_logger.finish()
 
-    table = comparison_table(columns, metric_names)
+    table = comparison_table(columns, list(method_metrics))
     print(
         f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "
         f"(θ0 = {cfg.checkpoint.name}), results in {output_dir}\n{table}\n",

@@ -119,6 +119,10 @@ def final_metrics(
                 provenance[name] = metric.provenance(settings)
         elif name in evaluation["metrics"]:
             metrics[name] = float(evaluation["metrics"][name])
+            # A suite may break a requested metric down (e.g. lm_eval -> lm_eval/<task>/<metric>); keep the parts.
+            for key, value in evaluation["metrics"].items():
+                if key.startswith(f"{name}/"):
+                    metrics[key] = float(value)
         else:
             reason = (evaluation.get("skipped") or {}).get(name, "the evaluation did not produce it")
             raise MetricUnavailableError(f"metric {name!r} is unavailable: {reason}")
