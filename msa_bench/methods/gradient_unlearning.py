@@ -9,11 +9,63 @@ Heavy imports happen inside the function, so that composing and validating a con
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omegaconf import MISSING
 
-def unlearn_with_loss(pipeline, method: str, config, loss_fn, *, needs_reference: bool, use_retain: bool):
+from msa_bench.config.schema import TrainRecipe
+from msa_bench.methods.registry import MethodConfig
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+@dataclass
+class LossMethodConfig(MethodConfig):
+    """What every loss-based unlearning method shares; each method adds its own hyperparameters."""
+
+    recipe: TrainRecipe = MISSING
+    forget_weight: float = 1.0  # γ, the weight of the forget term
+    retain_weight: float = 0.0  # α, the weight of the retain term (0 = no retain term)
+    retain_loss: str = "nll"  # nll on the retain set, or kl: KL(θ_D ‖ model) on it
+    # Divergence guard: stop (and save nothing) when |loss| exceeds this; null = only non-finite losses stop.
+    loss_bound: float | None = None
+    reference_device: str | None = None  # where the frozen θ_D lives (e.g. cpu); null = the policy's device
+    # Sequence-level reference values (NPO) computed once before training, so the reference model is freed.
+    precompute_reference: bool = False
+
+    def __post_init__(self):
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(
+                f"method.retain_loss={self.retain_loss!r} is not valid; use one of {RETAIN_LOSSES}"
+            )
+        if self.forget_weight < 0 or self.retain_weight < 0:
+            raise ValueError("method.forget_weight and method.retain_weight must be >= 0")
+        if self.loss_bound is not None and not self.loss_bound > 0:
+            raise ValueError(f"method.loss_bound={self.loss_bound} must be > 0 (or null)")
+
+
+def default_recipe(**kwargs):
+    """A dataclass field whose default is TrainRecipe(**kwargs)."""
+    return field(default_factory=lambda: TrainRecipe(**kwargs))
+
+
+def unlearn_with_loss(
+    pipeline,
+    method: str,
+    config,
+    loss_fn,
+    *,
+    needs_reference: bool,
+    use_retain: bool,
+    prepare_model: Callable | None = None,
+):
+    """Train a copy of θ_D with `loss_fn` and cache the result. A KL retain term also needs the reference.
+
+    `prepare_model(model, config)`, when given, runs on the loaded θ_D before the trainer (and so the optimizer)
+    is built: e.g. freezing parameters (requires_grad False) so that the optimizer never sees them.
+    """
     from msa_bench.models.build import count_parameters, load_model, save_model
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.stages import ModelRef
@@ -21,7 +73,8 @@ def unlearn_with_loss(pipeline, method: str, config, loss_fn, *, needs_reference
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
 
     target = pipeline.target()
-    recipe = config.recipe
+    use_retain = use_retain and config.retain_weight > 0
+    needs_reference = needs_reference or (use_retain and config.retain_loss == "kl")
     spec = {
         "method": method,
         "config": asdict(config),
@@ -35,17 +88,32 @@ def unlearn_with_loss(pipeline, method: str, config, loss_fn, *, needs_reference
         max_length = pipeline.cfg.model.max_position_embeddings
         forget = qa_examples(tokenizer, pipeline.forget_items(), max_length)
         retain = qa_examples(tokenizer, pipeline.retain_items(), max_length) if use_retain else None
-        model = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
-        kwargs = {"loss_fn": loss_fn, "method_config": config}
-        if needs_reference:
-            reference = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
-            reference.requires_grad_(False)
-            kwargs["reference_model"] = reference.eval()
         with CostMeter(method, device=pipeline.device) as meter:
+            model = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
+            if prepare_model is not None:
+                prepare_model(model, config)
+            n_params = count_parameters(model)
+            kwargs = {
+                "loss_fn": loss_fn,
+                "method_name": method,
+                "method_config": config,
+                "loss_bound": config.loss_bound,
+                "reference_device": config.reference_device,
+            }
+            if needs_reference:
+                reference_device = config.reference_device or pipeline.device
+                reference = load_model(target.path, reference_device, pipeline.cfg.model.dtype).eval()
+                reference.requires_grad_(False)
+                if config.precompute_reference and not (use_retain and config.retain_loss == "kl"):
+                    kwargs["reference_forget_nll"] = _forget_nlls(reference, forget, tokenizer.pad_token_id)
+                    meter.add_tokens(sum(len(e["input_ids"]) for e in forget), n_params, training=False)
+                    del reference  # the point of precomputing: no second model during training
+                else:
+                    kwargs["reference_model"] = reference
             stats = run_training(
                 model,
                 ForgetRetainDataset(forget, retain, seed=pipeline.cfg.seed),
-                recipe,
+                config.recipe,
                 pad_token_id=tokenizer.pad_token_id,
                 seed=pipeline.cfg.seed,
                 device=pipeline.device,
@@ -53,10 +121,27 @@ def unlearn_with_loss(pipeline, method: str, config, loss_fn, *, needs_reference
                 trainer_class=LossOverrideTrainer,
                 trainer_kwargs=kwargs,
             )
-            meter.add_tokens(stats.tokens, count_parameters(model), training=True)
+            meter.add_tokens(stats.tokens, n_params, training=True)
             save_model(model, tokenizer, out)
         return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
 
     artifact = pipeline.store.get_or_build("unlearned", spec, build)
     pipeline.record_stage("unlearning", artifact)
     return ModelRef(artifact.path, artifact.key, method)
+
+
+def _forget_nlls(reference, forget, pad_token_id: int, batch_size: int = 32):
+    """Summed NLL of every forget example under the reference, indexed like the forget set."""
+    import torch
+
+    from msa_bench.training.data import PaddingCollator
+    from msa_bench.training.losses import sequence_nll
+
+    collator = PaddingCollator(pad_token_id)
+    device = next(reference.parameters()).device
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(forget), batch_size):
+            batch = {k: v.to(device) for k, v in collator.pad(forget[start : start + batch_size]).items()}
+            values.append(sequence_nll(reference, batch)[0].cpu())
+    return torch.cat(values)

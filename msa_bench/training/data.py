@@ -68,7 +68,8 @@ class ForgetRetainDataset(Dataset):
         return len(self.forget)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"forget": self.forget[index]}
+        # The index lets a trainer look up values precomputed per forget example (e.g. reference likelihoods).
+        item = {"forget": {**self.forget[index], "index": index}}
         if self.retain is not None:
             item["retain"] = self.retain[self.retain_index[index]]
         return item
@@ -90,7 +91,10 @@ class PaddingCollator:
             input_ids[row, :n] = torch.tensor(example["input_ids"])
             labels[row, :n] = torch.tensor(example["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+        return batch
 
     def __call__(self, batch: Sequence[dict]) -> dict:
         if "forget" in batch[0]:

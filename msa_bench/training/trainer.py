@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.training.data import ExampleDataset, PaddingCollator
-from msa_bench.training.losses import mean_token_nll
+from msa_bench.training.losses import mean_token_kl, mean_token_nll, sequence_nll_from_logits
 
 
 class DivergenceError(RuntimeError):
@@ -28,6 +28,10 @@ class DivergenceError(RuntimeError):
 
 class CausalLMTrainer(Trainer):
     """Plain supervised training on labelled tokens; counts the tokens it processes."""
+
+    # Our losses are means over one micro-batch, so the Trainer must divide them by the accumulation steps. Without
+    # this, it skips the division whenever a batch has top-level labels and the model accepts loss kwargs.
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -51,20 +55,86 @@ class CausalLMTrainer(Trainer):
 
 
 class LossOverrideTrainer(CausalLMTrainer):
-    """A Trainer whose loss is a method's function of (trainer, model, inputs): how unlearning methods plug in."""
+    """A Trainer whose loss is a method's function of (trainer, model, inputs): how unlearning methods plug in.
 
-    def __init__(self, *args, loss_fn, method_config=None, reference_model=None, **kwargs):
+    It holds what loss functions share: the frozen reference model (once, in inference mode, on
+    `reference_device` or the policy's device), precomputed reference values, the retain term and the divergence
+    guard.
+    """
+
+    def __init__(
+        self,
+        *args,
+        loss_fn,
+        method_name: str = "method",
+        method_config=None,
+        reference_model=None,
+        reference_device: str | None = None,
+        reference_forget_nll: torch.Tensor | None = None,
+        loss_bound: float | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.method_name = method_name
         self.method_config = method_config
         self.reference_model = reference_model
+        self.reference_forget_nll = reference_forget_nll
+        self.loss_bound = loss_bound
+        self.reference_device = torch.device(reference_device) if reference_device else self.args.device
         if reference_model is not None:
-            # Held once, frozen, in inference mode, on the policy's device.
-            self.reference_model.to(self.args.device).eval().requires_grad_(False)
+            self.reference_model.to(self.reference_device).eval().requires_grad_(False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self.loss_fn(self, model, inputs)
+        self.check_finite(loss, "total")
         return (loss, None) if return_outputs else loss
+
+    def check_finite(self, loss: torch.Tensor, term: str) -> None:
+        value = loss.detach()
+        if not torch.isfinite(value).all():
+            raise DivergenceError(
+                f"{self.method_name}: non-finite {term} loss ({value.item()}) at step {self.state.global_step}; "
+                "lower the learning rate or the number of epochs"
+            )
+        if self.loss_bound is not None and value.abs().max().item() > self.loss_bound:
+            raise DivergenceError(
+                f"{self.method_name}: {term} loss {value.item():.4g} at step {self.state.global_step} exceeds "
+                f"method.loss_bound={self.loss_bound}; the run is stopped and nothing is saved"
+            )
+
+    def reference_outputs(self, batch: dict[str, torch.Tensor]):
+        """The frozen reference model's forward on `batch` (moved to its device), with no autograd."""
+        if self.reference_model is None:
+            raise RuntimeError(f"{self.method_name} needs a reference model but none was loaded")
+        moved = {
+            k: v.to(self.reference_device) for k, v in batch.items() if k in ("input_ids", "attention_mask")
+        }
+        with torch.no_grad():
+            return self.reference_model(**moved)
+
+    def reference_sequence_nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed NLL of each forget sequence under the reference: precomputed when configured, else computed."""
+        if self.reference_forget_nll is not None and "index" in batch:
+            return self.reference_forget_nll.to(batch["input_ids"].device)[batch["index"]]
+        with torch.no_grad():
+            logits = self.reference_outputs(batch).logits.to(batch["input_ids"].device)
+        return sequence_nll_from_logits(logits, batch["labels"])[0]
+
+    def retain_loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The retain term: NLL on the retain batch, or KL(reference ‖ model) on it (method.retain_loss)."""
+        kind = getattr(self.method_config, "retain_loss", "nll")
+        self.count_tokens(batch)
+        if kind == "nll":
+            loss = mean_token_nll(model, batch)
+        elif kind == "kl":
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            reference_logits = self.reference_outputs(batch).logits.to(logits.device)
+            loss = mean_token_kl(reference_logits, logits, batch["labels"])
+        else:
+            raise ValueError(f"method.retain_loss={kind!r} is not valid; use 'nll' or 'kl'")
+        self.check_finite(loss, f"retain ({kind})")
+        return loss
 
 
 @dataclass
