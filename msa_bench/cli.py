@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,8 +20,16 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 log = logging.getLogger("msa_bench")
 
+
+def _data_subfolder(name: str) -> str | None:
+    """`${msa_bench_data:tofu}`: <MSA_BENCH_DATA>/tofu when that variable is set, else null."""
+    root = os.environ.get("MSA_BENCH_DATA")
+    return str(Path(root).expanduser() / name) if root else None
+
+
 if not OmegaConf.has_resolver("msa_bench_root"):
     OmegaConf.register_new_resolver("msa_bench_root", lambda: str(PROJECT_ROOT))
+    OmegaConf.register_new_resolver("msa_bench_data", _data_subfolder)
 register_schemas()
 
 

@@ -290,3 +290,14 @@ def test_state_vector_arithmetic() -> None:
     assert torch.equal(first["w"], torch.tensor([2.0, 4.0])), "apply_to must not modify its input"
     with pytest.raises(StateArithmeticError):
         forget + StateVector({"other": torch.zeros(2)})
+
+
+def test_tokenizer_mismatch_is_refused_before_writing(tmp_path):
+    paths = save_family(tmp_path, tied=False)
+    (paths["theta_0"] / "tokenizer.json").write_text('{"vocab": "one"}')
+    (paths["theta_1"] / "tokenizer.json").write_text('{"vocab": "one"}')
+    (paths["theta_d"] / "tokenizer.json").write_text('{"vocab": "two"}')
+    out = tmp_path / "out"
+    with pytest.raises(StateArithmeticError, match="tokenizer of .* differs from that of the target"):
+        combine_checkpoints(paths["theta_d"], [StateDelta(-1.0, paths["theta_1"], paths["theta_0"])], out)
+    assert not out.exists()

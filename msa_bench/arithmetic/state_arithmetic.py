@@ -13,6 +13,7 @@ models. :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -266,6 +267,33 @@ def _remove_stale_weights(directory: Path) -> None:
             entry.unlink()
 
 
+# Files that define a tokenizer's vocabulary, whichever format a checkpoint saved it in.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def _tokenizer_fingerprint(model_dir: Path) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        for name in _TOKENIZER_FILES
+        if (model_dir / name).is_file()
+    }
+
+
+def check_tokenizers_match(target: Path, others: Sequence[Path]) -> None:
+    """Refuse arithmetic between checkpoints whose tokenizers differ: the same embedding row would then stand for
+    different tokens. Checkpoints that saved no tokenizer files are not compared."""
+    reference = _tokenizer_fingerprint(Path(target))
+    for other in others:
+        fingerprint = _tokenizer_fingerprint(Path(other))
+        shared = set(reference) & set(fingerprint)
+        differing = sorted(name for name in shared if reference[name] != fingerprint[name])
+        if differing:
+            raise StateArithmeticError(
+                f"the tokenizer of {other} differs from that of the target {target} ({', '.join(differing)}); "
+                "model states with different vocabularies cannot be combined"
+            )
+
+
 def combine_checkpoints(
     target: Path,
     deltas: Sequence[StateDelta],
@@ -296,6 +324,7 @@ def combine_checkpoints(
         if coefficient != 0.0
     ]
 
+    check_tokenizers_match(target, [path for _, _, ft, base in active for path in (ft, base)])
     target_layout = _read_layout(target)
     resolved_target = target.resolve()
     layouts: dict[Path, _CheckpointLayout] = {resolved_target: target_layout}

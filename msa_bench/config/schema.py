@@ -88,8 +88,11 @@ class WorldConfig:
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING
-    kind: str = "synthetic_tofu"
+    kind: str = "synthetic_tofu"  # synthetic_tofu (generated) | tofu (real TOFU files)
     forget_split: str = "forget10"
+    # Real benchmarks: a local folder of <hub config>.jsonl files; when null, `hub_id` is loaded with `datasets`.
+    data_dir: str | None = None
+    hub_id: str | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
     # The recipe that makes the target (instruct model on the full benchmark) and the oracle (on the retain split).
     target_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))

@@ -17,7 +17,7 @@ LOGGER_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
-BENCHMARK_KINDS = ("synthetic_tofu",)
+BENCHMARK_KINDS = ("synthetic_tofu", "tofu")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -60,7 +60,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
         "model": model_ref.key,
         "plan": plan,
         "settings": _settings_spec(settings),
-        "world": pipeline.world().key,
+        "benchmark": pipeline.benchmark_source()[1],
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,
     }

@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from msa_bench.config.schema import CheckpointConfig, MSABenchConfig, TrainRecipe
+from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
 from msa_bench.data.synthetic import (
     GENERATOR_VERSION,
     SyntheticWorldSpec,
@@ -39,9 +41,11 @@ log = logging.getLogger("msa_bench.pipeline")
 
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
+BENCHMARK_KINDS = ("synthetic_tofu", "tofu")
+WORLD_SPLITS = ("pretraining", "instruct")
 # Bump when a change to training, data encoding or evaluation code should invalidate every cached artifact: every
 # key depends on the world's key, which includes this.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 class StageError(ValueError):
@@ -96,15 +100,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ data
     def world_spec(self) -> dict:
+        """The generated world behind the embedded model's history (and, for synthetic_tofu, the benchmark)."""
         b = self.cfg.benchmark
-        if b.kind != "synthetic_tofu":
-            raise StageError(f"benchmark.kind={b.kind!r} is not supported yet; use 'synthetic_tofu'")
-        return {
-            "world": _plain(b.world),
-            "vocab_size": self.cfg.model.vocab_size,
-            "generator": GENERATOR_VERSION,
-            "pipeline": PIPELINE_VERSION,
-        }
+        if b.kind not in BENCHMARK_KINDS:
+            raise StageError(
+                f"benchmark.kind={b.kind!r} is not supported; use one of {list(BENCHMARK_KINDS)}"
+            )
+        return {"world": _plain(b.world), "generator": GENERATOR_VERSION, "pipeline": PIPELINE_VERSION}
 
     def world(self) -> Artifact:
         if self._world is not None:
@@ -115,25 +117,76 @@ class Pipeline:
             with CostMeter("world", device="cpu") as meter:
                 world = generate_world(SyntheticWorldSpec(**spec["world"]))
                 counts = write_benchmark(world, out / "data")
-                tokenizer = train_bpe_tokenizer(
-                    world.corpus_texts(),
-                    vocab_size=spec["vocab_size"],
-                    model_max_length=self.cfg.model.max_position_embeddings,
-                )
-                tokenizer.save_pretrained(out / "tokenizer")
             return {"cost": meter.cost.to_dict(), "counts": counts}
 
         self._world = self.record_stage("world", self.store.get_or_build("world", spec, build))
         return self._world
 
+    def benchmark_source(self) -> tuple[Path, str]:
+        """The folder the benchmark's splits are read from, and a fingerprint of its contents."""
+        b = self.cfg.benchmark
+        if b.kind == "synthetic_tofu":
+            return self.world().path / "data", self.world().key
+        if b.data_dir:
+            return local_data_source(Path(b.data_dir), "benchmark.data_dir")
+        hub = self.hub_benchmark()
+        return hub.path, hub.key
+
+    def hub_benchmark(self) -> Artifact:
+        """The benchmark's splits fetched from the Hugging Face hub once and kept as JSONL in the cache."""
+        hub_id = self.cfg.benchmark.hub_id
+        if not hub_id:
+            raise StageError(
+                f"benchmark {self.cfg.benchmark.name!r} has neither data_dir nor hub_id; set benchmark.data_dir "
+                "(or MSA_BENCH_DATA to a folder laid out like ../shared/data)"
+            )
+        split_names = tofu_hub_configs(self.forget_split)
+        return self.store.get_or_build(
+            "hub_data",
+            {"hub_id": hub_id, "configs": split_names},
+            lambda out: download_tofu(hub_id, split_names, out),
+        )
+
     def split(self, name: str) -> list[dict]:
         if name not in self._split_cache:
-            self._split_cache[name] = load_benchmark_split(self.world().path / "data", name)
+            # The embedded model's pretraining and instruct data always come from the generated world.
+            folder = self.world().path / "data" if name in WORLD_SPLITS else self.benchmark_source()[0]
+            self._split_cache[name] = load_benchmark_split(folder, name)
         return self._split_cache[name]
+
+    def tokenizer_spec(self) -> dict:
+        return {
+            "world": self.world().key,
+            "benchmark": self.benchmark_source()[1],
+            "vocab_size": self.cfg.model.vocab_size,
+        }
+
+    def tokenizer_artifact(self) -> Artifact:
+        """A BPE trained on the world's corpus and, for a real benchmark, its QA text too."""
+
+        def build(out: Path) -> dict:
+            if self.cfg.benchmark.kind == "synthetic_tofu":
+                texts = generate_world(SyntheticWorldSpec(**self.world_spec()["world"])).corpus_texts()
+            else:
+                qa = self.split("instruct") + self.split("full")
+                texts = [d["text"] for d in self.split("pretraining")]
+                texts += [f"{format_prompt(x['question'])}{format_answer(x['answer'])}" for x in qa]
+            with CostMeter("tokenizer", device="cpu") as meter:
+                tokenizer = train_bpe_tokenizer(
+                    texts,
+                    vocab_size=self.cfg.model.vocab_size,
+                    model_max_length=self.cfg.model.max_position_embeddings,
+                )
+                tokenizer.save_pretrained(out)
+            return {"cost": meter.cost.to_dict()}
+
+        return self.record_stage(
+            "tokenizer", self.store.get_or_build("tokenizer", self.tokenizer_spec(), build)
+        )
 
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.world().path / "tokenizer")
+            self._tokenizer = load_tokenizer(self.tokenizer_artifact().path)
         return self._tokenizer
 
     @property
@@ -196,7 +249,11 @@ class Pipeline:
     # ------------------------------------------------------------------ model history
     def history_spec(self) -> dict:
         m = self.cfg.model
-        return {"world": self.world().key, "model": _plain(m) | {"instruct": None}, "seed": self.cfg.seed}
+        return {
+            "tokenizer": self.tokenizer_artifact().key,
+            "model": _plain(m) | {"instruct": None},
+            "seed": self.cfg.seed,
+        }
 
     def pretrain_blocks(self) -> list[dict]:
         if self._pretrain_blocks is None:
