@@ -80,6 +80,8 @@ class Pipeline:
         self._world: Artifact | None = None
         self._history: Artifact | None = None
         self._tokenizer = None
+        self._tokenizer_artifact: Artifact | None = None
+        self._benchmark_source: tuple[Path, str] | None = None
         self._pretrain_blocks: list[dict] | None = None
 
     # ------------------------------------------------------------------ bookkeeping
@@ -124,13 +126,16 @@ class Pipeline:
 
     def benchmark_source(self) -> tuple[Path, str]:
         """The folder the benchmark's splits are read from, and a fingerprint of its contents."""
-        b = self.cfg.benchmark
-        if b.kind == "synthetic_tofu":
-            return self.world().path / "data", self.world().key
-        if b.data_dir:
-            return local_data_source(Path(b.data_dir), "benchmark.data_dir")
-        hub = self.hub_benchmark()
-        return hub.path, hub.key
+        if self._benchmark_source is None:
+            b = self.cfg.benchmark
+            if b.kind == "synthetic_tofu":
+                self._benchmark_source = (self.world().path / "data", self.world().key)
+            elif b.data_dir:
+                self._benchmark_source = local_data_source(Path(b.data_dir), "benchmark.data_dir")
+            else:
+                hub = self.hub_benchmark()
+                self._benchmark_source = (hub.path, hub.key)
+        return self._benchmark_source
 
     def hub_benchmark(self) -> Artifact:
         """The benchmark's splits fetched from the Hugging Face hub once and kept as JSONL in the cache."""
@@ -163,6 +168,8 @@ class Pipeline:
 
     def tokenizer_artifact(self) -> Artifact:
         """A BPE trained on the world's corpus and, for a real benchmark, its QA text too."""
+        if self._tokenizer_artifact is not None:
+            return self._tokenizer_artifact
 
         def build(out: Path) -> dict:
             if self.cfg.benchmark.kind == "synthetic_tofu":
@@ -277,6 +284,15 @@ class Pipeline:
     def preflight(self) -> None:
         """Checks that need the data but no training, run before any model is trained."""
         self.forget_split  # noqa: B018  (validates the split name)
+        if self.cfg.benchmark.kind != "synthetic_tofu":
+            # Every split the run will read must be there before anything trains.
+            folder = self.benchmark_source()[0]
+            for name in tofu_hub_configs(self.forget_split):
+                if not (folder / f"{name}.jsonl").is_file():
+                    raise StageError(
+                        f"benchmark split {name!r} not found: expected {folder / f'{name}.jsonl'} "
+                        f"(benchmark.data_dir={folder}); the folder must hold one <hub config>.jsonl per split"
+                    )
         if self.cfg.checkpoint.stage == "pretrain":
             self._check_saved_step(self.cfg.checkpoint.step)
 
