@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from msa_bench.data.batching import pad_left
 from msa_bench.data.formatting import encode_prompt
 from msa_bench.metrics.scoring import evaluation_mode, length_sorted_batches, model_device
 
@@ -50,13 +51,9 @@ def generate_answers(
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
             batch = [prompts[index] for index in batch_indices]
-            width = max(len(prompt) for prompt in batch)
             # Left padding: every prompt must end at the last column so new tokens follow it directly.
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prompt in enumerate(batch):
-                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                attention_mask[row, width - len(prompt) :] = 1
+            input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id)
+            width = input_ids.shape[1]
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from msa_bench.data.batching import pad_right
 from msa_bench.data.formatting import encode_qa
 from msa_bench.metrics.scoring import IGNORE_INDEX, evaluation_mode, length_sorted_batches, model_device
 
@@ -80,16 +81,9 @@ def answer_token_statistics(
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(item.input_ids) for item in encoded], batch_size):
             batch = [encoded[index] for index in batch_indices]
-            width = max(len(item.input_ids) for item in batch)
-            # Right padding, as in scoring.py: under the causal mask real tokens never see the pads after them.
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, item in enumerate(batch):
-                length = len(item.input_ids)
-                input_ids[row, :length] = torch.tensor(item.input_ids)
-                labels[row, :length] = torch.tensor(item.labels)
-                attention_mask[row, :length] = 1
+            input_ids, labels, attention_mask = pad_right(
+                [item.input_ids for item in batch], [item.labels for item in batch], tokenizer.pad_token_id
+            )
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             # Position t predicts token t+1. Keep only the labelled positions before going to fp32 and taking the
             # log-softmax over the vocabulary, so the full (batch, length, vocab) tensor is never copied.

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from msa_bench.data.batching import pad_left
 from msa_bench.data.muse import (
     KNOWMEM_FORGET,
     KNOWMEM_FORGET_ICL,
@@ -251,12 +252,8 @@ def generate_continuations(
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
             batch = [prompts[index] for index in batch_indices]
-            width = max(len(prompt) for prompt in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prompt in enumerate(batch):
-                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                attention_mask[row, width - len(prompt) :] = 1
+            input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id)
+            width = input_ids.shape[1]
             stopping = (
                 StoppingCriteriaList([_StopOnStrings(tokenizer, stop_strings, width)])
                 if stop_strings

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msa_bench.data.batching import IGNORE_INDEX, pad_right
 from msa_bench.data.formatting import encode_qa
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -94,16 +93,10 @@ def score_answers(
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(item.input_ids) for item in encoded], batch_size):
             batch = [encoded[index] for index in batch_indices]
-            width = max(len(item.input_ids) for item in batch)
-            # Right padding: with a causal mask the real tokens never attend to the pads after them.
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, item in enumerate(batch):
-                length = len(item.input_ids)
-                input_ids[row, :length] = torch.tensor(item.input_ids)
-                labels[row, :length] = torch.tensor(item.labels)
-                attention_mask[row, :length] = 1
+            input_ids, labels, attention_mask = pad_right(
+                [item.input_ids for item in batch], [item.labels for item in batch], tokenizer.pad_token_id
+            )
+            width = input_ids.shape[1]
             # Only positions that predict a scored token need logits: computing the vocabulary projection (and the
             # log-softmax) for prompt positions too costs a quarter of the forward pass on a small model.
             first_scored = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())

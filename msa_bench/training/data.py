@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from msa_bench.data.batching import pad_right
 from msa_bench.data.formatting import encode_qa, encode_text
 
 Example = dict[str, list[int]]  # {"input_ids": [...], "labels": [...]}
@@ -82,15 +83,9 @@ class PaddingCollator:
         self.pad_token_id = pad_token_id
 
     def pad(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        length = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[row, :n] = torch.tensor(example["input_ids"])
-            labels[row, :n] = torch.tensor(example["labels"])
-            attention_mask[row, :n] = 1
+        input_ids, labels, attention_mask = pad_right(
+            [e["input_ids"] for e in examples], [e["labels"] for e in examples], self.pad_token_id
+        )
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
