@@ -9,11 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from msa_bench.config.validate import validate_config
 from msa_bench.models.build import load_model
 from msa_bench.pipeline.stages import StageError
-from msa_bench.runner import resolved_container, run
-from tests.conftest import compose_config
+from tests.pipeline_runs import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -21,22 +19,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("msa_cache")
-
-
-def run_job(cache_dir: Path, out_dir: Path, overrides: list[str]) -> dict:
-    cfg = compose_config(
-        [
-            "experiment=smoke",
-            "logger=none",
-            "progress=false",
-            "num_threads=1",
-            f"paths.cache_dir={cache_dir}",
-            *overrides,
-        ],
-        output_dir=out_dir,
-    )
-    config = validate_config(cfg)
-    return run(config, resolved_container(cfg), out_dir)
 
 
 @pytest.fixture(scope="module")

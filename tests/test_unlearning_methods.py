@@ -23,14 +23,12 @@ import torch
 from transformers import TrainerCallback
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.config.validate import validate_config
 from msa_bench.methods.registry import get_method
 from msa_bench.models.build import load_model
-from msa_bench.runner import resolved_container, run
 from msa_bench.training.data import ExampleDataset, ForgetRetainDataset, PaddingCollator, qa_examples
 from msa_bench.training.losses import mean_token_nll
 from msa_bench.training.trainer import DivergenceError, LossOverrideTrainer, run_training
-from tests.conftest import compose_config
+from tests.pipeline_runs import run_job
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
 torch.set_num_threads(1)
@@ -401,22 +399,6 @@ def test_loss_bound_stops_grad_diff_naming_method_step_and_term(setup):
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("msa_cache")
-
-
-def run_job(cache_dir: Path, out_dir: Path, overrides: list[str]) -> dict:
-    cfg = compose_config(
-        [
-            "experiment=smoke",
-            "logger=none",
-            "progress=false",
-            "num_threads=1",
-            f"paths.cache_dir={cache_dir}",
-            *overrides,
-        ],
-        output_dir=out_dir,
-    )
-    config = validate_config(cfg)
-    return run(config, resolved_container(cfg), out_dir)
 
 
 @pytest.mark.slow

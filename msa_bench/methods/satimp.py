@@ -39,17 +39,9 @@ def satimp_forget_loss(
     logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float
 ) -> torch.Tensor:
     """−mean over labelled tokens of p^β1·(1−p)^β2·(−log p), with the weights detached."""
-    import torch.nn.functional as F
+    from msa_bench.training.losses import token_nll_from_logits
 
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
-    token_nll = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)),
-        shifted_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    ).view(shifted_labels.shape)
-    mask = shifted_labels != -100
+    token_nll, mask = token_nll_from_logits(logits, labels)
     # Rounding can put −log p a hair below 0; p > 1 would make (1 − p)^β2 NaN for a fractional β2.
     probability = torch.exp(-token_nll.detach()).clamp(max=1.0)
     weights = probability.pow(beta1) * (1.0 - probability).pow(beta2)

@@ -12,7 +12,8 @@ def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return sequence_nll_from_logits(logits, batch["labels"])
 
 
-def sequence_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL of the next token (0 where unlabelled) and the mask of labelled positions, (B, T-1) each."""
     shifted_logits = logits[:, :-1, :].float()
     shifted_labels = labels[:, 1:]
     token_nll = F.cross_entropy(
@@ -21,7 +22,11 @@ def sequence_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tupl
         ignore_index=-100,
         reduction="none",
     ).view(shifted_labels.shape)
-    mask = shifted_labels != -100
+    return token_nll, shifted_labels != -100
+
+
+def sequence_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    token_nll, mask = token_nll_from_logits(logits, labels)
     return (token_nll * mask).sum(dim=1), mask.sum(dim=1)
 
 
