@@ -21,11 +21,10 @@ import time
 
 import numpy as np
 import torch
+from bench_common import default_world_and_tokenizer
 
-from msa_bench.config.schema import BenchmarkConfig, ModelConfig
+from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
-from msa_bench.data.synthetic import SyntheticWorldSpec, generate_world
-from msa_bench.data.tokenizer import train_bpe_tokenizer
 from msa_bench.metrics.lm_eval_suite import make_lm
 from msa_bench.metrics.scoring import score_answers
 from msa_bench.models.build import build_embedded_model
@@ -89,9 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    world = generate_world(SyntheticWorldSpec())
-    model_cfg = ModelConfig(name="tiny_llama")
-    tokenizer = train_bpe_tokenizer(world.corpus_texts(), vocab_size=model_cfg.vocab_size)
+    world, model_cfg, tokenizer = default_world_and_tokenizer()
     model = build_embedded_model(model_cfg, tokenizer, seed=0).eval()
     by_set = tofu_requests(world.qa_files, BenchmarkConfig(name="bench").retain_eval_size)
     pairs = [pair for set_pairs in by_set.values() for pair in set_pairs]

@@ -14,11 +14,10 @@ import statistics
 import time
 
 import torch
+from bench_common import default_world_and_tokenizer
 from transformers import get_scheduler
 
-from msa_bench.config.schema import ModelConfig, TrainRecipe
-from msa_bench.data.synthetic import SyntheticWorldSpec, generate_world
-from msa_bench.data.tokenizer import train_bpe_tokenizer
+from msa_bench.config.schema import TrainRecipe
 from msa_bench.models.build import build_embedded_model
 from msa_bench.training.data import ExampleDataset, PaddingCollator, qa_examples
 from msa_bench.training.losses import mean_token_nll
@@ -69,9 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    world = generate_world(SyntheticWorldSpec())
-    model_cfg = ModelConfig(name="tiny_llama")
-    tokenizer = train_bpe_tokenizer(world.corpus_texts(), vocab_size=model_cfg.vocab_size)
+    world, model_cfg, tokenizer = default_world_and_tokenizer()
     items = world.qa_files["full"]
     examples = qa_examples(tokenizer, items, model_cfg.max_position_embeddings)
     # Epochs chosen so the Trainer runs exactly `steps` optimizer steps.

@@ -22,7 +22,7 @@ from msa_bench.metrics.lm_eval_suite import (
 )
 from msa_bench.metrics.registry import SUITES
 from msa_bench.metrics.scoring import score_answers
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 SENTENCES = [
     "Question: Who wrote the novel about the lighthouse keeper?\nAnswer: The novel was written by Mira Castellan.",
@@ -43,8 +43,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    # initializer_range above the default so that the choices are not near-ties that float noise could flip.
-    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
+    return tiny_eval_llama(tokenizer)
 
 
 def fact(index: int, n_perturbed: int) -> dict:

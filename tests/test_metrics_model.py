@@ -23,7 +23,7 @@ from msa_bench.metrics import (
 from msa_bench.metrics import suite as suite_module
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS
 from msa_bench.metrics.tofu import MODEL_UTILITY_COMPONENTS
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 SENTENCES = [
     "Question: Who wrote the novel about the lighthouse keeper?\nAnswer: The novel was written by Mira Castellan.",
@@ -45,8 +45,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer) -> LlamaForCausalLM:
-    # initializer_range above the default 0.02 so greedy choices are not near-ties that float noise could flip.
-    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
+    return tiny_eval_llama(tokenizer)
 
 
 def make_item(index: int, n_perturbed: int, with_paraphrase: bool = True) -> dict:

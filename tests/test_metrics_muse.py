@@ -28,7 +28,7 @@ from msa_bench.data.muse import (
 from msa_bench.metrics import muse
 from msa_bench.metrics.memorization import AnswerTokenStatistics
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, suite_of
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 REPO_ROOT = Path(__file__).parents[1]
 MUSE_NEWS_DIR = REPO_ROOT.parent / "shared" / "data" / "muse-news"
@@ -58,8 +58,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    # initializer_range above the default so greedy choices are not near-ties that padding noise could flip.
-    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
+    return tiny_eval_llama(tokenizer)
 
 
 def make_settings(**muse_overrides) -> MetricsConfig:

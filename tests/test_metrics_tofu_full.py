@@ -23,7 +23,7 @@ from msa_bench.metrics.suite import (
     evaluate_tofu,
     required_eval_sets,
 )
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_llama, tiny_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "metrics"
 MIA_NAMES = [f"mia_{attack}" for attack in mia.ATTACKS]
@@ -47,8 +47,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    # initializer_range above the default so greedy choices are not near-ties that float noise could flip.
-    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
+    return tiny_eval_llama(tokenizer)
 
 
 def make_item(index: int) -> dict:

@@ -33,3 +33,9 @@ def tiny_llama(vocab_size: int, seed: int = 0, tokenizer=None, **overrides) -> L
     settings.update(overrides)
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**settings)).float()
+
+
+def tiny_eval_llama(tokenizer) -> LlamaForCausalLM:
+    """A tiny Llama in eval mode for metric tests, with initializer_range 0.3 (above the default 0.02) so that greedy
+    choices are not near-ties that float noise could flip."""
+    return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
