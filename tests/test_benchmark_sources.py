@@ -98,7 +98,7 @@ def test_renamed_file_is_an_error_naming_the_path(tmp_path):
     from msa_bench.pipeline.stages import StageError
 
     with pytest.raises(
-        StageError, match="split 'forget01_perturbed' not found: expected .*forget01_perturbed.jsonl"
+        StageError, match=r"TOFU split\(s\) \['forget01_perturbed'\] not found .*forget01_perturbed.jsonl"
     ):
         tofu_smoke(tmp_path / "cache", tmp_path / "run", copy, ["metrics.names=[forget_Q_A_Prob]"])
     assert not (tmp_path / "run" / "results.json").exists()

@@ -103,6 +103,25 @@ def _validate_coefficient(coefficient: float, label: str) -> float:
     return value
 
 
+# model.arithmetic_dtype values. float16 is left out on purpose: its range (max ~65504) is too narrow for the
+# difference of two checkpoints scaled by a coefficient, and its use would give no memory advantage over bfloat16.
+ARITHMETIC_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def arithmetic_dtype(name: str) -> torch.dtype:
+    """The torch dtype that ``model.arithmetic_dtype`` names, for ``compute_dtype`` of the functions here.
+
+    float32 (the default) computes every difference and sum in fp32 and rounds once, when the result is cast back to
+    the target's dtype. bfloat16 halves the memory of the per-tensor temporaries and rounds every intermediate to bf16
+    (8 significant bits); use it only when fp32 temporaries of the largest tensor do not fit.
+    """
+    if isinstance(name, str) and name in ARITHMETIC_DTYPES:
+        return ARITHMETIC_DTYPES[name]
+    raise StateArithmeticError(
+        f"model.arithmetic_dtype={name!r} is not supported; valid values: {', '.join(ARITHMETIC_DTYPES)}"
+    )
+
+
 def _validate_compute_dtype(compute_dtype: torch.dtype) -> None:
     if not compute_dtype.is_floating_point:
         raise StateArithmeticError(f"compute_dtype must be a floating dtype, got {compute_dtype}")
@@ -271,9 +290,30 @@ def _remove_stale_weights(directory: Path) -> None:
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
+def _vocabulary_digest(path: Path) -> str:
+    """A digest of what maps token strings to embedding rows, not of the file's bytes: save_pretrained re-serialises
+    tokenizer.json, and a base and an instruct release may differ in templates or post-processing while sharing
+    every row."""
+    if path.name == "tokenizer.json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data.get("model", {})
+        payload = {
+            "type": model.get("type"),
+            "vocab": model.get("vocab"),
+            "merges": model.get("merges"),
+            "added": sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens", [])),
+        }
+        content = json.dumps(payload, sort_keys=True).encode()
+    elif path.name == "vocab.json":
+        content = json.dumps(json.loads(path.read_text(encoding="utf-8")), sort_keys=True).encode()
+    else:
+        content = path.read_bytes()
+    return hashlib.sha256(content).hexdigest()
+
+
 def _tokenizer_fingerprint(model_dir: Path) -> dict[str, str]:
     return {
-        name: hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        name: _vocabulary_digest(model_dir / name)
         for name in _TOKENIZER_FILES
         if (model_dir / name).is_file()
     }
@@ -305,8 +345,15 @@ def combine_checkpoints(
 
     Every checkpoint is validated (tensor names, shapes, dtypes) before anything is written. Deltas
     with coefficient 0 are skipped entirely (never opened). Float tensors are computed in
-    ``compute_dtype`` and cast back to the target's dtype; other tensors are copied from the target.
-    The output keeps the target's shard layout and non-weight files (config, tokenizer, ...).
+    ``compute_dtype`` (see :func:`arithmetic_dtype`) and cast back to the target's dtype; other tensors
+    are copied from the target. The output keeps the target's shard layout and non-weight files
+    (config, tokenizer, ...).
+
+    Memory: the output is written one target shard at a time. While a shard is built, the finished
+    tensors of that shard are held, plus, for the tensor being computed, that one tensor of each
+    input checkpoint and one ``compute_dtype`` difference per delta. Inputs are read tensor by tensor
+    from safetensors files opened for that output shard only (closed before the next shard), so each
+    input contributes just the tensors of the output shard at hand, whatever the inputs' layout.
 
     Returns a report: ``output``, ``n_tensors``, ``n_files``, ``delta_norms`` (L2 norm of
     ``finetuned − base`` over all float tensors per delta, ``None`` for skipped ones), ``deltas`` and

@@ -43,8 +43,28 @@ class PretrainConfig:
 
 
 @dataclass
+class PromptConfig:
+    """How a question becomes a prompt (msa_bench/data/formatting.py).
+
+    plain: "Question: {q}\nAnswer:" then " {answer}" + eos, for base and small models.
+    chat: the tokenizer's chat template (system prompt, user turn, generation prompt), for instruct models. The system
+    prompt and the date a template inserts are pinned here so that token sequences do not change from day to day."""
+
+    format: str = "plain"  # plain | chat
+    system_prompt: str | None = None
+    date_string: str | None = "10 Apr 2025"
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
+    # embedded: the small Llama trained here with its own history (the fields below size it);
+    # pretrained: a Hugging Face model (hub_id at revision), whose earlier states the `checkpoint` group names.
+    source: str = "embedded"
+    hub_id: str | None = None
+    revision: str = "main"
+    # A folder holding <hub_id>/<revision>/ model folders (offline copies, test stand-ins); null: the hub and its cache.
+    local_root: str | None = None
     architecture: str = "llama"
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -53,7 +73,11 @@ class ModelConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 256
     tie_word_embeddings: bool = False
+    # Weights are loaded, trained and evaluated in `dtype` (bfloat16 for paper-scale models on a GPU);
+    # model-state arithmetic accumulates in `arithmetic_dtype` (float32 unless memory forbids) and writes `dtype`.
     dtype: str = "float32"
+    arithmetic_dtype: str = "float32"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     instruct: TrainRecipe = field(
         default_factory=lambda: TrainRecipe(epochs=3, learning_rate=1e-3, batch_size=32)
@@ -65,10 +89,16 @@ class CheckpointConfig:
     """Which saved model state MSA starts from (θ0)."""
 
     name: str = MISSING
-    # pretrain: a pretraining step (needs `step`); base: end of pretraining; instruct: after the QA stage;
-    # target: θ_D itself, which turns MSA into task arithmetic.
+    # Embedded model: pretrain (a saved pretraining step; needs `step`), base (end of pretraining), instruct (after
+    # the QA stage). Any model: closest (the last state before the forget set was seen: the model the target was
+    # fine-tuned from), target (θ_D itself, which turns MSA into task arithmetic). Pretrained model: revision
+    # (`hub_id`, default model.hub_id, at `revision`).
     stage: str = MISSING
     step: int | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    # Where the revision name comes from and how sure it is (e.g. "inferred from token counts; unverified").
+    provenance: str | None = None
 
 
 @dataclass
@@ -88,7 +118,8 @@ class WorldConfig:
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING
-    kind: str = "synthetic_tofu"  # synthetic_tofu (generated) | tofu (real TOFU files)
+    kind: str = "synthetic_tofu"  # synthetic_tofu (generated) | tofu | restor | muse
+    # TOFU: forget01/05/10. RESTOR: the corruption mix (a0..a5, mix_<name>.json). MUSE: forget (the forget corpus).
     forget_split: str = "forget10"
     # Real benchmarks: a local folder of <hub config>.jsonl files; when null, `hub_id` is loaded with `datasets`.
     data_dir: str | None = None
@@ -101,6 +132,17 @@ class BenchmarkConfig:
     replay_fraction: float = 0.5
     # How many retain items (from retain_perturbed) the retain metrics use.
     retain_eval_size: int = 100
+    # Raw-text benchmarks (RESTOR, MUSE) are packed into chunks of this many tokens for training.
+    block_size: int = 128
+    # MUSE: the raw corpora, relative to data_dir. The retain corpus is what the target and the oracle learn besides
+    # the forget corpus, and what the retain vector is fine-tuned on.
+    forget_corpus: str = "raw/forget.json"
+    retain_corpus: str = "raw/retain1.json"
+    # Use only the first N documents of each raw corpus (null: all); for CPU-scale runs.
+    max_documents: int | None = None
+    # RESTOR with the embedded model: the clean model is the instruct model taught the clean facts with this recipe
+    # (a pretrained model is its own clean model).
+    clean_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))
 
 
 @dataclass

@@ -15,9 +15,18 @@ class ConfigError(ValueError):
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
-CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
-FORGET_SPLITS = ("forget01", "forget05", "forget10")
-BENCHMARK_KINDS = ("synthetic_tofu", "tofu")
+CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "closest", "target", "revision")
+MODEL_SOURCES = ("embedded", "pretrained")
+PROMPT_FORMATS = ("plain", "chat")
+ARITHMETIC_DTYPES = ("float32", "bfloat16")
+# The forget sets each benchmark kind accepts (RESTOR's mix files are checked against the data folder later).
+FORGET_SPLITS = {
+    "synthetic_tofu": ("forget01", "forget05", "forget10"),
+    "tofu": ("forget01", "forget05", "forget10"),
+    "restor": ("mix_a0", "mix_a1", "mix_a2", "mix_a3", "mix_a4", "mix_a5"),
+    "muse": ("forget",),
+}
+BENCHMARK_KINDS = tuple(FORGET_SPLITS)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -51,9 +60,39 @@ def validate_config(cfg: DictConfig) -> MSABenchConfig:
         config.benchmark.kind in BENCHMARK_KINDS,
         f"benchmark.kind={config.benchmark.kind!r} is not supported; valid kinds: {list(BENCHMARK_KINDS)}",
     )
+    splits = FORGET_SPLITS[config.benchmark.kind]
     _require(
-        config.benchmark.forget_split in FORGET_SPLITS,
-        f"benchmark.forget_split={config.benchmark.forget_split!r} is not valid; choose one of {list(FORGET_SPLITS)}",
+        config.benchmark.forget_split in splits,
+        f"benchmark.forget_split={config.benchmark.forget_split!r} is not valid for benchmark.kind="
+        f"{config.benchmark.kind}; choose one of {list(splits)}",
+    )
+    _require(
+        config.benchmark.max_documents is None or config.benchmark.max_documents >= 1,
+        f"benchmark.max_documents={config.benchmark.max_documents} must be >= 1 (or null for all documents)",
+    )
+    _require(
+        config.benchmark.block_size >= 2, f"benchmark.block_size={config.benchmark.block_size} must be >= 2"
+    )
+    model = config.model
+    _require(
+        model.source in MODEL_SOURCES,
+        f"model.source={model.source!r} is not valid; choose one of {list(MODEL_SOURCES)}",
+    )
+    _require(
+        model.source != "pretrained" or bool(model.hub_id),
+        "model.hub_id is required when model.source=pretrained (e.g. meta-llama/Llama-3.2-1B-Instruct)",
+    )
+    _require(
+        model.prompt.format in PROMPT_FORMATS,
+        f"model.prompt.format={model.prompt.format!r} is not valid; choose one of {list(PROMPT_FORMATS)}",
+    )
+    _require(
+        model.arithmetic_dtype in ARITHMETIC_DTYPES,
+        f"model.arithmetic_dtype={model.arithmetic_dtype!r} is not valid; choose one of {list(ARITHMETIC_DTYPES)}",
+    )
+    _require(
+        config.checkpoint.stage != "revision" or bool(config.checkpoint.revision),
+        "checkpoint.revision is required when checkpoint.stage=revision (a hub branch, tag or commit)",
     )
     _require(
         config.checkpoint.stage in CHECKPOINT_STAGES,

@@ -3,6 +3,16 @@
 One place decides the prompt format, so that training, scoring and generation all see the same token sequences.
 The prompt and the answer are tokenized separately and concatenated: a BPE merge across the boundary would otherwise
 move answer characters into the prompt and change which tokens the loss and the metrics are computed on.
+
+Two formats (`model.prompt.format`), carried by the tokenizer itself (`set_prompt_format`), so that every caller of
+`encode_prompt` / `encode_qa` follows the model's format without passing it around:
+    plain   bos + "Question: {q}\\nAnswer:"  then  " {answer}" + eos          (base and small models)
+    chat    the tokenizer's chat template on [system (if any), user=q] with the generation prompt,
+            then  "{answer}" + eos                                         (instruct models)
+The chat prompt is rendered to text and tokenized without special tokens: the template writes the bos text itself
+(Llama-3: "<|begin_of_text|>"), so bos is prepended only when the rendered text does not already start with it.
+The date that Llama-3 templates insert is pinned through the template variable `date_string`, so that the token
+sequences do not change from day to day.
 """
 
 from __future__ import annotations
@@ -10,15 +20,103 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+PROMPT_KINDS = ("plain", "chat")
+# The attribute of a tokenizer object that carries its PromptFormat (not saved with the tokenizer: set it on load).
+FORMAT_ATTRIBUTE = "msa_prompt_format"
 
 
 def format_prompt(question: str) -> str:
+    """The plain prompt text (without bos)."""
     return PROMPT_TEMPLATE.format(question=question)
 
 
 def format_answer(answer: str) -> str:
+    """The plain answer text (without eos)."""
     # The leading space belongs to the answer: it is what the model generates right after "Answer:".
     return " " + answer.strip()
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How questions are turned into prompts; see the module docstring."""
+
+    kind: str = "plain"  # plain | chat
+    system_prompt: str | None = None  # chat only: a system message before the question
+    # chat only: the chat template's `date_string` (None: not passed, the template's own default, maybe today's date)
+    date_string: str | None = "10 Apr 2025"
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROMPT_KINDS:
+            raise ValueError(
+                f"model.prompt.format must be one of {', '.join(repr(k) for k in PROMPT_KINDS)}, got {self.kind!r}"
+            )
+
+    @classmethod
+    def from_config(cls, prompt_config) -> PromptFormat:
+        """From a PromptConfig (model.prompt); None means the plain default."""
+        if prompt_config is None:
+            return cls()
+        return cls(
+            kind=prompt_config.format,
+            system_prompt=prompt_config.system_prompt,
+            date_string=prompt_config.date_string,
+        )
+
+
+PLAIN = PromptFormat()
+
+
+def set_prompt_format(tokenizer, fmt: PromptFormat):
+    """Attach `fmt` to the tokenizer object, which encode_prompt / encode_qa / prompt_text / answer_text then follow.
+
+    Returns the tokenizer. A chat format needs a tokenizer with a chat template.
+    """
+    if not isinstance(fmt, PromptFormat):
+        raise TypeError(f"expected a PromptFormat, got {type(fmt).__name__}")
+    if fmt.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+        raise ValueError(
+            f"model.prompt.format=chat needs a tokenizer with a chat template, but tokenizer {name!r} has none; "
+            "use model.prompt.format=plain for base models"
+        )
+    setattr(tokenizer, FORMAT_ATTRIBUTE, fmt)
+    return tokenizer
+
+
+def prompt_format_of(tokenizer) -> PromptFormat:
+    """The format attached to the tokenizer, or the plain default."""
+    fmt = getattr(tokenizer, FORMAT_ATTRIBUTE, None)
+    return fmt if isinstance(fmt, PromptFormat) else PLAIN
+
+
+def _chat_prompt_text(tokenizer, fmt: PromptFormat, question: str) -> str:
+    messages = []
+    if fmt.system_prompt is not None:
+        messages.append({"role": "system", "content": fmt.system_prompt})
+    messages.append({"role": "user", "content": question})
+    template_kwargs = {} if fmt.date_string is None else {"date_string": fmt.date_string}
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
+
+
+def prompt_text(tokenizer, question: str) -> str:
+    """The prompt as text, in the tokenizer's format.
+
+    plain: "Question: ...\\nAnswer:" without bos; chat: the rendered template, which includes the bos text if the
+    template writes it. Either way `encode_prompt` is this text, tokenized, with bos in front unless already there.
+    """
+    fmt = prompt_format_of(tokenizer)
+    if fmt.kind == "chat":
+        return _chat_prompt_text(tokenizer, fmt, question)
+    return format_prompt(question)
+
+
+def answer_text(tokenizer, answer: str) -> str:
+    """The answer as text, in the tokenizer's format, without the closing eos: plain " answer", chat "answer"."""
+    if prompt_format_of(tokenizer).kind == "chat":
+        return answer.strip()
+    return format_answer(answer)
 
 
 @dataclass(frozen=True)
@@ -32,16 +130,24 @@ class EncodedQA:
 
 
 def encode_prompt(tokenizer, question: str) -> list[int]:
-    ids = tokenizer(format_prompt(question), add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id] + ids
-    return ids
+    """bos + the prompt's tokens, in the tokenizer's format (bos not repeated when the chat template wrote it)."""
+    text = prompt_text(tokenizer, question)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is None:
+        return ids
+    if (
+        prompt_format_of(tokenizer).kind == "chat"
+        and tokenizer.bos_token
+        and text.startswith(tokenizer.bos_token)
+    ):
+        return ids  # the template wrote the bos text, which tokenizes to bos
+    return [tokenizer.bos_token_id] + ids
 
 
 def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None) -> EncodedQA:
     """Token ids for prompt + answer + eos, with the loss only on the answer and eos."""
     prompt_ids = encode_prompt(tokenizer, question)
-    answer_ids = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     input_ids = prompt_ids + answer_ids
     labels = [-100] * len(prompt_ids) + answer_ids

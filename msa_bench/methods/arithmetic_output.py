@@ -8,6 +8,7 @@ from pathlib import Path
 def combine_into_artifact(pipeline, method: str, target, terms):
     """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef)."""
     from msa_bench.arithmetic import StateDelta, combine_checkpoints
+    from msa_bench.arithmetic.state_arithmetic import arithmetic_dtype
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.stages import ModelRef
 
@@ -16,11 +17,17 @@ def combine_into_artifact(pipeline, method: str, target, terms):
         "target": target.key,
         "terms": [{"coefficient": c, "finetuned": ft.key, "base": b.key} for c, ft, b in terms],
     }
+    compute_dtype = pipeline.cfg.model.arithmetic_dtype
+    if compute_dtype != "float32":  # float32 keys stay as they were before the choice existed
+        spec["arithmetic_dtype"] = compute_dtype
 
     def build(out: Path) -> dict:
         with CostMeter("arithmetic", device="cpu") as meter:
             report = combine_checkpoints(
-                target.path, [StateDelta(c, ft.path, b.path) for c, ft, b in terms], out
+                target.path,
+                [StateDelta(c, ft.path, b.path) for c, ft, b in terms],
+                out,
+                compute_dtype=arithmetic_dtype(compute_dtype),
             )
         return {"cost": meter.cost.to_dict(), "report": report}
 

@@ -69,7 +69,7 @@ def unlearn_with_loss(
     from msa_bench.models.build import count_parameters, load_model, save_model
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.stages import ModelRef
-    from msa_bench.training.data import ForgetRetainDataset, qa_examples
+    from msa_bench.training.data import ForgetRetainDataset
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
 
     target = pipeline.target()
@@ -85,9 +85,8 @@ def unlearn_with_loss(
 
     def build(out: Path) -> dict:
         tokenizer = pipeline.tokenizer()
-        max_length = pipeline.cfg.model.max_position_embeddings
-        forget = qa_examples(tokenizer, pipeline.forget_items(), max_length)
-        retain = qa_examples(tokenizer, pipeline.retain_items(), max_length) if use_retain else None
+        forget = pipeline.training_examples(pipeline.forget_items(), "the forget set")
+        retain = pipeline.training_examples(pipeline.retain_items(), "the retain set") if use_retain else None
         with CostMeter(method, device=pipeline.device) as meter:
             model = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
             if prepare_model is not None:

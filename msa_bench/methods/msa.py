@@ -8,15 +8,34 @@ forget-only and θ2 is never trained; with θ0 = θ_D (`checkpoint=target`) it i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.methods.arithmetic_output import combine_into_artifact
 from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
 
-# The vectors' default recipe is the one that made the target (conf/benchmark), as in the paper's code, which uses
-# one fine-tuning recipe for θ1, θ2 and θ_D.
-VECTOR_RECIPE = dict(epochs=10.0, learning_rate=1e-3, batch_size=16)
+
+def optional_recipe(key: str, value: Any) -> TrainRecipe | None:
+    """A recipe given as a mapping (`method.forget_recipe={epochs:5}`), or None to inherit the target's.
+
+    Typed Any in the schema because Hydra cannot merge an override into a typed dataclass field that is null."""
+    if value is None or isinstance(value, TrainRecipe):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a recipe mapping such as {{epochs: 5}} or null, got {value!r}")
+    known = {f.name for f in fields(TrainRecipe)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{key} has unknown field(s) {unknown}; valid fields: {sorted(known)}")
+    return TrainRecipe(**value)
+
+
+def vector_recipe(recipe: TrainRecipe | None, pipeline) -> TrainRecipe:
+    """A vector's recipe; None means the one that made the target (benchmark.target_recipe), as in the paper's
+    code, which uses one fine-tuning recipe for θ1, θ2 and θ_D."""
+    return recipe if recipe is not None else pipeline.cfg.benchmark.target_recipe
 
 
 def check_coefficient(key: str, value: float) -> None:
@@ -29,8 +48,9 @@ class MSAConfig(MethodConfig):
     name: str = "msa"
     alpha: float = 1.0
     beta: float = 1.0
-    forget_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(**VECTOR_RECIPE))
-    retain_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(**VECTOR_RECIPE))
+    # None: benchmark.target_recipe; else a TrainRecipe mapping (see optional_recipe).
+    forget_recipe: Any = None
+    retain_recipe: Any = None
     # None: a random retain subset the size of the forget set, as in the paper.
     retain_size: int | None = None
     retain_seed: int = 0
@@ -38,6 +58,8 @@ class MSAConfig(MethodConfig):
     def __post_init__(self):
         check_coefficient("method.alpha", self.alpha)
         check_coefficient("method.beta", self.beta)
+        self.forget_recipe = optional_recipe("method.forget_recipe", self.forget_recipe)
+        self.retain_recipe = optional_recipe("method.retain_recipe", self.retain_recipe)
 
 
 @register_method
@@ -55,14 +77,18 @@ class ModelStateArithmetic(UnlearningMethod):
                 "forget_vector",
                 theta0,
                 pipeline.forget_items(),
-                cfg.forget_recipe,
+                vector_recipe(cfg.forget_recipe, pipeline),
                 data_id=pipeline.forget_split,
             )
             terms.append((-cfg.alpha, theta1, theta0))
         if cfg.beta != 0:
             retain_items, data_id = pipeline.retain_subset(cfg.retain_size, cfg.retain_seed)
             theta2 = pipeline.finetune(
-                "retain_vector", theta0, retain_items, cfg.retain_recipe, data_id=data_id
+                "retain_vector",
+                theta0,
+                retain_items,
+                vector_recipe(cfg.retain_recipe, pipeline),
+                data_id=data_id,
             )
             terms.append((cfg.beta, theta2, theta0))
         return combine_into_artifact(pipeline, "msa", target, terms)

@@ -6,11 +6,11 @@ This is MSA with θ0 = θ_D and β = 0, and shares its cached fine-tune when the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from msa_bench.config.schema import TrainRecipe
 from msa_bench.methods.arithmetic_output import combine_into_artifact
-from msa_bench.methods.msa import VECTOR_RECIPE, check_coefficient
+from msa_bench.methods.msa import check_coefficient, optional_recipe, vector_recipe
 from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
 
 
@@ -18,10 +18,11 @@ from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_
 class TaskVectorConfig(MethodConfig):
     name: str = "task_vector"
     alpha: float = 1.0
-    recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(**VECTOR_RECIPE))
+    recipe: Any = None  # None: benchmark.target_recipe; else a TrainRecipe mapping
 
     def __post_init__(self):
         check_coefficient("method.alpha", self.alpha)
+        self.recipe = optional_recipe("method.recipe", self.recipe)
 
 
 @register_method
@@ -38,7 +39,7 @@ class TaskVector(UnlearningMethod):
                 "task_vector_finetune",
                 target,
                 pipeline.forget_items(),
-                cfg.recipe,
+                vector_recipe(cfg.recipe, pipeline),
                 data_id=pipeline.forget_split,
             )
             terms.append((-cfg.alpha, finetuned, target))

@@ -1,7 +1,9 @@
 """Greedy answers to questions, batched with left padding.
 
-The prompt is built with `encode_prompt`, the same prefix that scoring and training use, and padded on the left
-here rather than through `tokenizer.padding_side`, so that the result does not depend on how a tokenizer was saved.
+The prompt is built with `encode_prompt`, the same prefix that scoring and training use (in the prompt format the
+tokenizer carries, plain or chat: msa_bench/data/formatting.py), and padded on the left here rather than through
+`tokenizer.padding_side`, so that the result does not depend on how a tokenizer was saved. Generation stops at the
+tokenizer's eos (an instruct tokenizer's end-of-turn token, e.g. Llama-3's "<|eot_id|>").
 """
 
 from __future__ import annotations

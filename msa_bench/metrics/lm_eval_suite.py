@@ -11,9 +11,16 @@ Local tasks, built at run time from the benchmark's eval sets (TOFU-format items
     msa_world_facts_mc   <- eval set "world_facts"
     msa_real_authors_mc  <- eval set "real_authors"
 Each is multiple choice between the answer and the perturbed answers, scored by summed log-likelihood (lm-eval's
-acc) in msa_bench's format: context "Question: {q}\\nAnswer:", continuation " {answer}" (no eos, unlike
-`encode_qa`: lm-eval scores the choice text only). The true answer sits at position (item index mod number of choices),
-so that exact ties, which lm-eval breaks towards the first choice, do not systematically favour it.
+acc) in the tokenizer's prompt format (msa_bench/data/formatting.py), without the eos that `encode_qa` adds (lm-eval
+scores the choice text only):
+    plain   context "Question: {q}\\nAnswer:", continuation " {answer}" (lm-eval's tokenizer copy prepends bos)
+    chat    context the rendered chat template (it starts with the bos text, so lm-eval adds no second bos),
+            continuation "{answer}". lm-eval moves the context's trailing whitespace (Llama-3: the "\\n\\n" after the
+            assistant header) into the continuation; with Llama-3's tokenizer it stays one token of its own, whose
+            log-probability is then added to every choice of a document alike: acc is unchanged, the reported
+            log-likelihoods include it (and acc_norm, which divides by the choice length, barely moves).
+The true answer sits at position (item index mod number of choices), so that exact ties, which lm-eval breaks towards
+the first choice, do not systematically favour it. Built-in and include_path tasks keep their own prompts.
 
 Any other task name is looked up in metrics.lm_eval.include_path (a folder of task YAMLs), and only then in lm-eval's
 built-in index, whose construction takes ~10-13 s. lm-eval runs offline unless the user set HF_HUB_OFFLINE,
@@ -44,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msa_bench.data.formatting import format_prompt
+from msa_bench.data.formatting import format_prompt, prompt_format_of, prompt_text
 from msa_bench.metrics.registry import Suite, register_suite
 from msa_bench.metrics.scoring import evaluation_mode
 from msa_bench.metrics.suite import EvalResult
@@ -73,8 +80,10 @@ def required_sets(names: Sequence[str], settings=None) -> set[str]:
 # --- local tasks -----------------------------------------------------------------------------------------------------
 
 
-def multiple_choice_docs(items: Sequence[dict], eval_set: str) -> list[dict]:
-    """One lm-eval document per TOFU item: the formatted prompt, the choices and the index of the true one."""
+def multiple_choice_docs(items: Sequence[dict], eval_set: str, tokenizer=None) -> list[dict]:
+    """One lm-eval document per TOFU item: the formatted prompt, the choices and the index of the true one.
+
+    The prompt is in the tokenizer's format (`prompt_text`); without a tokenizer, the plain one."""
     docs = []
     for index, item in enumerate(items):
         for field_name in ("question", "answer", "perturbed_answer"):
@@ -88,18 +97,27 @@ def multiple_choice_docs(items: Sequence[dict], eval_set: str) -> list[dict]:
         wrong = [answer.strip() for answer in wrong]
         label = index % (len(wrong) + 1)
         choices = wrong[:label] + [item["answer"].strip()] + wrong[label:]
-        docs.append({"prompt": format_prompt(item["question"]), "choices": choices, "label": label})
+        question = item["question"]
+        prompt = format_prompt(question) if tokenizer is None else prompt_text(tokenizer, question)
+        docs.append({"prompt": prompt, "choices": choices, "label": label})
     return docs
 
 
-def local_task_config(task_name: str, items: Sequence[dict], folder: Path) -> dict:
-    """An inline lm-eval task config for a local task, its documents written to JSONL under `folder`."""
+def target_delimiter(tokenizer=None) -> str:
+    """What lm-eval puts between the prompt and a (stripped) choice: the space `format_answer` puts before a plain
+    answer; nothing for a chat answer (`answer_text`)."""
+    return "" if tokenizer is not None and prompt_format_of(tokenizer).kind == "chat" else " "
+
+
+def local_task_config(task_name: str, items: Sequence[dict], folder: Path, tokenizer=None) -> dict:
+    """An inline lm-eval task config for a local task, its documents written to JSONL under `folder`, in the
+    tokenizer's prompt format (plain without a tokenizer)."""
     eval_set = LOCAL_TASKS[task_name]
     if len(items) == 0:
         raise ValueError(f"lm-eval task {task_name} is built from eval set '{eval_set}', which is empty")
     data_file = (folder / f"{task_name}.jsonl").resolve()
     with data_file.open("w", encoding="utf-8") as handle:
-        for doc in multiple_choice_docs(items, eval_set):
+        for doc in multiple_choice_docs(items, eval_set, tokenizer):
             handle.write(json.dumps(doc) + "\n")
     return {
         "task": task_name,
@@ -115,7 +133,8 @@ def local_task_config(task_name: str, items: Sequence[dict], folder: Path) -> di
         "doc_to_text": "prompt",
         "doc_to_choice": "choices",
         "doc_to_target": "label",
-        "target_delimiter": " ",  # continuation " {answer}", as format_answer
+        # The continuation is answer_text: " {answer}" (plain) or "{answer}" (chat).
+        "target_delimiter": target_delimiter(tokenizer),
         "metric_list": [
             {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
             {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
@@ -227,8 +246,9 @@ def tokenizer_adding_bos(tokenizer):
     """A copy of the tokenizer that prepends bos by default, as msa_bench's `encode_prompt` does.
 
     lm-eval encodes with the tokenizer's default special tokens; msa_bench's own tokenizer adds none, so without this
-    lm-eval would score sequences without the bos every training and scoring sequence starts with. A copy also keeps
-    lm-eval's pad-token set-up away from the caller's tokenizer.
+    lm-eval would score sequences without the bos every training and scoring sequence starts with. A text that already
+    starts with the bos text (a chat prompt) gets no second one: lm-eval then encodes without special tokens. A copy
+    also keeps lm-eval's pad-token set-up away from the caller's tokenizer (the prompt format is copied along).
     """
     copied = copy.deepcopy(tokenizer)
     bos = copied.bos_token_id
@@ -364,7 +384,7 @@ def evaluate_lm_eval(
         import lm_eval  # slow to import (~2-5 s), hence here
 
         specs: dict[str, str | dict] = {
-            task: local_task_config(task, eval_sets[LOCAL_TASKS[task]], Path(work_dir))
+            task: local_task_config(task, eval_sets[LOCAL_TASKS[task]], Path(work_dir), tokenizer)
             if task in LOCAL_TASKS
             else task
             for task in task_names

@@ -18,6 +18,7 @@ SUITE_MODULES = (
     "msa_bench.metrics.suite",  # TOFU
     "msa_bench.metrics.muse",
     "msa_bench.metrics.judged",
+    "msa_bench.metrics.restor",
     "msa_bench.metrics.lm_eval_suite",
 )
 

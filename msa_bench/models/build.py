@@ -53,16 +53,61 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _placement(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def load_model(
     model_dir: Path, device: str | torch.device = "cpu", dtype: str = "float32"
 ) -> PreTrainedModel:
-    # transformers 5 loads in the saved dtype by default; pass it explicitly (bf16 on CPU is 10-20x slower).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype), local_files_only=True)
-    return model.to(device)
+    """Load a Hugging Face model folder in ``dtype`` (model.dtype) onto ``device``.
+
+    transformers 5 loads in the saved dtype by default; the dtype is always passed explicitly (bf16 on CPU is 10-20x
+    slower, and a bf16 hub checkpoint must not silently set the training precision). from_pretrained builds the model
+    on the meta device and casts each tensor to ``dtype`` as it is read (transformers 5 dropped ``low_cpu_mem_usage``:
+    that is now the only way), so a bf16 8B model takes ~16 GB, never an fp32 copy. Off the CPU, ``device_map`` puts
+    each tensor straight onto the accelerator instead of first filling host memory with the whole model.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    placement = _placement(device)
+    if placement.type == "cpu":
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True)
+        return model.to(placement)
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype, device_map={"": placement}, local_files_only=True
+    )
+
+
+def ensure_pad_token(tokenizer) -> bool:
+    """Give ``tokenizer`` a pad token if it has none; return whether one was set.
+
+    Pretrained tokenizers often define no pad token (Llama 3: bos, eos and chat tokens only). msa_bench only needs the
+    pad id to fill batches: labels of padding are -100 and attention masks come from sequence lengths
+    (msa_bench/data/batching.py), never from comparing ids with the pad id. So eos can double as pad without hiding
+    the real eos tokens from the loss or from attention. No new token is added: that would grow the vocabulary and the
+    embedding matrix, and a model state with another shape cannot enter the arithmetic with the hub's checkpoints.
+    """
+    if tokenizer.pad_token is not None:
+        return False
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has neither a pad nor an eos token; "
+            "msa_bench needs one of them to pad batches"
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+    return True
 
 
 def load_tokenizer(model_dir: Path):
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    """The tokenizer saved in ``model_dir``, with eos as pad token when it defines none (see ensure_pad_token).
+
+    The embedded model's tokenizer has its own pad token and is returned unchanged."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    ensure_pad_token(tokenizer)
+    return tokenizer
 
 
 def count_parameters(model: torch.nn.Module) -> int:

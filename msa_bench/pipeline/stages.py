@@ -1,12 +1,15 @@
 """The pipeline's stages, each a cached artifact keyed by the configuration it depends on.
 
-world+tokenizer -> pretraining history (saved steps, base) -> instruct -> target / oracle -> fine-tunes of θ0 ->
-unlearned model -> evaluation. A second run with another method, α or β finds the earlier stages in the cache and
-retrains nothing; a run killed mid-way resumes from the completed stages.
+Embedded model: world+tokenizer -> pretraining history (saved steps, base) -> instruct -> [clean] -> target / oracle.
+Pretrained model: the hub model at `model.revision` -> target / oracle; its earlier states are hub revisions.
+Then: fine-tunes of θ0 -> unlearned model -> evaluation. What the target and the oracle learn comes from the benchmark
+(msa_bench/benchmarks). A second run with another method, α or β finds the earlier stages in the cache and retrains
+nothing; a run killed mid-way resumes from the completed stages.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -14,9 +17,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from msa_bench.config.schema import CheckpointConfig, MSABenchConfig, TrainRecipe
-from msa_bench.data.formatting import format_answer, format_prompt
-from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
+from msa_bench.benchmarks import Benchmark, BenchmarkError, make_benchmark
+from msa_bench.config.schema import CheckpointConfig, MSABenchConfig, PromptConfig, TrainRecipe
+from msa_bench.data.formatting import PromptFormat, format_answer, format_prompt, set_prompt_format
 from msa_bench.data.synthetic import (
     GENERATOR_VERSION,
     SyntheticWorldSpec,
@@ -32,6 +35,7 @@ from msa_bench.models.build import (
     load_tokenizer,
     save_model,
 )
+from msa_bench.models.sources import model_fingerprint, resolve_model_dir
 from msa_bench.pipeline.artifacts import Artifact, ArtifactStore
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples, sample_examples
@@ -39,10 +43,10 @@ from msa_bench.training.trainer import run_training, total_steps
 
 log = logging.getLogger("msa_bench.pipeline")
 
-FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-CHECKPOINT_STAGES = ("pretrain", "base", "instruct", "target")
-BENCHMARK_KINDS = ("synthetic_tofu", "tofu")
+EMBEDDED_STAGES = ("pretrain", "base", "instruct")
+CHECKPOINT_STAGES = (*EMBEDDED_STAGES, "closest", "target", "revision")
 WORLD_SPLITS = ("pretraining", "instruct")
+TOFU_KINDS = ("synthetic_tofu", "tofu")
 # Bump when a change to training, data encoding or evaluation code should invalidate every cached artifact: every
 # key depends on the world's key, which includes this.
 PIPELINE_VERSION = 2
@@ -54,7 +58,7 @@ class StageError(ValueError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model directory in the cache and the artifact key that identifies how it was made."""
+    """A model directory (in the cache, or a hub snapshot) and the key that identifies how it was made."""
 
     path: Path
     key: str
@@ -82,7 +86,9 @@ class Pipeline:
         self._tokenizer = None
         self._tokenizer_artifact: Artifact | None = None
         self._benchmark_source: tuple[Path, str] | None = None
+        self._benchmark: Benchmark | None = None
         self._pretrain_blocks: list[dict] | None = None
+        self._hub_models: dict[tuple[str, str], ModelRef] = {}
 
     # ------------------------------------------------------------------ bookkeeping
     def record_stage(self, stage: str, artifact: Artifact) -> Artifact:
@@ -100,15 +106,27 @@ class Pipeline:
         if self.store.lookup(stage.split(":")[0], spec) is None:
             log.info("building %s", stage)
 
+    @property
+    def embedded(self) -> bool:
+        return self.cfg.model.source == "embedded"
+
     # ------------------------------------------------------------------ data
+    @property
+    def benchmark(self) -> Benchmark:
+        if self._benchmark is None:
+            try:
+                self._benchmark = make_benchmark(self)
+            except BenchmarkError as error:
+                raise StageError(str(error)) from error
+        return self._benchmark
+
     def world_spec(self) -> dict:
         """The generated world behind the embedded model's history (and, for synthetic_tofu, the benchmark)."""
-        b = self.cfg.benchmark
-        if b.kind not in BENCHMARK_KINDS:
-            raise StageError(
-                f"benchmark.kind={b.kind!r} is not supported; use one of {list(BENCHMARK_KINDS)}"
-            )
-        return {"world": _plain(b.world), "generator": GENERATOR_VERSION, "pipeline": PIPELINE_VERSION}
+        return {
+            "world": _plain(self.cfg.benchmark.world),
+            "generator": GENERATOR_VERSION,
+            "pipeline": PIPELINE_VERSION,
+        }
 
     def world(self) -> Artifact:
         if self._world is not None:
@@ -125,39 +143,87 @@ class Pipeline:
         return self._world
 
     def benchmark_source(self) -> tuple[Path, str]:
-        """The folder the benchmark's splits are read from, and a fingerprint of its contents."""
+        """The folder the benchmark's data is read from, and a fingerprint of its contents."""
         if self._benchmark_source is None:
-            b = self.cfg.benchmark
-            if b.kind == "synthetic_tofu":
-                self._benchmark_source = (self.world().path / "data", self.world().key)
-            elif b.data_dir:
-                self._benchmark_source = local_data_source(Path(b.data_dir), "benchmark.data_dir")
-            else:
-                hub = self.hub_benchmark()
-                self._benchmark_source = (hub.path, hub.key)
+            try:
+                self._benchmark_source = self.benchmark.source()
+            except BenchmarkError as error:
+                raise StageError(str(error)) from error
         return self._benchmark_source
 
-    def hub_benchmark(self) -> Artifact:
-        """The benchmark's splits fetched from the Hugging Face hub once and kept as JSONL in the cache."""
-        hub_id = self.cfg.benchmark.hub_id
-        if not hub_id:
-            raise StageError(
-                f"benchmark {self.cfg.benchmark.name!r} has neither data_dir nor hub_id; set benchmark.data_dir "
-                "(or MSA_BENCH_DATA to a folder laid out like ../shared/data)"
-            )
-        split_names = tofu_hub_configs(self.forget_split)
-        return self.store.get_or_build(
-            "hub_data",
-            {"hub_id": hub_id, "configs": split_names},
-            lambda out: download_tofu(hub_id, split_names, out),
-        )
-
     def split(self, name: str) -> list[dict]:
+        """A TOFU-layout split: the embedded model's pretraining and instruct data always come from the generated
+        world; the others from the benchmark's folder."""
         if name not in self._split_cache:
-            # The embedded model's pretraining and instruct data always come from the generated world.
             folder = self.world().path / "data" if name in WORLD_SPLITS else self.benchmark_source()[0]
             self._split_cache[name] = load_benchmark_split(folder, name)
         return self._split_cache[name]
+
+    @property
+    def forget_split(self) -> str:
+        """The forget set's name (forget01, mix_a0, forget): part of cache keys and run names."""
+        try:
+            return self.benchmark.forget_id
+        except BenchmarkError as error:
+            raise StageError(str(error)) from error
+
+    def forget_items(self) -> list[dict]:
+        return self.benchmark.forget_items()
+
+    def retain_items(self) -> list[dict]:
+        return self.benchmark.retain_items()
+
+    def eval_sets(self, required: set[str] | None = None) -> dict[str, list[dict]]:
+        """The evaluation sets by name, loading only those `required` (all the benchmark has when None)."""
+        available = self.benchmark.eval_set_names()
+        if required is None:
+            required = available - {name for name in available if name.startswith("muse_")} - {"holdout"}
+        self._check_eval_sets(set(required))
+        try:
+            return self.benchmark.eval_sets(set(required))
+        except BenchmarkError as error:
+            raise StageError(str(error)) from error
+
+    def _check_eval_sets(self, required: set[str]) -> None:
+        unknown = required - self.benchmark.eval_set_names()
+        if unknown:
+            kind = self.cfg.benchmark.kind
+            raise StageError(
+                f"metrics.names={list(self.cfg.metrics.names)} need the eval set(s) {sorted(unknown)}, which "
+                f"benchmark {self.cfg.benchmark.name!r} (kind {kind}) does not have; use its metrics "
+                f"(`metrics={_METRICS_HINT.get(kind, 'tofu')}`)"
+            )
+
+    def training_examples(self, items: list[dict], what: str = "training data") -> list[dict]:
+        """Question-answer items train on the answer; text items are packed into benchmark.block_size blocks."""
+        tokenizer = self.tokenizer()
+        qa = [item for item in items if "question" in item]
+        texts = [item["text"] for item in items if "question" not in item]
+        examples = qa_examples(tokenizer, qa, self.cfg.model.max_position_embeddings) if qa else []
+        if texts:
+            block_size = min(self.cfg.benchmark.block_size, self.cfg.model.max_position_embeddings)
+            blocks = packed_text_blocks(tokenizer, texts, block_size)
+            if not blocks:
+                raise StageError(
+                    f"{what}: {len(texts)} text(s) hold fewer tokens than one block of benchmark.block_size="
+                    f"{block_size}; lower it or add data"
+                )
+            examples += blocks
+        if not examples:
+            raise StageError(f"{what} is empty")
+        return examples
+
+    # ------------------------------------------------------------------ tokenizer
+    def prompt_format(self) -> PromptFormat:
+        try:
+            return PromptFormat.from_config(self.cfg.model.prompt)
+        except ValueError as error:
+            raise StageError(str(error)) from error
+
+    def encoding_spec(self) -> dict:
+        """What fixes the token sequences besides the tokenizer: the prompt format, when not the default."""
+        prompt = _plain(self.cfg.model.prompt)
+        return {} if prompt == _plain(PromptConfig()) else {"prompt": prompt}
 
     def tokenizer_spec(self) -> dict:
         return {
@@ -167,7 +233,7 @@ class Pipeline:
         }
 
     def tokenizer_artifact(self) -> Artifact:
-        """A BPE trained on the world's corpus and, for a real benchmark, its QA text too."""
+        """The embedded model's BPE, trained on the world's corpus and the benchmark's text."""
         if self._tokenizer_artifact is not None:
             return self._tokenizer_artifact
 
@@ -175,9 +241,12 @@ class Pipeline:
             if self.cfg.benchmark.kind == "synthetic_tofu":
                 texts = generate_world(SyntheticWorldSpec(**self.world_spec()["world"])).corpus_texts()
             else:
-                qa = self.split("instruct") + self.split("full")
                 texts = [d["text"] for d in self.split("pretraining")]
-                texts += [f"{format_prompt(x['question'])}{format_answer(x['answer'])}" for x in qa]
+                texts += [
+                    f"{format_prompt(x['question'])}{format_answer(x['answer'])}"
+                    for x in self.split("instruct")
+                ]
+                texts += self.benchmark.tokenizer_texts()
             with CostMeter("tokenizer", device="cpu") as meter:
                 tokenizer = train_bpe_tokenizer(
                     texts,
@@ -187,73 +256,23 @@ class Pipeline:
                 tokenizer.save_pretrained(out)
             return {"cost": meter.cost.to_dict()}
 
-        return self.record_stage(
+        self._tokenizer_artifact = self.record_stage(
             "tokenizer", self.store.get_or_build("tokenizer", self.tokenizer_spec(), build)
         )
+        return self._tokenizer_artifact
 
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_artifact().path)
+            source = self.tokenizer_artifact().path if self.embedded else self.start().path
+            tokenizer = load_tokenizer(source)
+            try:
+                set_prompt_format(tokenizer, self.prompt_format())
+            except ValueError as error:
+                raise StageError(str(error)) from error
+            self._tokenizer = tokenizer
         return self._tokenizer
 
-    @property
-    def forget_split(self) -> str:
-        name = self.cfg.benchmark.forget_split
-        if name not in FORGET_TO_RETAIN:
-            raise StageError(
-                f"benchmark.forget_split={name!r} is not valid; choose one of {sorted(FORGET_TO_RETAIN)}"
-            )
-        return name
-
-    def forget_items(self) -> list[dict]:
-        return self.split(self.forget_split)
-
-    def retain_items(self) -> list[dict]:
-        return self.split(FORGET_TO_RETAIN[self.forget_split])
-
-    def holdout_split(self) -> str:
-        return self.forget_split.replace("forget", "holdout")
-
-    def eval_sets(self, required: set[str] | None = None) -> dict[str, list[dict]]:
-        """The evaluation sets by name (TOFU: forget, retain, real_authors, world_facts, holdout; MUSE: muse_*),
-        loading only those `required` (all TOFU sets when None)."""
-        tofu_sets = {
-            "forget": lambda: self.split(f"{self.forget_split}_perturbed"),
-            "retain": lambda: self.split("retain_perturbed")[: self.cfg.benchmark.retain_eval_size],
-            "real_authors": lambda: self.split("real_authors_perturbed"),
-            "world_facts": lambda: self.split("world_facts_perturbed"),
-            "holdout": lambda: self.split(self.holdout_split()),
-        }
-        if required is None:
-            required = set(tofu_sets) - {"holdout"}
-        sets = {name: tofu_sets[name]() for name in required if name in tofu_sets}
-        muse_names = {name for name in required if name.startswith("muse_")}
-        if muse_names:
-            muse_sets = self.muse_eval_sets()
-            missing = muse_names - set(muse_sets)
-            if missing:
-                raise StageError(f"the MUSE eval sets {sorted(missing)} are not available")
-            sets.update({name: muse_sets[name] for name in muse_names})
-        unknown = required - set(sets)
-        if unknown:
-            raise StageError(f"no eval set named {sorted(unknown)} on benchmark {self.cfg.benchmark.name!r}")
-        return sets
-
-    def muse_eval_sets(self) -> dict[str, list[dict]]:
-        """MUSE-format sets: from `metrics.muse.data_dir` when set, else built from this benchmark's QA."""
-        from msa_bench.data.muse import load_muse_eval_sets, muse_sets_from_tofu_items
-
-        data_dir = self.cfg.metrics.muse.data_dir
-        if data_dir:
-            return load_muse_eval_sets(Path(data_dir))
-        return muse_sets_from_tofu_items(
-            forget_items=self.split(self.forget_split),
-            retain_items=self.split("retain_perturbed")[: self.cfg.benchmark.retain_eval_size],
-            holdout_items=self.split(self.holdout_split()),
-            icl_items=self.split("instruct"),
-        )
-
-    # ------------------------------------------------------------------ model history
+    # ------------------------------------------------------------------ model history (embedded)
     def history_spec(self) -> dict:
         m = self.cfg.model
         return {
@@ -283,22 +302,41 @@ class Pipeline:
 
     def preflight(self) -> None:
         """Checks that need the data but no training, run before any model is trained."""
-        self.forget_split  # noqa: B018  (validates the split name)
-        if self.cfg.benchmark.kind != "synthetic_tofu":
-            # Every split the run will read must be there before anything trains.
-            folder = self.benchmark_source()[0]
-            for name in tofu_hub_configs(self.forget_split):
-                if not (folder / f"{name}.jsonl").is_file():
-                    raise StageError(
-                        f"benchmark split {name!r} not found: expected {folder / f'{name}.jsonl'} "
-                        f"(benchmark.data_dir={folder}); the folder must hold one <hub config>.jsonl per split"
-                    )
-        if self.cfg.checkpoint.stage == "pretrain":
+        self.forget_split  # noqa: B018  (validates the forget set's name)
+        try:
+            self.benchmark.preflight()
+        except (BenchmarkError, FileNotFoundError) as error:
+            raise StageError(str(error)) from error
+        from msa_bench.pipeline.evaluation import evaluation_plan, required_eval_sets
+
+        self._check_eval_sets(required_eval_sets(evaluation_plan(list(self.cfg.metrics.names))))
+        stage = self.cfg.checkpoint.stage
+        if not self.embedded:
+            if stage in EMBEDDED_STAGES:
+                raise StageError(
+                    f"checkpoint.stage={stage!r} names a stage of the embedded model's own history; with "
+                    f"model.source=pretrained use checkpoint.stage=revision (a hub revision), closest or target"
+                )
+            if self.cfg.benchmark.replay_fraction > 0:
+                raise StageError(
+                    f"benchmark.replay_fraction={self.cfg.benchmark.replay_fraction} replays the embedded model's "
+                    "generated pretraining data; set benchmark.replay_fraction=0 for model.source=pretrained"
+                )
+            self.start()
+            if stage == "revision":
+                self.checkpoint()
+        elif stage == "revision":
+            raise StageError(
+                "checkpoint.stage=revision names a hub revision, which needs model.source=pretrained; the embedded "
+                "model's states are pretrain (with checkpoint.step), base, instruct, closest and target"
+            )
+        elif stage == "pretrain":
             self._check_saved_step(self.cfg.checkpoint.step)
 
     def history(self) -> Artifact:
         if self._history is not None:
             return self._history
+        self._require_embedded("the pretraining history")
         spec = self.history_spec()
         pre = self.cfg.model.pretrain
         self._announce("history", spec)
@@ -341,11 +379,27 @@ class Pipeline:
         self._history = self.record_stage("pretrain", self.store.get_or_build("history", spec, build))
         return self._history
 
+    def _require_embedded(self, what: str) -> None:
+        if not self.embedded:
+            raise StageError(
+                f"{what} exists only for the embedded model (model.source=embedded); model {self.cfg.model.name!r} "
+                "is pretrained: name its earlier states with checkpoint.stage=revision"
+            )
+
     def _finetuned_model(
         self, stage: str, base: ModelRef, examples, recipe: TrainRecipe, spec_extra: dict
     ) -> ModelRef:
         """Fine-tune `base` on `examples` with `recipe`, cached under a key of everything that determines it."""
-        spec = {"base": base.key, "recipe": _plain(recipe), "seed": self.cfg.seed} | spec_extra
+        spec = (
+            {"base": base.key, "recipe": _plain(recipe), "seed": self.cfg.seed}
+            | spec_extra
+            | self.encoding_spec()
+        )
+        if not self.embedded:
+            spec["training"] = {
+                "dtype": self.cfg.model.dtype,
+                "max_length": self.cfg.model.max_position_embeddings,
+            }
         self._announce(f"finetune:{stage}", spec)
 
         def build(out: Path) -> dict:
@@ -390,16 +444,65 @@ class Pipeline:
         )
 
     def instruct(self) -> ModelRef:
-        tokenizer = self.tokenizer()
-        examples = qa_examples(tokenizer, self.split("instruct"), self.cfg.model.max_position_embeddings)
+        self._require_embedded("the instruct stage")
+        examples = qa_examples(
+            self.tokenizer(), self.split("instruct"), self.cfg.model.max_position_embeddings
+        )
         return self._finetuned_model(
             "instruct", self.base(), examples, self.cfg.model.instruct, {"data": "instruct"}
         )
 
+    # ------------------------------------------------------------------ pretrained models
+    def hub_model(self, hub_id: str, revision: str) -> ModelRef:
+        """A pretrained model state: `hub_id` at `revision`, from model.local_root or the hub, stored in model.dtype
+        (a copy is cached when the hub stores another dtype: arithmetic needs every state in one dtype)."""
+        if (hub_id, revision) not in self._hub_models:
+            try:
+                path = resolve_model_dir(hub_id, revision, self.cfg.model.local_root)
+            except FileNotFoundError as error:
+                raise StageError(str(error)) from error
+            ref = ModelRef(path, f"hub/{hub_id}@{revision}/{model_fingerprint(path)}", f"{hub_id}@{revision}")
+            self._hub_models[(hub_id, revision)] = self._in_model_dtype(ref)
+        return self._hub_models[(hub_id, revision)]
+
+    def _in_model_dtype(self, ref: ModelRef) -> ModelRef:
+        config = json.loads((ref.path / "config.json").read_text(encoding="utf-8"))
+        stored = config.get("dtype") or config.get("torch_dtype")
+        wanted = self.cfg.model.dtype
+        if stored is None or stored == wanted:
+            return ref
+
+        def build(out: Path) -> dict:
+            log.info("converting %s from %s to %s", ref.label, stored, wanted)
+            save_model(load_model(ref.path, "cpu", wanted), load_tokenizer(ref.path), out)
+            return {}
+
+        artifact = self.store.get_or_build("hub_model", {"model": ref.key, "dtype": wanted}, build)
+        return ModelRef(artifact.path, f"{ref.key}/{wanted}", ref.label)
+
+    def start(self) -> ModelRef:
+        """The model the benchmark's stages start from: the pretrained model, or the embedded instruct model."""
+        if self.embedded:
+            return self.instruct()
+        if not self.cfg.model.hub_id:
+            raise StageError(f"model.source=pretrained needs model.hub_id (model {self.cfg.model.name!r})")
+        return self.hub_model(self.cfg.model.hub_id, self.cfg.model.revision)
+
+    # ------------------------------------------------------------------ benchmark models
+    def closest(self) -> ModelRef:
+        """The last state before the forget set was seen: the model the target is fine-tuned from."""
+        start = self.start()
+        clean = self.benchmark.clean_items() if self.embedded else None
+        if not clean:
+            return start
+        examples = self.training_examples(clean, "the clean data")
+        extra = {"data": self.benchmark.data_id("clean")} | self._data_spec()
+        return self._finetuned_model("clean", start, examples, self.cfg.benchmark.clean_recipe, extra)
+
     def _replay_examples(self, n_benchmark: int) -> list[dict]:
         """Pretraining blocks and instruct QA replayed during the target/oracle fine-tune, half of each."""
         count = int(round(self.cfg.benchmark.replay_fraction * n_benchmark))
-        if count <= 0:
+        if count <= 0 or not self.embedded:
             return []
         tokenizer = self.tokenizer()
         texts = [d["text"] for d in self.split("pretraining")]
@@ -409,53 +512,86 @@ class Pipeline:
             instruct, count - count // 2, seed=self.cfg.seed + 1
         )
 
-    def _benchmark_model(self, stage: str, split: str) -> ModelRef:
-        tokenizer = self.tokenizer()
-        examples = qa_examples(tokenizer, self.split(split), self.cfg.model.max_position_embeddings)
+    def _data_spec(self) -> dict:
+        """What identifies the benchmark data a fine-tune reads, beyond its data id."""
+        b = self.cfg.benchmark
+        if self.embedded and b.kind in TOFU_KINDS:
+            return {}  # the embedded tokenizer's key already covers the TOFU files (and keeps old caches valid)
+        return {
+            "source": self.benchmark_source()[1],
+            "max_documents": b.max_documents,
+            "block_size": b.block_size,
+        }
+
+    def _benchmark_model(self, stage: str, items: list[dict], data_id: str) -> ModelRef:
+        examples = self.training_examples(items, f"the {stage}'s data")
         examples = examples + self._replay_examples(len(examples))
-        extra = {"data": split, "replay_fraction": self.cfg.benchmark.replay_fraction}
-        return self._finetuned_model(
-            stage, self.instruct(), examples, self.cfg.benchmark.target_recipe, extra
-        )
+        extra = {"data": data_id, "replay_fraction": self.cfg.benchmark.replay_fraction} | self._data_spec()
+        return self._finetuned_model(stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra)
 
     def target(self) -> ModelRef:
-        return self._benchmark_model("target", "full")
+        return self._benchmark_model(
+            "target", self.benchmark.target_items(), self.benchmark.data_id("target")
+        )
 
     def oracle(self) -> ModelRef:
-        return self._benchmark_model("oracle", FORGET_TO_RETAIN[self.forget_split])
+        items = self.benchmark.oracle_items()
+        if items is None:
+            closest = self.closest()
+            return ModelRef(closest.path, closest.key, "oracle")
+        return self._benchmark_model("oracle", items, self.benchmark.data_id("oracle"))
 
     def checkpoint(self, checkpoint: CheckpointConfig | None = None) -> ModelRef:
         """θ0: the model state the config's `checkpoint` names."""
         checkpoint = checkpoint or self.cfg.checkpoint
-        if checkpoint.stage == "pretrain":
+        stage = checkpoint.stage
+        if stage in EMBEDDED_STAGES:
+            self._require_embedded(f"checkpoint.stage={stage}")
+        if stage == "pretrain":
             if checkpoint.step is None:
                 raise StageError("checkpoint.stage=pretrain needs checkpoint.step (a saved pretraining step)")
             return self.pretrain_checkpoint(checkpoint.step)
-        if checkpoint.stage == "base":
+        if stage == "base":
             return self.base()
-        if checkpoint.stage == "instruct":
+        if stage == "instruct":
             return self.instruct()
-        if checkpoint.stage == "target":
+        if stage == "closest":
+            return self.closest()
+        if stage == "target":
             return self.target()
-        raise StageError(
-            f"checkpoint.stage={checkpoint.stage!r} is not valid; choose one of {list(CHECKPOINT_STAGES)}"
-        )
+        if stage == "revision":
+            if self.embedded:
+                raise StageError(
+                    "checkpoint.stage=revision names a hub revision, which needs model.source=pretrained"
+                )
+            hub_id = checkpoint.hub_id or self.cfg.model.hub_id
+            if not checkpoint.revision or not hub_id:
+                raise StageError(
+                    "checkpoint.stage=revision needs checkpoint.revision (a hub branch, tag or commit) and a hub id "
+                    "(checkpoint.hub_id or model.hub_id)"
+                )
+            return self.hub_model(hub_id, checkpoint.revision)
+        raise StageError(f"checkpoint.stage={stage!r} is not valid; choose one of {list(CHECKPOINT_STAGES)}")
 
     def finetune(
         self, stage: str, base: ModelRef, items: list[dict], recipe: TrainRecipe, data_id: str
     ) -> ModelRef:
-        """Fine-tune a model state on QA items (the forget set, a retain subset, ...)."""
-        examples = qa_examples(self.tokenizer(), items, self.cfg.model.max_position_embeddings)
-        return self._finetuned_model(stage, base, examples, recipe, {"data": data_id})
+        """Fine-tune a model state on benchmark items (the forget set, a retain subset, ...)."""
+        examples = self.training_examples(items, f"the {stage}'s data")
+        return self._finetuned_model(stage, base, examples, recipe, {"data": data_id} | self._data_spec())
 
     def retain_subset(self, size: int | None, seed: int) -> tuple[list[dict], str]:
-        """A seeded random retain subset, by default the size of the forget set (as in the paper)."""
+        """A seeded random retain subset, by default the size of the forget set (as in the paper), capped at the
+        retain pool's size."""
         retain = self.retain_items()
-        size = len(self.forget_items()) if size is None else size
+        if size is None:
+            size = min(len(self.forget_items()), len(retain))
         if size <= 0 or size > len(retain):
             raise StageError(
-                f"method.retain_size={size} must be between 1 and {len(retain)} (the retain split size)"
+                f"method.retain_size={size} must be between 1 and {len(retain)} (the retain pool's size)"
             )
         indices = sorted(random.Random(seed).sample(range(len(retain)), size))
-        data_id = f"{FORGET_TO_RETAIN[self.forget_split]}[{size} seed {seed}]"
-        return [retain[i] for i in indices], data_id
+        return [retain[i] for i in indices], f"{self.benchmark.data_id('retain')}[{size} seed {seed}]"
+
+
+_METRICS_HINT = {"restor": "restor", "muse": "muse"}

@@ -1,0 +1,127 @@
+"""MUSE (Shi et al. 2024): News (BBC articles) or Books (Harry Potter) corpora, unlearned at the document level.
+
+- The target learns the forget corpus and the retain corpus; the oracle learns the retain corpus only. Both corpora
+  are packed into `benchmark.block_size`-token chunks.
+- The retain vector and the gradient methods' retain term use the retain corpus.
+- Evaluation: verbmem, knowmem (forget and retain) and privleak, read from the same folder (msa_bench/data/muse.py).
+
+The data comes from `benchmark.data_dir` (a folder in MUSE's layout, e.g. ../shared/data/muse-news) or, when it is
+null, from the hub (`benchmark.hub_id`), fetched once into the cache. MUSE-Books is not distributed with the project:
+without network it needs a user's copy (MSA_BENCH_DATA/muse-books).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from msa_bench.benchmarks.base import Benchmark, BenchmarkError, register_benchmark
+from msa_bench.data.muse import (
+    MUSE_EVAL_SET_NAMES,
+    check_muse_folder,
+    load_muse_corpus,
+    load_muse_eval_sets,
+    muse_required_files,
+)
+from msa_bench.data.sources import download_muse, local_data_source
+
+FORGET_ID = "forget"
+
+
+@register_benchmark("muse")
+class MuseBenchmark(Benchmark):
+    @property
+    def forget_id(self) -> str:
+        if self.cfg.forget_split != FORGET_ID:
+            raise BenchmarkError(
+                f"benchmark.forget_split={self.cfg.forget_split!r} is not valid for MUSE: use {FORGET_ID!r} and "
+                "choose the corpus with benchmark.forget_corpus"
+            )
+        return FORGET_ID
+
+    def source(self) -> tuple[Path, str]:
+        if self.cfg.data_dir:
+            folder = Path(self.cfg.data_dir).expanduser()
+            if not folder.is_dir():
+                raise BenchmarkError(
+                    f"benchmark.data_dir={folder} does not exist: MUSE needs a folder in the layout of "
+                    f"{self.cfg.hub_id or 'muse-bench/MUSE-News'} (raw/, verbmem/, knowmem/, privleak/). MUSE-Books is "
+                    "not distributed with msa_bench: set benchmark.data_dir=null to fetch it from the hub (needs "
+                    "network), or point MSA_BENCH_DATA at a folder with a muse-books/ copy"
+                )
+            return _fingerprint_tree(folder)
+        if not self.cfg.hub_id:
+            raise BenchmarkError(f"benchmark {self.cfg.name!r} has neither data_dir nor hub_id")
+        hub_id = self.cfg.hub_id
+        files = muse_required_files(self.cfg.forget_corpus, self.cfg.retain_corpus)
+        hub = self.pipeline.store.get_or_build(
+            "hub_data",
+            {"hub_id": hub_id, "layout": "muse", "files": files},
+            lambda out: download_muse(hub_id, out, files=files),
+        )
+        return hub.path, hub.key
+
+    def preflight(self) -> None:
+        self.forget_id  # noqa: B018  (validates the split name)
+        folder = self.pipeline.benchmark_source()[0]
+        key = "benchmark.data_dir" if self.cfg.data_dir else f"the hub download of {self.cfg.hub_id}"
+        check_muse_folder(folder, self.cfg.forget_corpus, self.cfg.retain_corpus, key=key)
+
+    def _corpus(self, relative_path: str, key: str) -> list[dict]:
+        folder = self.pipeline.benchmark_source()[0]
+        texts = load_muse_corpus(folder, relative_path, max_documents=self.cfg.max_documents, key=key)
+        return [{"text": text} for text in texts]
+
+    @cached_property
+    def _forget(self) -> list[dict]:
+        return self._corpus(self.cfg.forget_corpus, "benchmark.forget_corpus")
+
+    @cached_property
+    def _retain(self) -> list[dict]:
+        return self._corpus(self.cfg.retain_corpus, "benchmark.retain_corpus")
+
+    def tokenizer_texts(self) -> list[str]:
+        texts = [item["text"] for item in self._forget + self._retain]
+        for records in self.eval_sets(set(MUSE_EVAL_SET_NAMES)).values():
+            for record in records:
+                texts.extend(str(value) for value in record.values() if isinstance(value, str))
+        return texts
+
+    def target_items(self) -> list[dict]:
+        return self._forget + self._retain
+
+    def oracle_items(self) -> list[dict]:
+        return self._retain
+
+    def forget_items(self) -> list[dict]:
+        return self._forget
+
+    def retain_items(self) -> list[dict]:
+        return self._retain
+
+    def eval_set_names(self) -> set[str]:
+        return set(MUSE_EVAL_SET_NAMES)
+
+    @cached_property
+    def _eval_sets(self) -> dict[str, list[dict]]:
+        return load_muse_eval_sets(self.pipeline.benchmark_source()[0])
+
+    def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
+        return {name: self._eval_sets[name] for name in required if name in self._eval_sets}
+
+
+def _fingerprint_tree(folder: Path) -> tuple[Path, str]:
+    """local_data_source for a folder of subfolders: the fingerprint covers every data file below it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".parquet"}
+    )
+    if not files:
+        # local_data_source gives the standard "no data files" error.
+        return local_data_source(folder, "benchmark.data_dir")
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return folder.resolve(), digest.hexdigest()[:16]

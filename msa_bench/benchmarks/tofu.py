@@ -1,0 +1,133 @@
+"""TOFU (Maini et al. 2024): fictitious authors' QA; the forget set is some authors, the oracle never saw them.
+
+Two kinds share this class: `synthetic_tofu` reads the TOFU-layout files the generated world wrote, and `tofu` reads
+real TOFU from a local folder of <hub config>.jsonl files or from the hub (`locuslab/TOFU`), fetched once and kept
+in the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msa_bench.benchmarks.base import Benchmark, BenchmarkError, register_benchmark
+from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
+
+FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+@register_benchmark("synthetic_tofu", "tofu")
+class TofuBenchmark(Benchmark):
+    @property
+    def forget_id(self) -> str:
+        name = self.cfg.forget_split
+        if name not in FORGET_TO_RETAIN:
+            raise BenchmarkError(
+                f"benchmark.forget_split={name!r} is not valid for TOFU; choose one of {sorted(FORGET_TO_RETAIN)}"
+            )
+        return name
+
+    @property
+    def retain_split(self) -> str:
+        return FORGET_TO_RETAIN[self.forget_id]
+
+    @property
+    def holdout_split(self) -> str:
+        return self.forget_id.replace("forget", "holdout")
+
+    def data_id(self, role: str) -> str:
+        # TOFU's hub config names (the names these keys had before other benchmarks existed).
+        return {"target": "full", "oracle": self.retain_split, "retain": self.retain_split}[role]
+
+    def source(self) -> tuple[Path, str]:
+        pipeline = self.pipeline
+        if self.cfg.kind == "synthetic_tofu":
+            world = pipeline.world()
+            return world.path / "data", world.key
+        if self.cfg.data_dir:
+            return local_data_source(Path(self.cfg.data_dir), "benchmark.data_dir")
+        if not self.cfg.hub_id:
+            raise BenchmarkError(
+                f"benchmark {self.cfg.name!r} has neither data_dir nor hub_id; set benchmark.data_dir "
+                "(or MSA_BENCH_DATA to a folder laid out like ../shared/data)"
+            )
+        configs = tofu_hub_configs(self.forget_id)
+        hub = pipeline.store.get_or_build(
+            "hub_data",
+            {"hub_id": self.cfg.hub_id, "configs": configs},
+            lambda out: download_tofu(self.cfg.hub_id, configs, out),
+        )
+        return hub.path, hub.key
+
+    def preflight(self) -> None:
+        self.forget_id  # noqa: B018  (validates the split name)
+        if self.cfg.kind == "synthetic_tofu":
+            return
+        folder = self.pipeline.benchmark_source()[0]
+        missing = [
+            name for name in tofu_hub_configs(self.forget_id) if not (folder / f"{name}.jsonl").is_file()
+        ]
+        if missing:
+            raise BenchmarkError(
+                f"TOFU split(s) {missing} not found in {folder} (benchmark.data_dir): the folder must hold one "
+                f"<hub config>.jsonl per split, e.g. {folder / f'{missing[0]}.jsonl'}"
+            )
+
+    def tokenizer_texts(self) -> list[str]:
+        return [
+            f"{format_prompt(x['question'])}{format_answer(x['answer'])}" for x in self.pipeline.split("full")
+        ]
+
+    def target_items(self) -> list[dict]:
+        return self.pipeline.split("full")
+
+    def oracle_items(self) -> list[dict]:
+        return self.pipeline.split(self.retain_split)
+
+    def forget_items(self) -> list[dict]:
+        return self.pipeline.split(self.forget_id)
+
+    def retain_items(self) -> list[dict]:
+        return self.pipeline.split(self.retain_split)
+
+    def _tofu_sets(self) -> dict:
+        split = self.pipeline.split
+        return {
+            "forget": lambda: split(f"{self.forget_id}_perturbed"),
+            "retain": lambda: split("retain_perturbed")[: self.cfg.retain_eval_size],
+            "real_authors": lambda: split("real_authors_perturbed"),
+            "world_facts": lambda: split("world_facts_perturbed"),
+            "holdout": lambda: split(self.holdout_split),
+        }
+
+    def eval_set_names(self) -> set[str]:
+        from msa_bench.data.muse import MUSE_EVAL_SET_NAMES
+
+        return set(self._tofu_sets()) | set(MUSE_EVAL_SET_NAMES)
+
+    def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
+        tofu_sets = self._tofu_sets()
+        sets = {name: tofu_sets[name]() for name in required if name in tofu_sets}
+        muse_names = {name for name in required if name.startswith("muse_")}
+        if muse_names:
+            muse_sets = self._muse_sets()
+            missing = muse_names - set(muse_sets)
+            if missing:
+                raise BenchmarkError(f"the MUSE eval sets {sorted(missing)} are not available")
+            sets.update({name: muse_sets[name] for name in muse_names})
+        return sets
+
+    def _muse_sets(self) -> dict[str, list[dict]]:
+        """MUSE-format sets: from `metrics.muse.data_dir` when set, else built from this benchmark's QA."""
+        from msa_bench.data.muse import load_muse_eval_sets, muse_sets_from_tofu_items
+
+        data_dir = self.pipeline.cfg.metrics.muse.data_dir
+        if data_dir:
+            return load_muse_eval_sets(Path(data_dir))
+        split = self.pipeline.split
+        return muse_sets_from_tofu_items(
+            forget_items=split(self.forget_id),
+            retain_items=split("retain_perturbed")[: self.cfg.retain_eval_size],
+            holdout_items=split(self.holdout_split),
+            icl_items=split("instruct"),
+        )
