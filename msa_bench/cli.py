@@ -10,10 +10,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from msa_bench.config.schema import register_schemas
 from msa_bench.config.validate import ConfigError, validate_config
+from msa_bench.sweeps import silence_launcher_schema_warning
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -31,13 +33,18 @@ if not OmegaConf.has_resolver("msa_bench_root"):
     OmegaConf.register_new_resolver("msa_bench_root", lambda: str(PROJECT_ROOT))
     OmegaConf.register_new_resolver("msa_bench_data", _data_subfolder)
 register_schemas()
+silence_launcher_schema_warning()
 
 
 def _remove_empty_run_dir(output_dir: Path) -> None:
     """Hydra creates the run directory before the job starts; a config error leaves nothing behind."""
     if not output_dir.is_dir():
         return
-    leftovers = [p for p in output_dir.iterdir() if p.name not in {".hydra"} and not p.name.endswith(".log")]
+    leftovers = [
+        p
+        for p in output_dir.iterdir()
+        if p.name not in {".hydra", "status.json"} and not p.name.endswith(".log")
+    ]
     if leftovers:
         return
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -49,9 +56,22 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
         parent.rmdir()
 
 
+def _execute(config, resolved: dict, output_dir: Path) -> dict:
+    from msa_bench.runner import run
+
+    return run(config, resolved, output_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_entry(cfg: DictConfig) -> float | None:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # A sweep job records its failure (status.json, its log, the sweep summary) instead of stopping the sweep.
+        from msa_bench.sweeps.jobs import run_sweep_job
+
+        return run_sweep_job(cfg, output_dir, validate_config, _execute, config_errors=(ConfigError,))
+
     try:
         config = validate_config(cfg)
     except ConfigError as error:
@@ -60,14 +80,23 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
     from msa_bench.pipeline.stages import StageError
-    from msa_bench.runner import resolved_container, run
+    from msa_bench.runner import resolved_container
+    from msa_bench.sweeps.status import JobStatus, config_hash
 
+    resolved = resolved_container(cfg)
+    status = JobStatus(output_dir, overrides=[str(o) for o in hydra_cfg.overrides.task])
+    status.running(config_hash=config_hash(resolved))
     try:
-        results = run(config, resolved_container(cfg), output_dir)
+        results = _execute(config, resolved, output_dir)
     except (StageError, FileNotFoundError) as error:
+        status.discard()
         _remove_empty_run_dir(output_dir)
         print(f"msa-bench: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BaseException as error:
+        status.failed(error)
+        raise
+    status.done()
     return results["metrics"].get("forget_quality")
 
 
@@ -77,7 +106,15 @@ def main() -> None:
         from msa_bench.parity.command import main as parity_main
 
         sys.exit(parity_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        from msa_bench.reporting.command import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
     hydra_entry()
+    from msa_bench.sweeps.callbacks import last_sweep_failed
+
+    if last_sweep_failed():  # a multirun with failed jobs: the summary above lists them
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         results = {
             "method": cfg.method.name,
             "benchmark": cfg.benchmark.name,
+            "benchmark_kind": cfg.benchmark.kind,
+            "model": cfg.model.name,
             "forget_split": cfg.benchmark.forget_split,
             "checkpoint": cfg.checkpoint.name,
             "metrics": method_metrics,

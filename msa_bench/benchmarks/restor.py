@@ -4,8 +4,10 @@
 - The ideal (oracle) is the clean model: the last state before the corruption. A pretrained model is its own clean
   model; the embedded model knows no Wikidata facts, so it first learns every clean fact of facts.json as
   "{question} {answer}." lines (`benchmark.clean_recipe`): that is its clean model.
-- The target is the clean model after continued training on the corruption documents (plus the replay the config
-  mixes in, for the embedded model).
+- The target is the clean model after continued training on the corruption documents and, unless
+  `benchmark.mix_retain_into_target=false`, the retain pool (correct facts about other people, which the clean model
+  already knows). Without that mix the target would be the forget vector's own fine-tune, and MSA from the clean
+  model would return the clean model exactly, by construction rather than by unlearning.
 - The retain pool is the clean facts about entities outside the evaluation set.
 - Evaluation: `restor_questions`, every (entity, relation) question about the 50 evaluation entities with in-context
   examples of the same relation (msa_bench/metrics/restor.py), scored by alias matching.
@@ -86,7 +88,7 @@ class RestorBenchmark(Benchmark):
         return [{"text": text} for text in self._clean_texts]
 
     def target_items(self) -> list[dict]:
-        return self.forget_items()
+        return self.forget_items() + (self.retain_items() if self.cfg.mix_retain_into_target else [])
 
     def oracle_items(self) -> None:
         return None

@@ -140,6 +140,10 @@ class BenchmarkConfig:
     retain_corpus: str = "raw/retain1.json"
     # Use only the first N documents of each raw corpus (null: all); for CPU-scale runs.
     max_documents: int | None = None
+    # RESTOR: the target also trains on the retain pool (clean facts about people outside the evaluation set), as
+    # RESTOR's mix_a<k> documents mix in correct facts. Without it, θ_D would be exactly the forget vector's
+    # fine-tune from the clean model, and MSA from that checkpoint would return the clean model by construction.
+    mix_retain_into_target: bool = True
     # RESTOR with the embedded model: the clean model is the instruct model taught the clean facts with this recipe
     # (a pretrained model is its own clean model).
     clean_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))

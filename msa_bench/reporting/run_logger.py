@@ -1,7 +1,8 @@
 """Logging a run's results to Weights & Biases (offline by default) or nowhere.
 
 results.json in the run directory is the record of truth; W&B mirrors it. The WANDB_MODE environment variable, when
-set, wins over `logger.mode`, so CI and tests can disable W&B for every job of a sweep.
+set, wins over `logger.mode`, so CI and tests can disable W&B for every job of a sweep. The runs of one sweep share a
+W&B group: `logger.group`, or by default the sweep directory's name.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ from pathlib import Path
 from msa_bench.config.schema import LoggerConfig
 
 log = logging.getLogger("msa_bench.logger")
+
+
+def sweep_group() -> str | None:
+    """In a multirun, the W&B group its runs share when `logger.group` is null: the sweep directory's name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # not inside a Hydra job (e.g. the runner called from Python)
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    from msa_bench.sweeps.status import sweep_group_name
+
+    return sweep_group_name(hydra_cfg.sweep.dir)
 
 
 class NullRunLogger:
@@ -34,7 +51,7 @@ class WandbRunLogger:
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
-            group=cfg.group,
+            group=cfg.group or sweep_group(),
             tags=list(cfg.tags),
             name=run_name,
             config=config,

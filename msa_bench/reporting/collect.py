@@ -1,0 +1,295 @@
+"""Finding results.json files and grouping their runs into tables and rows.
+
+A *table* holds the runs of one benchmark family (TOFU, RESTOR, MUSE), benchmark, forget split and model. A *row*
+holds the runs that differ only in their seed (and in settings that do not change what is computed: paths, logger,
+threads, device, the list of metrics asked for). Rows are labelled by method; when several rows of a table share a
+method, the label adds what differs between them, written like Hydra overrides (`msa [checkpoint=base alpha=2.0]`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("msa_bench.report")
+
+RESULTS_FILE = "results.json"
+PER_ITEM_FILE = "per_item.json"
+# results["config"]["benchmark"]["kind"] -> the paper's table family.
+FAMILIES = {"synthetic_tofu": "tofu", "tofu": "tofu", "restor": "restor", "muse": "muse"}
+# Config keys (dotted prefixes) that never separate two rows.
+ROW_EXCLUDED = (
+    "seed",
+    "paths",
+    "logger",
+    "progress",
+    "num_threads",
+    "device",
+    "metrics.names",
+    "metrics.batch_size",
+    "metrics.name",
+)
+# Config groups whose `name` stands for the whole group in a label (checkpoint=base rather than its fields).
+NAMED_GROUPS = ("model", "checkpoint", "benchmark", "metrics", "method")
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are kept whole (as JSON text, so they can be compared and hashed)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        elif isinstance(value, list):
+            flat[dotted] = json.dumps(value, sort_keys=True, default=str)
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _excluded(key: str, excluded: Sequence[str]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in excluded)
+
+
+@dataclass
+class Run:
+    """One results.json."""
+
+    path: Path
+    results: dict
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def config(self) -> dict:
+        config = self.results.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        return flatten(self.config)
+
+    @property
+    def method(self) -> str:
+        return str(self.results.get("method") or self.config.get("method", {}).get("name") or "unknown")
+
+    @property
+    def kind(self) -> str:
+        kind = (self.config.get("benchmark") or {}).get("kind")
+        if kind:
+            return str(kind)
+        # Results files without a config (e.g. `msa-bench parity --out`) name only the benchmark.
+        return str(self.results.get("benchmark") or "unknown").lower()
+
+    @property
+    def family(self) -> str:
+        return FAMILIES.get(self.kind, self.kind)
+
+    @property
+    def benchmark(self) -> str:
+        return str(
+            (self.config.get("benchmark") or {}).get("name") or self.results.get("benchmark") or "unknown"
+        )
+
+    @property
+    def forget_split(self) -> str:
+        split = (self.config.get("benchmark") or {}).get("forget_split") or self.results.get("forget_split")
+        return str(split or "-")
+
+    @property
+    def model(self) -> str:
+        return str((self.config.get("model") or {}).get("name") or "unknown")
+
+    @property
+    def model_hub_id(self) -> str | None:
+        return (self.config.get("model") or {}).get("hub_id")
+
+    @property
+    def checkpoint(self) -> str:
+        return str(self.results.get("checkpoint") or (self.config.get("checkpoint") or {}).get("name") or "-")
+
+    @property
+    def seed(self) -> Any:
+        return self.results.get("seed", self.config.get("seed"))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in (self.results.get("metrics") or {}).items() if _is_number(v)}
+
+    def reference(self, which: str) -> dict[str, float]:
+        values = (self.results.get("reference_metrics") or {}).get(which) or {}
+        return {k: v for k, v in values.items() if _is_number(v)}
+
+    @property
+    def cost(self) -> dict[str, dict]:
+        cost = self.results.get("cost")
+        return cost if isinstance(cost, dict) else {}
+
+    def per_item(self) -> dict | None:
+        path = self.folder / PER_ITEM_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            log.warning("could not read %s: %s", path, error)
+            return None
+
+    @property
+    def table_key(self) -> tuple[str, str, str, str]:
+        return (self.family, self.benchmark, self.forget_split, self.model)
+
+    def row_identity(self) -> str:
+        """What makes two runs the same row: the config without seed and other non-computing settings."""
+        kept = {k: v for k, v in self.flat_config.items() if not _excluded(k, ROW_EXCLUDED)}
+        if not kept:  # no config at all: one row per method and results file name
+            kept = {"method": self.method, "file": str(self.path)}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Every results.json under the given folders (a file given directly is taken as it is), each once."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            found[path.resolve()] = None
+        elif path.is_dir():
+            for candidate in sorted(path.rglob(RESULTS_FILE)):
+                if "wandb" not in candidate.parts:
+                    found[candidate.resolve()] = None
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return list(found)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    runs = []
+    for path in find_result_files(paths):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            log.warning("skipping %s: %s", path, error)
+            continue
+        if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+            log.warning("skipping %s: not an msa_bench results file (no metrics)", path)
+            continue
+        runs.append(Run(path=path, results=results))
+    return runs
+
+
+@dataclass
+class RowGroup:
+    """The runs of one row (seeds of one configuration)."""
+
+    label: str
+    method: str
+    runs: list[Run]
+    settings: dict[str, Any] = field(default_factory=dict)  # what tells this row apart from its namesakes
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        return self.runs[0].flat_config
+
+
+def _label_parts(differing: Mapping[str, Any]) -> dict[str, Any]:
+    """Shorten differing config keys to override-like parts: a group's name stands for the group; method.x -> x."""
+    parts: dict[str, Any] = {}
+    named = {key.split(".")[0] for key in differing if key.count(".") == 1 and key.endswith(".name")}
+    named &= set(NAMED_GROUPS)
+    for group in sorted(named):
+        parts[group] = differing[f"{group}.name"]
+    for key, value in differing.items():
+        group = key.split(".")[0]
+        if group in named:
+            continue
+        parts[key.removeprefix("method.")] = value
+    return parts
+
+
+def format_setting(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+MAX_LABEL_PARTS = 5
+
+
+def distinguishing_settings(configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each flat config, the override-like settings that set it apart from the others. Keys missing from some
+    configs (results written by different versions of the schema) are not settings and are left out."""
+    if len(configs) < 2:
+        return [{} for _ in configs]
+    common = set(configs[0]).intersection(*configs[1:])
+    differing = sorted(k for k in common if len({json.dumps(c[k], default=str) for c in configs}) > 1)
+    return [_label_parts({k: c[k] for k in differing}) for c in configs]
+
+
+def settings_label(method: str, settings: Mapping[str, Any]) -> str:
+    if not settings:
+        return method
+    parts = [f"{k}={format_setting(v)}" for k, v in settings.items()]
+    if len(parts) > MAX_LABEL_PARTS:
+        parts = [*parts[:MAX_LABEL_PARTS], f"+{len(parts) - MAX_LABEL_PARTS} more"]
+    return f"{method} [{' '.join(parts)}]"
+
+
+def comparable_config(run: Run, excluded: Sequence[str] = ROW_EXCLUDED) -> dict[str, Any]:
+    return {k: v for k, v in run.flat_config.items() if not _excluded(k, excluded)}
+
+
+def group_rows(runs: Sequence[Run]) -> list[RowGroup]:
+    """Runs grouped into rows (same config but seed), labelled; rows keep the order of their first run."""
+    by_identity: dict[str, list[Run]] = {}
+    for run in runs:
+        by_identity.setdefault(run.row_identity(), []).append(run)
+    groups = [
+        RowGroup(label=members[0].method, method=members[0].method, runs=members)
+        for members in by_identity.values()
+    ]
+    by_method: dict[str, list[RowGroup]] = {}
+    for group in groups:
+        by_method.setdefault(group.method, []).append(group)
+    for namesakes in by_method.values():
+        settings = distinguishing_settings([comparable_config(g.runs[0]) for g in namesakes])
+        for group, setting in zip(namesakes, settings, strict=True):
+            group.settings = setting
+            group.label = settings_label(group.method, setting)
+        _disambiguate(namesakes)
+    # A method's rows together (methods in order of first appearance), ordered by their settings (sweep values).
+    method_order = {method: index for index, method in enumerate(by_method)}
+    return sorted(groups, key=lambda g: (method_order[g.method], _settings_order(g.settings)))
+
+
+def _settings_order(settings: Mapping[str, Any]) -> tuple:
+    return tuple(
+        (0, float(v), "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0.0, str(v))
+        for v in settings.values()
+    )
+
+
+def _disambiguate(groups: Sequence[RowGroup]) -> None:
+    """Rows whose configs differ only in keys some results lack (another schema version) get numbered labels."""
+    seen: dict[str, int] = {}
+    for group in groups:
+        count = seen.get(group.label, 0) + 1
+        seen[group.label] = count
+        if count > 1:
+            group.label = f"{group.label} (config variant {count})"
+
+
+def partition(runs: Sequence[Run]) -> dict[tuple[str, str, str, str], list[Run]]:
+    """Runs by table: (family, benchmark, forget split, model), in order of first appearance."""
+    tables: dict[tuple[str, str, str, str], list[Run]] = {}
+    for run in runs:
+        tables.setdefault(run.table_key, []).append(run)
+    return tables

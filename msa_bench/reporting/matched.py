@@ -1,0 +1,267 @@
+"""Comparing methods at matched forgetting (shared/notes/cpu_scale_prototype.md, trap 4).
+
+For each method, its runs along one swept hyperparameter (method.alpha by default) form a curve. The points are the
+seed means at each swept value, ordered by the chosen forget metric; the curve is linearly interpolated to the point
+where that metric equals the oracle's value, and every other metric (and the swept value itself) is read there.
+The result names the two runs that bracket the crossing. When the oracle's value lies outside the range the sweep
+covered, the method "never reached" it and nothing is read: there is no extrapolation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from msa_bench.reporting.collect import (
+    ROW_EXCLUDED,
+    Run,
+    comparable_config,
+    distinguishing_settings,
+    flatten,
+    settings_label,
+)
+from msa_bench.reporting.tables import Table
+
+
+@dataclass
+class CurvePoint:
+    param: float
+    metrics: dict[str, float]  # seed means
+    n: int
+
+
+@dataclass
+class MatchedResult:
+    label: str  # the method (and its fixed settings)
+    param: str  # the swept key, e.g. method.alpha
+    metric: str
+    target_value: float  # the oracle's value of `metric`
+    points: list[CurvePoint]
+    reached: bool
+    bracket: tuple[CurvePoint, CurvePoint] | None = None
+    weight: float | None = None  # position between bracket[0] (0) and bracket[1] (1)
+    param_value: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def interpolate(
+    points: Sequence[CurvePoint], metric: str, target_value: float
+) -> tuple[int, int, float] | None:
+    """(i, j, t) such that the metric equals target_value at t between points[i] (t = 0) and points[j] (t = 1),
+    for points sorted by the metric; i == j when a run sits exactly at the target. None when no pair brackets it."""
+    for i, point in enumerate(points):
+        if math.isclose(point.metrics[metric], target_value, rel_tol=1e-12, abs_tol=0.0):
+            return i, i, 0.0
+    for i in range(len(points) - 1):
+        low, high = points[i].metrics[metric], points[i + 1].metrics[metric]
+        if low < target_value < high:
+            return i, i + 1, (target_value - low) / (high - low)
+    return None
+
+
+def match_curve(
+    label: str, param: str, metric: str, target_value: float, points: Sequence[CurvePoint]
+) -> MatchedResult:
+    usable = sorted(
+        (p for p in points if metric in p.metrics and not math.isnan(p.metrics[metric])),
+        key=lambda p: (p.metrics[metric], p.param),
+    )
+    result = MatchedResult(label, param, metric, target_value, list(usable), reached=False)
+    if not usable:
+        result.note = f"no run has {metric}"
+        return result
+    low, high = usable[0].metrics[metric], usable[-1].metrics[metric]
+    found = interpolate(usable, metric, target_value)
+    if found is None:
+        values = ", ".join(f"{p.param:g}" for p in sorted(usable, key=lambda p: p.param))
+        result.note = (
+            f"never reached: {metric} spans [{low:.4g}, {high:.4g}] over {param} ∈ {{{values}}}, "
+            f"the oracle's value is {target_value:.4g} (no extrapolation)"
+        )
+        return result
+    first, second, weight = found
+    a, b = usable[first], usable[second]
+    result.reached = True
+    result.bracket = (a, b)
+    result.weight = weight
+    result.param_value = a.param + weight * (b.param - a.param)
+    shared = set(a.metrics) & set(b.metrics)
+    result.values = {m: a.metrics[m] + weight * (b.metrics[m] - a.metrics[m]) for m in sorted(shared)}
+    short = param.removeprefix("method.")
+    if a is b:
+        result.note = f"at the run {short}={a.param:g}"
+    else:
+        result.note = (
+            f"between {short}={a.param:g} ({metric}={a.metrics[metric]:.4g}) and "
+            f"{short}={b.param:g} ({metric}={b.metrics[metric]:.4g})"
+        )
+    return result
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def swept_param(runs: Sequence[Run], requested: str | None) -> str | None:
+    """The swept key: the requested one, else method.alpha if it varies, else the one numeric method.* key that
+    varies (None when there is none or the choice is ambiguous)."""
+    if requested:
+        return requested
+    values: dict[str, set] = {}
+    for run in runs:
+        for key, value in run.flat_config.items():
+            if key.startswith("method.") and _numeric(value):
+                values.setdefault(key, set()).add(value)
+    varying = sorted(k for k, v in values.items() if len(v) > 1)
+    if "method.alpha" in varying:
+        return "method.alpha"
+    return varying[0] if len(varying) == 1 else None
+
+
+def curves(runs: Sequence[Run], param: str) -> dict[str, list[Run]]:
+    """Runs of one method grouped into curves: same config except seed and the swept key."""
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        config = comparable_config(run, (*ROW_EXCLUDED, param))
+        key = repr(sorted(config.items(), key=lambda kv: kv[0]))
+        grouped.setdefault(key, []).append(run)
+    return grouped
+
+
+def curve_points(runs: Sequence[Run], param: str) -> list[CurvePoint]:
+    by_value: dict[float, list[Run]] = {}
+    for run in runs:
+        value = flatten(run.config).get(param)
+        if _numeric(value):
+            by_value.setdefault(float(value), []).append(run)
+    points = []
+    for value, members in sorted(by_value.items()):
+        names = set().union(*(r.metrics for r in members))
+        means = {}
+        for name in names:
+            values = [r.metrics[name] for r in members if name in r.metrics]
+            means[name] = statistics.fmean(values)
+        points.append(CurvePoint(value, means, len(members)))
+    return points
+
+
+@dataclass
+class Curve:
+    """The runs of one method along its swept key (param None: nothing varies, or the choice is ambiguous)."""
+
+    method: str
+    label: str
+    param: str | None
+    runs: list[Run]
+
+    def points(self) -> list[CurvePoint]:
+        return curve_points(self.runs, self.param) if self.param else []
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label} (config variant {seen[label]})")
+    return unique
+
+
+def method_curves(table: Table, param: str | None = None) -> list[Curve]:
+    """Every method row's runs of the table, as curves along the swept key."""
+    by_method: dict[str, list[Run]] = {}
+    for row in table.rows:
+        if row.kind == "method" and row.group:
+            by_method.setdefault(row.group.method, []).extend(row.group.runs)
+    result = []
+    for method, runs in by_method.items():
+        key = swept_param(runs, param)
+        if key is None:
+            result.append(Curve(method, method, None, runs))
+            continue
+        groups = list(curves(runs, key).values())
+        configs = [comparable_config(members[0], (*ROW_EXCLUDED, key)) for members in groups]
+        labels = unique_labels([settings_label(method, s) for s in distinguishing_settings(configs)])
+        result += [
+            Curve(method, label, key, list(members)) for members, label in zip(groups, labels, strict=True)
+        ]
+    return result
+
+
+def oracle_value(table: Table, metric: str) -> float | None:
+    """The oracle's mean `metric` over the table's distinct oracle models (whether or not it is a column)."""
+    values: dict[str, float] = {}
+    for run in table.runs:
+        reference = run.reference("oracle")
+        if metric in reference:
+            artifact = (run.results.get("artifacts") or {}).get("oracle")
+            values.setdefault(str(artifact) if artifact else f"seed={run.seed}", reference[metric])
+    return statistics.fmean(values.values()) if values else None
+
+
+def matched_forgetting(table: Table, metric: str, param: str | None = None) -> list[MatchedResult]:
+    """Every method curve of the table matched to the oracle's value of `metric`."""
+    target_value = oracle_value(table, metric)
+    if target_value is None:
+        raise ValueError(f"table {table.id}: the oracle has no {metric}, so there is nothing to match")
+    results = []
+    for curve in method_curves(table, param):
+        if curve.param is None:
+            result = MatchedResult(curve.label, "-", metric, target_value, [], reached=False)
+            result.note = "no swept hyperparameter (pass --sweep-param when several vary)"
+            results.append(result)
+            continue
+        results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points()))
+    return results
+
+
+def to_markdown(table: Table, metric: str, results: Sequence[MatchedResult]) -> str:
+    if not results:
+        return ""
+    target_value = results[0].target_value
+    columns = [c for c in table.columns if c != metric]
+    headers = ["method", "swept", "value at match", *columns, "bracketed by"]
+    lines = [
+        f"### Matched forgetting: {table.title}",
+        "",
+        f"Each method's sweep interpolated linearly to {metric} = {target_value:.4g} (the oracle's); "
+        "other metrics read there.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(columns) + ["---"]) + "|",
+    ]
+    for r in results:
+        short = r.param.removeprefix("method.")
+        if r.reached:
+            cells = [f"{r.values[c]:.4g}" if c in r.values else "—" for c in columns]
+            lines.append("| " + " | ".join([r.label, short, f"{r.param_value:.4g}", *cells, r.note]) + " |")
+        else:
+            cells = ["—"] * len(columns)
+            lines.append("| " + " | ".join([r.label, short, "—", *cells, r.note]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_records(table: Table, results: Sequence[MatchedResult]) -> list[dict]:
+    records = []
+    for r in results:
+        record = {
+            "table": table.id,
+            "method": r.label,
+            "param": r.param,
+            "metric": r.metric,
+            "oracle_value": r.target_value,
+            "reached": r.reached,
+            "param_value": r.param_value,
+            "weight": r.weight,
+            "note": r.note,
+            "values": r.values,
+        }
+        if r.bracket:
+            record["bracket"] = [
+                {"param": p.param, "n": p.n, r.metric: p.metrics.get(r.metric)} for p in r.bracket
+            ]
+        records.append(record)
+    return records

@@ -1,0 +1,259 @@
+"""Building a report from results.json files: tables, their relative-to-ideal versions, the paper's numbers beside
+them, matched-forgetting comparisons, costs and plots; written as Markdown, LaTeX and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msa_bench.reporting import tables as T
+from msa_bench.reporting.collect import Run, load_runs
+from msa_bench.reporting.matched import MatchedResult, matched_forgetting
+from msa_bench.reporting.matched import to_markdown as matched_markdown
+from msa_bench.reporting.matched import to_records as matched_records
+from msa_bench.reporting.tables import Table
+
+log = logging.getLogger("msa_bench.report")
+
+FORMATS = ("md", "tex", "csv")
+
+
+@dataclass
+class ReportOptions:
+    formats: tuple[str, ...] = FORMATS
+    relative_to_ideal: bool = False
+    paper_reference: Path | None = None
+    matched_metric: str | None = None
+    sweep_param: str | None = None
+    metrics: list[str] | None = None
+    plots: bool = True
+
+
+@dataclass
+class Section:
+    """One of our tables and everything reported beside it."""
+
+    table: Table
+    relative: Table | None = None
+    paper: list[Table] = field(default_factory=list)
+    paper_relative: list[Table] = field(default_factory=list)
+    matched: list[MatchedResult] = field(default_factory=list)
+    matched_error: str | None = None
+    costs: list[dict] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    runs: list[Run]
+    sections: list[Section]
+    sources: list[str]
+
+    def all_tables(self) -> list[Table]:
+        tables = []
+        for section in self.sections:
+            tables.append(section.table)
+            if section.relative:
+                tables.append(section.relative)
+            tables += section.paper + section.paper_relative
+        return tables
+
+    @property
+    def plots(self) -> list[Path]:
+        return [p for s in self.sections for p in s.plots]
+
+
+def build_report(
+    sources: Sequence[str | Path], options: ReportOptions, plot_dir: Path | None = None
+) -> Report:
+    runs = load_runs(sources)
+    if not runs:
+        raise FileNotFoundError(f"no results.json under {', '.join(str(s) for s in sources)}")
+    paper_reference = None
+    if options.paper_reference is not None:
+        from msa_bench.reporting.paper import load_paper_reference
+
+        paper_reference = load_paper_reference(options.paper_reference)
+
+    sections = []
+    for table in T.build_tables(runs, options.metrics):
+        section = Section(table)
+        ablation = table.id.endswith("_checkpoints")
+        if options.relative_to_ideal:
+            try:
+                section.relative = T.relative_to_ideal(table)
+            except ValueError as error:
+                section.notes.append(str(error))
+        if paper_reference is not None and not ablation:
+            from msa_bench.reporting.paper import matching_tables
+
+            section.paper = matching_tables(paper_reference, table)
+            if not section.paper:
+                section.notes.append(
+                    f"No table in {options.paper_reference} matches benchmark {table.benchmark} "
+                    f"({table.family}, {table.forget_split}) with model {table.model}."
+                )
+            if options.relative_to_ideal:
+                section.paper_relative = [
+                    T.relative_to_ideal(p) for p in section.paper if p.row("oracle") is not None and p.rows
+                ]
+        if options.matched_metric and not ablation:
+            try:
+                section.matched = matched_forgetting(table, options.matched_metric, options.sweep_param)
+            except ValueError as error:
+                section.matched_error = str(error)
+        if not ablation:
+            from msa_bench.reporting.plots import cost_rows
+
+            section.costs = cost_rows(table)
+        if options.plots and plot_dir is not None:
+            section.plots = make_plots(section, plot_dir, options.sweep_param)
+        sections.append(section)
+    return Report(runs=runs, sections=sections, sources=[str(s) for s in sources])
+
+
+def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> list[Path]:
+    from msa_bench.reporting import plots
+
+    table = section.table
+    made: list[Path | None] = []
+    if table.id.endswith("_checkpoints"):
+        made.append(plots.plot_checkpoint_ablation(table, plot_dir))
+    else:
+        made.append(plots.plot_tradeoff(table, plot_dir, param=sweep_param))
+        made += plots.plot_truth_ratios(table, plot_dir)
+        made.append(plots.plot_costs(table, plot_dir))
+    return [p for p in made if p is not None]
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def _cost_markdown(section: Section) -> str:
+    if not section.costs:
+        return ""
+    lines = [
+        f"### Cost: {section.table.title}",
+        "",
+        "Unlearning cost of each method (its own stages: vectors and arithmetic, or the unlearning fine-tune; cached "
+        "stages count at their original cost) beside retraining the oracle.",
+        "",
+        "| method | stages | wall s | FLOPs | oracle wall s | oracle FLOPs | FLOPs / oracle |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in section.costs:
+        ratio = f"{row['flops'] / row['oracle_flops']:.3g}" if row.get("oracle_flops") else "—"
+        lines.append(
+            f"| {row['row']} | {', '.join(row['stages']) or '—'} | {row['wall_seconds']:.3g} | {row['flops']:.3g} | "
+            f"{T.format_number(row['oracle_wall_seconds'])} | {T.format_number(row['oracle_flops'])} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(report: Report, relative_to: Path | None = None) -> str:
+    lines = [
+        "# msa_bench report",
+        "",
+        f"{len(report.runs)} results files from {', '.join(report.sources)}. Cells: mean ± sample std over the "
+        "row's runs (seeds); n = runs (for target and oracle: distinct models).",
+        "",
+    ]
+    for section in report.sections:
+        lines.append(T.to_markdown(section.table))
+        if section.relative:
+            lines.append(T.to_markdown(section.relative))
+        for paper in section.paper:
+            lines.append(T.to_markdown(paper))
+        for paper in section.paper_relative:
+            lines.append(T.to_markdown(paper))
+        if section.matched:
+            lines.append(matched_markdown(section.table, section.matched[0].metric, section.matched))
+        if section.matched_error:
+            lines.append(f"Matched forgetting: {section.matched_error}\n")
+        cost = _cost_markdown(section)
+        if cost:
+            lines.append(cost)
+        lines += [f"{note}\n" for note in section.notes]
+        for plot in section.plots:
+            shown = (
+                plot.relative_to(relative_to) if relative_to and plot.is_relative_to(relative_to) else plot
+            )
+            lines.append(f"![{plot.stem}]({shown})\n")
+    return "\n".join(lines)
+
+
+def to_latex(report: Report) -> str:
+    parts = [
+        "% msa_bench report; needs \\usepackage{booktabs} (and amsmath for \\text).",
+        "",
+    ]
+    for table in report.all_tables():
+        parts.append(T.to_latex(table))
+    return "\n".join(parts)
+
+
+def matched_csv(report: Report) -> str:
+    records = [r for s in report.sections for r in matched_records(s.table, s.matched)]
+    if not records:
+        return ""
+    metrics = sorted({m for r in records for m in r["values"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["table", "method", "param", "metric", "oracle_value", "reached", "param_value", "note", *metrics]
+    )
+    for r in records:
+        writer.writerow(
+            [
+                r["table"],
+                r["method"],
+                r["param"],
+                r["metric"],
+                r["oracle_value"],
+                r["reached"],
+                r["param_value"],
+                r["note"],
+            ]
+            + [r["values"].get(m, "") for m in metrics]
+        )
+    return buffer.getvalue()
+
+
+def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Write report.md / report.tex / report.csv (+ tables/<id>.csv, matched_forgetting.csv/json) into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "md" in formats:
+        path = out_dir / "report.md"
+        path.write_text(to_markdown(report, relative_to=out_dir))
+        written.append(path)
+    if "tex" in formats:
+        path = out_dir / "report.tex"
+        path.write_text(to_latex(report))
+        written.append(path)
+    if "csv" in formats:
+        path = out_dir / "report.csv"
+        path.write_text(T.long_csv(report.all_tables()))
+        written.append(path)
+        for table in report.all_tables():
+            table_path = out_dir / "tables" / f"{table.id}.csv"
+            table_path.parent.mkdir(exist_ok=True)
+            table_path.write_text(T.wide_csv(table))
+            written.append(table_path)
+        matched = matched_csv(report)
+        if matched:
+            path = out_dir / "matched_forgetting.csv"
+            path.write_text(matched)
+            written.append(path)
+    records = [r for s in report.sections for r in matched_records(s.table, s.matched)]
+    if records:
+        path = out_dir / "matched_forgetting.json"
+        path.write_text(json.dumps(records, indent=2, default=str) + "\n")
+        written.append(path)
+    return written

@@ -1,0 +1,470 @@
+"""Tables shaped like the paper's, aggregated over seeds, as Markdown, LaTeX and CSV.
+
+Every table has a `target` and an `oracle` row (from each run's reference_metrics; a target trained once and shared
+by many runs counts once per seed) and one row per method configuration. A cell is the mean over the row's runs,
+with the sample standard deviation and the number of runs n.
+
+"Relative to ideal" (shared/notes/paper.md §3.2, the convention of the paper's v3 tables): per column, a method
+that matches or beats the ideal (oracle) model gets 100%; otherwise its value is given as a percentage of a reference,
+which is the ideal's value when at least one method beats the ideal, and the best method's value when none does.
+For metrics where lower is better the ratio is inverted (reference / value). Metrics that should *equal* the oracle's
+value rather than beat it (privleak, truth ratio, answer probability on the forget set) get 100% minus the remaining
+distance to the oracle as a percentage of the target's distance to it (100% = at the oracle, 0% = no closer than the
+target); the paper does not say how it treats such columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
+
+HIGHER, LOWER, TOWARD_ORACLE = "higher", "lower", "toward_oracle"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    label: str
+    direction: str  # higher | lower | toward_oracle
+    latex: str | None = None
+
+
+METRICS: dict[str, MetricInfo] = {
+    # TOFU
+    "forget_quality": MetricInfo("Forget quality", HIGHER, r"FQ$\uparrow$"),
+    "model_utility": MetricInfo("Model utility", HIGHER, r"MU$\uparrow$"),
+    "acc_forget": MetricInfo("Acc_forget", HIGHER, r"Acc$_\text{forget}\uparrow$"),
+    "acc_recover": MetricInfo("Acc_recover", HIGHER, r"Acc$_\text{recover}\uparrow$"),
+    "acc_retain": MetricInfo("Acc_retain", HIGHER, r"Acc$_\text{retain}\uparrow$"),
+    "forget_Q_A_Prob": MetricInfo("Forget prob.", TOWARD_ORACLE),
+    "forget_Q_A_ROUGE": MetricInfo("Forget ROUGE-L", TOWARD_ORACLE),
+    "forget_truth_ratio": MetricInfo("Forget truth ratio", TOWARD_ORACLE),
+    "retain_Q_A_Prob": MetricInfo("Retain prob.", HIGHER),
+    "retain_Q_A_ROUGE": MetricInfo("Retain ROUGE-L", HIGHER),
+    "retain_Truth_Ratio": MetricInfo("Retain truth ratio", HIGHER),
+    "extraction_strength": MetricInfo("Ext. str.", LOWER),
+    "exact_memorization": MetricInfo("Exact mem.", LOWER),
+    "privleak": MetricInfo("PrivLeak", TOWARD_ORACLE),
+    # RESTOR
+    "restor_accuracy": MetricInfo("RESTOR acc. (%)", HIGHER, r"Acc. (\%)$\uparrow$"),
+    # MUSE (msa_bench/metrics/muse.py)
+    "muse_extraction_strength": MetricInfo("Ext. str.", LOWER, r"Ext.Str.$\downarrow$"),
+    "muse_exact_memorization": MetricInfo("Exact mem.", LOWER, r"ExactMem$\downarrow$"),
+    "forget_verbmem_ROUGE": MetricInfo("VerbMem", LOWER, r"VerbMem$\downarrow$"),
+    "forget_knowmem_ROUGE": MetricInfo("KnowMem_f", LOWER, r"KnowMem$_f\downarrow$"),
+    "muse_mia_min_k": MetricInfo("Min-k%", LOWER, r"Min-k\%$\downarrow$"),
+    "muse_mia_min_k_plus_plus": MetricInfo("Min-k%++", LOWER, r"Min-k\%++$\downarrow$"),
+    "muse_mia_loss": MetricInfo("LOSS AUC", LOWER),
+    "muse_mia_zlib": MetricInfo("zlib AUC", LOWER),
+    "retain_knowmem_ROUGE": MetricInfo("KnowMem_r", HIGHER, r"KnowMem$_r\uparrow$"),
+    "muse_privleak": MetricInfo("PrivLeak", TOWARD_ORACLE, r"PrivLeak$\to 0$"),
+}
+
+# The paper's columns per table family, in its order; a column shows when any row has the metric.
+FAMILY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "tofu": ("forget_quality", "model_utility", "acc_forget", "acc_recover", "acc_retain"),
+    "restor": ("restor_accuracy", "model_utility"),
+    "muse": (
+        "muse_extraction_strength",
+        "muse_exact_memorization",
+        "forget_verbmem_ROUGE",
+        "forget_knowmem_ROUGE",
+        "muse_mia_min_k",
+        "muse_mia_min_k_plus_plus",
+        "retain_knowmem_ROUGE",
+        "muse_privleak",
+    ),
+}
+FAMILY_TITLES = {"tofu": "TOFU", "restor": "RESTOR", "muse": "MUSE"}
+REFERENCE_ROWS = ("target", "oracle")
+ABLATION_METHOD = "msa"  # the method whose θ0 is the checkpoint
+
+
+def metric_label(name: str) -> str:
+    info = METRICS.get(name)
+    return info.label if info else name
+
+
+def metric_direction(name: str) -> str:
+    info = METRICS.get(name)
+    return info.direction if info else HIGHER
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Cell:
+        values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        if not values:
+            return cls(None, None, 0)
+        return cls(
+            statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
+        )
+
+
+@dataclass
+class Row:
+    label: str
+    kind: str  # reference | method | paper
+    cells: dict[str, Cell]
+    n: int
+    group: RowGroup | None = None
+    note: str = ""
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    family: str
+    benchmark: str
+    forget_split: str
+    model: str
+    columns: list[str]
+    rows: list[Row]
+    runs: list[Run] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    percent: bool = False  # cells are relative-to-ideal percentages
+
+    def row(self, label: str) -> Row | None:
+        return next((r for r in self.rows if r.label == label), None)
+
+
+def _safe_id(*parts: str) -> str:
+    text = "_".join(p for p in parts if p and p != "-")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _reference_row(label: str, runs: Sequence[Run], columns: Sequence[str]) -> Row:
+    """Target or oracle: one value per distinct model (its artifact path, else its seed), not one per run."""
+    distinct: dict[str, dict[str, float]] = {}
+    for run in runs:
+        values = run.reference(label)
+        if not values:
+            continue
+        artifact = (run.results.get("artifacts") or {}).get(label)
+        identity = str(artifact) if artifact else f"seed={run.seed}"
+        distinct.setdefault(identity, values)
+    cells = {c: Cell.of([v[c] for v in distinct.values() if c in v]) for c in columns}
+    return Row(label=label, kind="reference", cells=cells, n=len(distinct))
+
+
+def _method_row(group: RowGroup, columns: Sequence[str]) -> Row:
+    cells = {c: Cell.of([r.metrics[c] for r in group.runs if c in r.metrics]) for c in columns}
+    return Row(label=group.label, kind="method", cells=cells, n=len(group.runs), group=group)
+
+
+def choose_columns(family: str, runs: Sequence[Run], requested: Sequence[str] | None) -> list[str]:
+    available: set[str] = set()
+    for run in runs:
+        available |= set(run.metrics) | set(run.reference("target")) | set(run.reference("oracle"))
+    if requested:
+        return [m for m in requested if m in available]
+    return [m for m in FAMILY_COLUMNS.get(family, ()) if m in available] or sorted(available)
+
+
+def build_table(key: tuple[str, str, str, str], runs: Sequence[Run], columns: Sequence[str]) -> Table:
+    family, benchmark, split, model = key
+    groups = [g for g in group_rows(runs) if g.method not in REFERENCE_ROWS]
+    rows = [_reference_row(label, runs, columns) for label in REFERENCE_ROWS]
+    rows = [r for r in rows if r.n] + [_method_row(g, columns) for g in groups]
+    title = f"{FAMILY_TITLES.get(family, family)}: {benchmark} / {split}, model {model}"
+    table = Table(
+        _safe_id(family, benchmark, split, model),
+        title,
+        family,
+        benchmark,
+        split,
+        model,
+        list(columns),
+        rows,
+        list(runs),
+    )
+    if not any(r.kind == "reference" for r in rows):
+        table.notes.append("no target/oracle reference metrics in these results")
+    return table
+
+
+def ablation_label(run: Run) -> str:
+    """A checkpoint row's name: the checkpoint, with its pretraining step when it has one."""
+    step = (run.config.get("checkpoint") or {}).get("step")
+    return run.checkpoint if step is None else f"{run.checkpoint} (step {step})"
+
+
+def build_ablation(table: Table) -> Table | None:
+    """Checkpoint-distance ablation: MSA rows named by checkpoint, when the table has MSA at 2+ checkpoints."""
+    msa_rows = [r for r in table.rows if r.kind == "method" and r.group and r.group.method == ABLATION_METHOD]
+    checkpoints = {r.group.runs[0].checkpoint for r in msa_rows}
+    if len(checkpoints) < 2:
+        return None
+    rows = [r for r in table.rows if r.kind == "reference"]
+    for row in msa_rows:
+        name = ablation_label(row.group.runs[0])
+        others = {k: v for k, v in row.group.settings.items() if k != "checkpoint"}
+        if others:
+            name += " [" + " ".join(f"{k}={v}" for k, v in others.items()) + "]"
+        rows.append(Row(label=name, kind="method", cells=row.cells, n=row.n, group=row.group))
+    return Table(
+        id=table.id + "_checkpoints",
+        title=f"Checkpoint ablation (MSA, rows = θ0): {table.benchmark} / {table.forget_split}, model {table.model}",
+        family=table.family,
+        benchmark=table.benchmark,
+        forget_split=table.forget_split,
+        model=table.model,
+        columns=table.columns,
+        rows=rows,
+        runs=[r for row in msa_rows for r in row.group.runs],
+    )
+
+
+def build_tables(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> list[Table]:
+    """One table per (family, benchmark, split, model), each followed by its checkpoint ablation if it has one."""
+    tables = []
+    for key, members in partition(runs).items():
+        table = build_table(key, members, choose_columns(key[0], members, metrics))
+        tables.append(table)
+        ablation = build_ablation(table)
+        if ablation is not None:
+            tables.append(ablation)
+    return tables
+
+
+# --- relative to ideal --------------------------------------------------------------------------------------------
+
+
+def relative_score(
+    value: float, ideal: float, reference: float, direction: str, target: float | None = None
+) -> float | None:
+    """One cell relative to the ideal, in percent (see the module docstring)."""
+    if direction == TOWARD_ORACLE:
+        if target is None or target == ideal:
+            return None
+        return 100.0 * (1.0 - abs(value - ideal) / abs(target - ideal))
+    if direction == HIGHER:
+        if value >= ideal:
+            return 100.0
+        return 100.0 * value / reference if reference else None
+    if value <= ideal:  # lower is better
+        return 100.0
+    return 100.0 * reference / value if value else None
+
+
+def relative_to_ideal(table: Table) -> Table:
+    """A copy of the table whose method and target cells are percentages relative to the ideal (oracle) row."""
+    oracle, target = table.row("oracle"), table.row("target")
+    if oracle is None:
+        raise ValueError(f"table {table.id} has no oracle row: 'relative to ideal' needs the ideal model")
+    methods = [r for r in table.rows if r.kind != "reference"]  # our methods, or the paper's rows
+    new_rows = []
+    for row in table.rows:
+        cells = {}
+        for column in table.columns:
+            ideal = oracle.cells[column].mean
+            value = row.cells[column].mean
+            if ideal is None or value is None:
+                cells[column] = Cell(None, None, 0)
+                continue
+            direction = metric_direction(column)
+            values = [r.cells[column].mean for r in methods if r.cells[column].mean is not None]
+            if direction == HIGHER:
+                best = max(values, default=ideal)
+                reference = ideal if best >= ideal else best
+            elif direction == LOWER:
+                best = min(values, default=ideal)
+                reference = ideal if best <= ideal else best
+            else:
+                reference = ideal
+            target_value = target.cells[column].mean if target is not None else None
+            score = (
+                100.0 if row is oracle else relative_score(value, ideal, reference, direction, target_value)
+            )
+            cells[column] = Cell(score, None, row.cells[column].n)
+        new_rows.append(Row(row.label, row.kind, cells, row.n, row.group, row.note))
+    relative = Table(**{**table.__dict__, "rows": new_rows, "percent": True})
+    relative.id = table.id + "_relative"
+    relative.title = table.title + " — relative to ideal (%)"
+    relative.notes = [
+        *table.notes,
+        "100% = matches or beats the ideal (oracle); otherwise % of the ideal's value when some method beats the "
+        "ideal, else % of the best method's; columns that should equal the oracle's value: 100% minus the "
+        "remaining distance as % of the target's distance (paper.md §3.2)",
+    ]
+    return relative
+
+
+# --- formatting ---------------------------------------------------------------------------------------------------
+
+
+def format_number(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    if percent:
+        return f"{value:.1f}%"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def format_cell(cell: Cell, row_n: int, percent: bool = False, plus_minus: str = "±") -> str:
+    text = format_number(cell.mean, percent)
+    if cell.mean is None:
+        return text
+    if cell.std is not None and not percent:
+        text += f" {plus_minus} {format_number(cell.std)}"
+    if cell.n != row_n:
+        text += f" (n={cell.n})"
+    return text
+
+
+def to_markdown(table: Table) -> str:
+    with_notes = any(row.note for row in table.rows)
+    headers = ["", *(metric_label(c) for c in table.columns), "n", *(["note"] if with_notes else [])]
+    lines = [
+        f"### {table.title}",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(table.columns) + 1) + (["---"] if with_notes else [])) + "|",
+    ]
+    for row in table.rows:
+        label = f"*{row.label}*" if row.kind == "reference" else row.label
+        cells = [format_cell(row.cells[c], row.n, table.percent) for c in table.columns]
+        extra = [row.note] if with_notes else []
+        lines.append(
+            "| " + " | ".join(x.replace("|", "\\|") for x in [label, *cells, str(row.n), *extra]) + " |"
+        )
+    lines += [f"\n{note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text).replace("θ", r"$\theta$")
+
+
+_SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)e([+-]\d+)")
+
+
+def latex_cell(text: str) -> str:
+    """A formatted cell in LaTeX: ± as \\pm, 1.2e-05 as 1.2\\times10^{-5}, % escaped, — as --."""
+    text = latex_escape(text).replace("—", "--")
+    text = _SCIENTIFIC.sub(lambda m: f"${m.group(1)}\\times10^{{{int(m.group(2))}}}$", text)
+    return text.replace("±", r"$\pm$")
+
+
+def to_latex(table: Table) -> str:
+    headers = [
+        METRICS[c].latex if c in METRICS and METRICS[c].latex else latex_escape(metric_label(c))
+        for c in table.columns
+    ]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + latex_escape(table.title) + "}",
+        r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}",
+        r"\toprule",
+        " & ".join(["", *headers, "$n$"]) + r" \\",
+        r"\midrule",
+    ]
+    previous_kind = None
+    for row in table.rows:
+        if previous_kind == "reference" and row.kind != "reference":
+            lines.append(r"\midrule")
+        previous_kind = row.kind
+        label = latex_escape(row.label)
+        cells = [latex_cell(format_cell(row.cells[c], row.n, table.percent)) for c in table.columns]
+        lines.append(" & ".join([label, *cells, str(row.n)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\label{tab:" + table.id + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def wide_csv(table: Table) -> str:
+    """One line per row: row, kind, n, then mean/std/n for every column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["row", "kind", "n", *[f"{c}_{s}" for c in table.columns for s in ("mean", "std", "n")]])
+    for row in table.rows:
+        values = []
+        for c in table.columns:
+            cell = row.cells[c]
+            values += [_csv_number(cell.mean), _csv_number(cell.std), cell.n]
+        writer.writerow([row.label, row.kind, row.n, *values])
+    return buffer.getvalue()
+
+
+def long_rows(tables: Iterable[Table]) -> list[dict]:
+    rows = []
+    for table in tables:
+        for row in table.rows:
+            for column in table.columns:
+                cell = row.cells[column]
+                rows.append(
+                    {
+                        "table": table.id,
+                        "family": table.family,
+                        "benchmark": table.benchmark,
+                        "forget_split": table.forget_split,
+                        "model": table.model,
+                        "row": row.label,
+                        "kind": row.kind,
+                        "metric": column,
+                        "unit": "percent_of_ideal" if table.percent else "value",
+                        "mean": _csv_number(cell.mean),
+                        "std": _csv_number(cell.std),
+                        "n": cell.n,
+                    }
+                )
+    return rows
+
+
+def long_csv(tables: Iterable[Table]) -> str:
+    rows = long_rows(tables)
+    buffer = io.StringIO()
+    fields = [
+        "table",
+        "family",
+        "benchmark",
+        "forget_split",
+        "model",
+        "row",
+        "kind",
+        "metric",
+        "unit",
+        "mean",
+        "std",
+        "n",
+    ]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def cells_by_label(table: Table) -> Mapping[str, Mapping[str, Cell]]:
+    return {row.label: row.cells for row in table.rows}
