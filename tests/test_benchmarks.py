@@ -133,3 +133,22 @@ def test_benchmark_metrics_must_match_the_benchmark(tmp_path):
             ["benchmark=restor", f"benchmark.data_dir={data}", "metrics.names=[forget_Q_A_Prob]"],
         )
     assert not (tmp_path / "cache" / "history").exists()
+
+
+def test_restor_target_mixes_in_the_retain_pool_and_its_key_says_so(tmp_path):
+    from msa_bench.pipeline.artifacts import ArtifactStore
+    from msa_bench.pipeline.stages import Pipeline
+
+    data = write_tiny_restor(tmp_path / "restor")
+
+    def pipeline(mix: bool) -> Pipeline:
+        overrides = [*RESTOR_SMOKE, f"benchmark.data_dir={data}", f"benchmark.mix_retain_into_target={mix}"]
+        config = validate_config(compose_config(["experiment=smoke", "logger=none", *overrides], tmp_path))
+        return Pipeline(config, ArtifactStore(tmp_path / "cache"), "cpu")
+
+    mixed, forget_only = pipeline(True).benchmark, pipeline(False).benchmark
+    n_forget, n_retain = len(mixed.forget_items()), len(mixed.retain_items())
+    assert (n_forget, n_retain) == (12, 12)  # 4 documents x 3 evaluated people; 3 facts x 4 other people
+    assert len(mixed.target_items()) == n_forget + n_retain
+    assert forget_only.target_items() == forget_only.forget_items()
+    assert mixed.data_id("target") != forget_only.data_id("target")

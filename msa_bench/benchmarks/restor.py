@@ -47,6 +47,11 @@ class RestorBenchmark(Benchmark):
             )
         return name
 
+    def data_id(self, role: str) -> str:
+        data_id = super().data_id(role)
+        # The key must say when the target also learnt the retain pool.
+        return f"{data_id}+retain" if role == "target" and self.cfg.mix_retain_into_target else data_id
+
     def source(self) -> tuple[Path, str]:
         if not self.cfg.data_dir:
             raise BenchmarkError(
