@@ -36,18 +36,28 @@ BENCHMARKS = {
         "forget_Q_A_Prob",
         [
             ["checkpoint=base,instruct,target"],
-            ["checkpoint=pretrain_step", "checkpoint.step=100,200,300,400,500"],
+            ["checkpoint=pretrain_step", "checkpoint.step=100,200,300,400"],
         ],
     ),
     "tofu": (["experiment=cpu/tofu"], "judged", "forget_Q_A_Prob", [["checkpoint=base,instruct,target"]]),
-    "restor": (["experiment=cpu/restor"], "restor", "restor_accuracy", [["checkpoint=base,instruct,closest"]]),
-    "muse_news": (["experiment=cpu/muse_news"], "muse", "forget_verbmem_ROUGE", [["checkpoint=base,closest"]]),
+    "restor": (
+        ["experiment=cpu/restor"],
+        "restor",
+        "restor_accuracy",
+        [["checkpoint=base,instruct,closest"]],
+    ),
+    "muse_news": (
+        ["experiment=cpu/muse_news"],
+        "muse",
+        "forget_verbmem_ROUGE",
+        [["checkpoint=base,closest"]],
+    ),
 }
 
 
-def sweeps(benchmark: str, seed: int) -> dict[str, list[list[str]]]:
+def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
     select, metrics, _, checkpoint_sweeps = BENCHMARKS[benchmark]
-    common = [*select, f"metrics={metrics}", f"seed={seed}", "logger=none", "progress=false"]
+    common = [*select, f"metrics={metrics}", f"seed={seed}", "logger=none", "progress=false", *extra]
     return {
         "methods": [[*common, f"method={METHODS}"]],
         "forget_only": [[*common, "method=msa", "method.beta=0"]],
@@ -84,12 +94,17 @@ def run_sweep(overrides: list[str], sweep_dir: Path, env: dict) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="synthetic_tofu")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=Path, default=ROOT / ".cache" / "reproduction")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cpu_reproduction")
     parser.add_argument("--only", default="methods,forget_only,alpha_beta,checkpoints")
+    parser.add_argument(
+        "--extra", default="", help="overrides added to every job, e.g. experiment=smoke (a dry run)"
+    )
     args = parser.parse_args()
 
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -99,7 +114,7 @@ def main() -> int:
     log = []
     started = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for group, commands in sweeps(args.benchmark, seed).items():
+        for group, commands in sweeps(args.benchmark, seed, args.extra.split()).items():
             if group not in wanted:
                 continue
             for index, overrides in enumerate(commands):
@@ -107,7 +122,9 @@ def main() -> int:
                 record = run_sweep(overrides, sweep_dir, env)
                 record |= {"group": group, "seed": seed}
                 log.append(record)
-                print(f"{group} seed {seed}: rc={record['returncode']} {record['wall_seconds']} s", flush=True)
+                print(
+                    f"{group} seed {seed}: rc={record['returncode']} {record['wall_seconds']} s", flush=True
+                )
     total = time.perf_counter() - started
 
     out = args.out / args.benchmark
@@ -133,7 +150,8 @@ def main() -> int:
         "python": platform.python_version(),
     }
     (out / "runs.json").write_text(
-        json.dumps({"machine": machine, "total_wall_seconds": round(total, 1), "sweeps": log}, indent=2) + "\n"
+        json.dumps({"machine": machine, "total_wall_seconds": round(total, 1), "sweeps": log}, indent=2)
+        + "\n"
     )
     print(f"done in {total:.0f} s; tables and plots in {out}")
     return 0 if all(r["returncode"] == 0 for r in log) else 1
