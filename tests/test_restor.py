@@ -216,3 +216,40 @@ def test_registered_as_suite() -> None:
     assert suite.metric_names == (RESTOR_ACCURACY,)
     assert suite.required_sets([RESTOR_ACCURACY]) == {RESTOR_QUESTIONS}
     assert suite.evaluate is evaluate_restor
+
+
+def test_a_configured_llm_judge_decides_instead_of_alias_matching(monkeypatch) -> None:
+    """With metrics.judge.kind=openai the judge sees each first line with the accepted answers plus "none of these";
+    its choice, not alias matching, decides. Here it calls the second question right, which alias matching would not."""
+    import msa_bench.metrics.judges as judges
+    from msa_bench.metrics.restor import NONE_OF_THESE
+
+    asked = []
+
+    class StubJudge:
+        name = "stub"
+
+        def choose_many(self, outputs, candidate_lists):
+            asked.extend(zip(outputs, candidate_lists, strict=True))
+            return [len(candidates) - 1 if i == 0 else 0 for i, candidates in enumerate(candidate_lists)]
+
+    monkeypatch.setattr(judges, "make_judge", lambda config: StubJudge())
+    items = [
+        {"entity": "B", "relation": "P19", "question": "Where was B born?", "answers": ["Thailand"]},
+        {"entity": "C", "relation": "P19", "question": "Where was C born?", "answers": ["Chile", "Peru"]},
+    ]
+    for item in items:
+        item["prompt"] = restor_prompt(item["question"], EXAMPLES, 2, entity=item["entity"])
+    tokenizer = tiny_tokenizer([item["prompt"] for item in items] + ["Thailand Chile Peru"])
+    model = ScriptedModel(tokenizer(" Thailand\nWhere was", add_special_tokens=False)["input_ids"])
+    settings = SimpleNamespace(batch_size=4, judge=SimpleNamespace(kind="openai"))
+    result = evaluate_restor(model, tokenizer, {RESTOR_QUESTIONS: items}, [RESTOR_ACCURACY], settings)
+    assert result.per_item[RESTOR_ACCURACY] == [0.0, 1.0]
+    assert asked == [
+        ("Thailand", ["Thailand", NONE_OF_THESE]),
+        ("Thailand", ["Chile", "Peru", NONE_OF_THESE]),
+    ]
+    # The offline default (kind rouge) keeps alias matching.
+    rouge = SimpleNamespace(batch_size=4, judge=SimpleNamespace(kind="rouge"))
+    result = evaluate_restor(model, tokenizer, {RESTOR_QUESTIONS: items}, [RESTOR_ACCURACY], rouge)
+    assert result.per_item[RESTOR_ACCURACY] == [1.0, 0.0]

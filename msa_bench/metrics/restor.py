@@ -4,7 +4,7 @@ Each (entity, relation) question is asked after `n_shots` in-context examples of
 entities, in upstream RESTOR's layout (`evaluation/eval_utils.py::get_context`): one "{question} {answer}" line per
 example, then the question alone; the model continues the line. The greedy continuation's first line (at most
 `RESTOR_MAX_NEW_TOKENS` tokens) is compared with the accepted Wikidata answers by `alias_match`, a deterministic
-stand-in for RESTOR's LLM judge. `restor_accuracy` is the % (0-100) of questions answered correctly.
+offline stand-in for RESTOR's LLM judge; when `metrics.judge` names an LLM judge (kind openai), that judge decides. `restor_accuracy` is the % (0-100) of questions answered correctly.
 """
 
 from __future__ import annotations
@@ -166,15 +166,36 @@ def evaluate_restor(
             stop_strings=RESTOR_STOP_STRINGS,
             on_batch=progress_bar.update,
         )
-    correct = [
-        float(alias_match(generation, item["answers"]))
-        for generation, item in zip(generations, items, strict=True)
-    ]
+    correct = _verdicts(generations, items, getattr(settings, "judge", None))
     result.metrics[RESTOR_ACCURACY] = 100.0 * sum(correct) / len(correct)
     result.per_item[RESTOR_ACCURACY] = correct
     result.generations[RESTOR_QUESTIONS] = generations
     result.tokens_processed = tokens
     return result
+
+
+# The judge's extra candidate: choosing it means the answer states none of the accepted ones.
+NONE_OF_THESE = "none of these (a different answer, or no answer)"
+
+
+def uses_llm_judge(judge_config) -> bool:
+    """Alias matching is the offline default; any other configured judge (metrics.judge) replaces it."""
+    return judge_config is not None and getattr(judge_config, "kind", "rouge") != "rouge"
+
+
+def _verdicts(generations: Sequence[str], items: Sequence[Mapping], judge_config) -> list[float]:
+    """1.0 per correctly answered question: by alias matching, or, when an LLM judge is configured, by asking it
+    which accepted answer the first line states, with "none of these" as the last choice."""
+    first_lines = [(generation.strip().splitlines() or [""])[0] for generation in generations]
+    if not uses_llm_judge(judge_config):
+        return [
+            float(alias_match(line, item["answers"])) for line, item in zip(first_lines, items, strict=True)
+        ]
+    from msa_bench.metrics.judges import make_judge
+
+    candidate_lists = [[*item["answers"], NONE_OF_THESE] for item in items]
+    choices = make_judge(judge_config).choose_many(first_lines, candidate_lists)
+    return [float(choice < len(item["answers"])) for choice, item in zip(choices, items, strict=True)]
 
 
 def required_sets(metric_names: Sequence[str]) -> set[str]:

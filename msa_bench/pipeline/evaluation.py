@@ -52,6 +52,17 @@ def _settings_spec(settings) -> dict:
     return spec
 
 
+def _per_model_judge_spec(plan, settings) -> dict:
+    """RESTOR's accuracy is judged per model when an LLM judge is configured, so then the judge is part of the key."""
+    from msa_bench.metrics.restor import uses_llm_judge
+
+    return (
+        {"restor_judge": asdict(settings.judge)}
+        if "restor" in plan and uses_llm_judge(settings.judge)
+        else {}
+    )
+
+
 def evaluate_model(pipeline, model_ref) -> dict:
     """The evaluation of one model (metrics, per_item, generations), from the cache when already computed."""
     settings = pipeline.cfg.metrics
@@ -60,6 +71,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
         "model": model_ref.key,
         "plan": plan,
         "settings": _settings_spec(settings),
+        **_per_model_judge_spec(plan, settings),
         "benchmark": pipeline.benchmark_source()[1],
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,
