@@ -294,10 +294,29 @@ def test_state_vector_arithmetic() -> None:
 
 def test_tokenizer_mismatch_is_refused_before_writing(tmp_path):
     paths = save_family(tmp_path, tied=False)
-    (paths["theta_0"] / "tokenizer.json").write_text('{"vocab": "one"}')
-    (paths["theta_1"] / "tokenizer.json").write_text('{"vocab": "one"}')
-    (paths["theta_d"] / "tokenizer.json").write_text('{"vocab": "two"}')
+    one = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}, "added_tokens": []}
+    two = {"model": {"type": "BPE", "vocab": {"a": 1, "b": 0}, "merges": []}, "added_tokens": []}
+    (paths["theta_0"] / "tokenizer.json").write_text(json.dumps(one))
+    (paths["theta_1"] / "tokenizer.json").write_text(json.dumps(one))
+    (paths["theta_d"] / "tokenizer.json").write_text(json.dumps(two))
     out = tmp_path / "out"
     with pytest.raises(StateArithmeticError, match="tokenizer of .* differs from that of the target"):
         combine_checkpoints(paths["theta_d"], [StateDelta(-1.0, paths["theta_1"], paths["theta_0"])], out)
     assert not out.exists()
+
+
+def test_tokenizers_are_compared_by_vocabulary_not_bytes(tmp_path):
+    """save_pretrained re-serialises tokenizer.json, and a base and an instruct release differ in templates and
+    post-processing: what must match is the token -> row map, not the file's bytes."""
+    paths = save_family(tmp_path, tied=False)
+    vocab = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}, "added_tokens": []}
+    for name, extra in [
+        ("theta_0", {"post_processor": None}),
+        ("theta_1", {"truncation": None}),
+        ("theta_d", {}),
+    ]:
+        (paths[name] / "tokenizer.json").write_text(json.dumps(vocab | extra, indent=len(name)))
+    combine_checkpoints(
+        paths["theta_d"], [StateDelta(-1.0, paths["theta_1"], paths["theta_0"])], tmp_path / "out"
+    )
+    assert (tmp_path / "out").is_dir()
