@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +103,7 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / ".cache" / "reproduction")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cpu_reproduction")
     parser.add_argument("--only", default="methods,forget_only,alpha_beta,checkpoints")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots from --runs")
     parser.add_argument(
         "--extra", default="", help="overrides added to every job, e.g. experiment=smoke (a dry run)"
     )
@@ -113,7 +115,12 @@ def main() -> int:
     wanted = args.only.split(",")
     log = []
     started = time.perf_counter()
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    out = args.out / args.benchmark
+    previous = out / "runs.json"
+    if args.report_only and previous.is_file():
+        recorded = json.loads(previous.read_text())
+        log, started = recorded["sweeps"], started - recorded["total_wall_seconds"]
+    for seed in [] if args.report_only else [int(s) for s in args.seeds.split(",")]:
         for group, commands in sweeps(args.benchmark, seed, args.extra.split()).items():
             if group not in wanted:
                 continue
@@ -127,7 +134,6 @@ def main() -> int:
                 )
     total = time.perf_counter() - started
 
-    out = args.out / args.benchmark
     out.mkdir(parents=True, exist_ok=True)
     forget_metric = BENCHMARKS[args.benchmark][2]
     reports = {
@@ -138,6 +144,7 @@ def main() -> int:
         dirs = [d for d in dirs if d.is_dir()]
         if not dirs:
             continue
+        shutil.rmtree(out / name, ignore_errors=True)  # plots of rows that no longer exist must not linger
         command = [sys.executable, "-m", "msa_bench.cli", "report", *map(str, dirs), "--out", str(out / name)]
         if name == "alpha_beta":
             command += ["--matched-forgetting", forget_metric, "--sweep-param", "method.alpha"]

@@ -391,3 +391,25 @@ def test_report_command(tofu_runs, tmp_path, capsys):
     assert report_main([str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert report_main([str(tofu_runs), "--format", "pdf", "--out", str(out)]) == 2
     assert "msa-bench report: error:" in capsys.readouterr().err
+
+
+def test_the_same_configuration_and_seed_in_two_sweeps_counts_once(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "methods", "0", msa(1.0), {"forget_quality": 0.5, "model_utility": 0.4}, seed=0)
+    write_run(root / "checkpoints", "0", msa(1.0), {"forget_quality": 0.5, "model_utility": 0.4}, seed=0)
+    write_run(root / "methods", "1", msa(1.0), {"forget_quality": 0.7, "model_utility": 0.2}, seed=1)
+    table = next(t for t in T.build_tables(load_runs([root])) if not t.id.endswith("_checkpoints"))
+    row = next(r for r in table.rows if r.kind == "method")
+    assert row.n == 2
+    assert row.cells["forget_quality"].mean == pytest.approx(0.6)
+
+
+def test_pretraining_steps_label_their_rows(tmp_path):
+    root = tmp_path / "runs"
+    for step in (10, 20):
+        write_run(root, f"s{step}", msa(1.0), {"forget_quality": 0.1}, checkpoint="pretrain_step", step=step)
+    write_run(root, "base", msa(1.0), {"forget_quality": 0.2}, checkpoint="base")
+    table = next(t for t in T.build_tables(load_runs([root])) if not t.id.endswith("_checkpoints"))
+    labels = [r.label for r in table.rows if r.kind == "method"]
+    assert "msa [checkpoint=pretrain_step checkpoint.step=10]" in labels
+    assert "msa [checkpoint=base]" in labels

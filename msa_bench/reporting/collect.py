@@ -35,6 +35,7 @@ ROW_EXCLUDED = (
 )
 # Config groups whose `name` stands for the whole group in a label (checkpoint=base rather than its fields).
 NAMED_GROUPS = ("model", "checkpoint", "benchmark", "metrics", "method")
+STATE_SELECTING_KEYS = ("checkpoint.step", "checkpoint.revision")
 
 
 def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -211,7 +212,9 @@ def _label_parts(differing: Mapping[str, Any]) -> dict[str, Any]:
         parts[group] = differing[f"{group}.name"]
     for key, value in differing.items():
         group = key.split(".")[0]
-        if group in named:
+        # A named group's name stands for it, except the fields that pick a state within one checkpoint config
+        # (`checkpoint=pretrain_step checkpoint.step=200`).
+        if group in named and (key not in STATE_SELECTING_KEYS or value is None):
             continue
         parts[key.removeprefix("method.")] = value
     return parts
@@ -250,7 +253,14 @@ def comparable_config(run: Run, excluded: Sequence[str] = ROW_EXCLUDED) -> dict[
 def group_rows(runs: Sequence[Run]) -> list[RowGroup]:
     """Runs grouped into rows (same config but seed), labelled; rows keep the order of their first run."""
     by_identity: dict[str, list[Run]] = {}
+    seen: set[tuple[str, str]] = set()
     for run in runs:
+        # The same configuration and seed run twice (two sweeps both holding it) is one run, not two samples.
+        identity = (run.row_identity(), json.dumps(run.seed, default=str))
+        if identity in seen:
+            log.info("counting %s once: the same configuration and seed as an earlier result", run.path)
+            continue
+        seen.add(identity)
         by_identity.setdefault(run.row_identity(), []).append(run)
     groups = [
         RowGroup(label=members[0].method, method=members[0].method, runs=members)

@@ -210,7 +210,7 @@ def build_ablation(table: Table) -> Table | None:
     rows = [r for r in table.rows if r.kind == "reference"]
     for row in msa_rows:
         name = ablation_label(row.group.runs[0])
-        others = {k: v for k, v in row.group.settings.items() if k != "checkpoint"}
+        others = {k: v for k, v in row.group.settings.items() if not k.startswith("checkpoint")}
         if others:
             name += " [" + " ".join(f"{k}={v}" for k, v in others.items()) + "]"
         rows.append(Row(label=name, kind="method", cells=row.cells, n=row.n, group=row.group))
