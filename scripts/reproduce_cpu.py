@@ -103,7 +103,9 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / ".cache" / "reproduction")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cpu_reproduction")
     parser.add_argument("--only", default="methods,forget_only,alpha_beta,checkpoints")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots from --runs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild the tables and plots from --runs"
+    )
     parser.add_argument(
         "--extra", default="", help="overrides added to every job, e.g. experiment=smoke (a dry run)"
     )
