@@ -49,7 +49,7 @@ class MuseBenchmark(Benchmark):
                     "not distributed with msa_bench: set benchmark.data_dir=null to fetch it from the hub (needs "
                     "network), or point MSA_BENCH_DATA at a folder with a muse-books/ copy"
                 )
-            return _fingerprint_tree(folder)
+            return local_data_source(folder, "benchmark.data_dir", recursive=True)
         if not self.cfg.hub_id:
             raise BenchmarkError(f"benchmark {self.cfg.name!r} has neither data_dir nor hub_id")
         hub_id = self.cfg.hub_id
@@ -108,20 +108,3 @@ class MuseBenchmark(Benchmark):
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         return {name: self._eval_sets[name] for name in required if name in self._eval_sets}
-
-
-def _fingerprint_tree(folder: Path) -> tuple[Path, str]:
-    """local_data_source for a folder of subfolders: the fingerprint covers every data file below it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".parquet"}
-    )
-    if not files:
-        # local_data_source gives the standard "no data files" error.
-        return local_data_source(folder, "benchmark.data_dir")
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return folder.resolve(), digest.hexdigest()[:16]

@@ -17,8 +17,10 @@ class DataSourceError(FileNotFoundError):
     """Benchmark data could not be found or fetched; the message names what was looked for and where."""
 
 
-def local_data_source(folder: Path, key: str) -> tuple[Path, str]:
-    """The folder (checked) and a fingerprint of its data files, so caches follow the data's content."""
+def local_data_source(folder: Path, key: str, *, recursive: bool = False) -> tuple[Path, str]:
+    """The folder (checked) and a fingerprint of its data files, so caches follow the data's content.
+
+    `recursive` also covers the files in subfolders (MUSE's raw/, knowmem/, ...; parquet shards included)."""
     folder = folder.expanduser()
     if not folder.is_dir():
         raise DataSourceError(
@@ -26,11 +28,13 @@ def local_data_source(folder: Path, key: str) -> tuple[Path, str]:
             "folder laid out like ../shared/data (tofu/, restor/, muse-news/)"
         )
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".jsonl"})
+    suffixes = {".json", ".jsonl", ".parquet"} if recursive else {".json", ".jsonl"}
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in candidates if p.is_file() and p.suffix in suffixes)
     if not files:
-        raise DataSourceError(f"{key}={folder} holds no .json or .jsonl files")
+        raise DataSourceError(f"{key}={folder} holds no {' or '.join(sorted(suffixes))} files")
     for path in files:
-        digest.update(path.name.encode())
+        digest.update(str(path.relative_to(folder)).encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return folder.resolve(), digest.hexdigest()[:16]
 
