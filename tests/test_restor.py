@@ -184,7 +184,8 @@ class ScriptedModel(torch.nn.Module):
         return torch.cat([input_ids, new], dim=1)
 
 
-def test_scripted_model_scores_known_answer() -> None:
+def two_questions_answered_thailand():
+    """Two birthplace questions (answers Thailand; Chile or Peru) and a model that answers " Thailand" to both."""
     items = [
         {"entity": "B", "relation": "P19", "question": "Where was B born?", "answers": ["Thailand"]},
         {"entity": "C", "relation": "P19", "question": "Where was C born?", "answers": ["Chile", "Peru"]},
@@ -193,6 +194,11 @@ def test_scripted_model_scores_known_answer() -> None:
         item["prompt"] = restor_prompt(item["question"], EXAMPLES, 2, entity=item["entity"])
     tokenizer = tiny_tokenizer([item["prompt"] for item in items] + ["Thailand Chile Peru"])
     model = ScriptedModel(tokenizer(" Thailand\nWhere was", add_special_tokens=False)["input_ids"])
+    return items, tokenizer, model
+
+
+def test_scripted_model_scores_known_answer() -> None:
+    items, tokenizer, model = two_questions_answered_thailand()
     result = evaluate_restor(model, tokenizer, {RESTOR_QUESTIONS: items}, [RESTOR_ACCURACY], None)
     assert result.generations[RESTOR_QUESTIONS] == ["Thailand", "Thailand"]
     assert result.per_item[RESTOR_ACCURACY] == [1.0, 0.0]
@@ -234,14 +240,7 @@ def test_a_configured_llm_judge_decides_instead_of_alias_matching(monkeypatch) -
             return [len(candidates) - 1 if i == 0 else 0 for i, candidates in enumerate(candidate_lists)]
 
     monkeypatch.setattr(judges, "make_judge", lambda config: StubJudge())
-    items = [
-        {"entity": "B", "relation": "P19", "question": "Where was B born?", "answers": ["Thailand"]},
-        {"entity": "C", "relation": "P19", "question": "Where was C born?", "answers": ["Chile", "Peru"]},
-    ]
-    for item in items:
-        item["prompt"] = restor_prompt(item["question"], EXAMPLES, 2, entity=item["entity"])
-    tokenizer = tiny_tokenizer([item["prompt"] for item in items] + ["Thailand Chile Peru"])
-    model = ScriptedModel(tokenizer(" Thailand\nWhere was", add_special_tokens=False)["input_ids"])
+    items, tokenizer, model = two_questions_answered_thailand()
     settings = SimpleNamespace(batch_size=4, judge=SimpleNamespace(kind="openai"))
     result = evaluate_restor(model, tokenizer, {RESTOR_QUESTIONS: items}, [RESTOR_ACCURACY], settings)
     assert result.per_item[RESTOR_ACCURACY] == [0.0, 1.0]
