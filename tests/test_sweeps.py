@@ -130,6 +130,24 @@ def test_parallel_local_launchers_get_one_thread_per_job(launcher, overrides, ex
     assert cfg.num_threads == expected
 
 
+def test_saved_hydra_config_records_the_adjusted_thread_count(tmp_path):
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text("num_threads: 2\n")
+    cfg = OmegaConf.create({"num_threads": 2})
+    hydra_cfg = OmegaConf.create(
+        {
+            "launcher": {"_target_": "x.JoblibLauncher", "n_jobs": 2},
+            "overrides": {"task": []},
+            "output_subdir": ".hydra",
+        }
+    )
+    assert jobs.one_thread_per_parallel_job(cfg, hydra_cfg)
+    jobs.rewrite_saved_config(cfg, hydra_cfg, tmp_path)
+    assert OmegaConf.load(saved).num_threads == 1
+    assert list(saved.parent.iterdir()) == [saved]
+
+
 # --- end-to-end sweeps --------------------------------------------------------------------------------------------
 
 
@@ -199,6 +217,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_one_thread_each(tmp_path, sweep
     for job in ("0", "1"):
         results = json.loads((sweep / job / "results.json").read_text())
         assert results["config"]["num_threads"] == 1
+        assert "num_threads: 1" in (sweep / job / ".hydra" / "config.yaml").read_text()
         assert "num_threads=1" in status_of(sweep / job)["note"]
         assert (sweep / job / "msa_bench.log").stat().st_size > 0
     assert [j["state"] for j in summary_of(sweep)["jobs"]] == ["done", "done"]

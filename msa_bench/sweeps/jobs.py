@@ -58,6 +58,19 @@ def one_thread_per_parallel_job(cfg: DictConfig, hydra_cfg) -> str | None:
     return "num_threads=1: the launcher runs jobs in parallel (override num_threads=N to choose)"
 
 
+def rewrite_saved_config(cfg: DictConfig, hydra_cfg, output_dir: Path) -> None:
+    """Hydra saved the job's config before msa_bench adjusted it; the saved copy must be the config that ran."""
+    subdir = OmegaConf.select(hydra_cfg, "output_subdir", default=".hydra")
+    if not subdir:  # hydra.output_subdir=null: Hydra saved nothing
+        return
+    path = Path(output_dir) / str(subdir) / "config.yaml"
+    if not path.parent.is_dir():
+        return
+    partial = path.with_name(path.name + ".partial")
+    OmegaConf.save(cfg, partial)
+    partial.replace(path)
+
+
 def _resolved_or_raw(cfg: DictConfig) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
@@ -125,6 +138,7 @@ def run_sweep_job(
     if note:
         status.update(note=note)
         log.info(note)
+        rewrite_saved_config(cfg, hydra_cfg, output_dir)
     try:
         config = validate(cfg)
     except config_errors as error:
