@@ -4,12 +4,18 @@ them (a bad override would otherwise fail only when its sweep is reached)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
 
 from msa_bench.config.validate import validate_config
+from tests.conftest import CONFIG_DIR
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_cpu.py"
 
@@ -25,17 +31,48 @@ def load_script():
 reproduce = load_script()
 
 
+def swept_values(override: str) -> tuple[str, list[str]] | None:
+    """(key, values) of a sweep override (`k=a,b` or `k=choice(a,b)`); None for a plain one."""
+    key, value = override.split("=", 1)
+    if value.startswith("choice(") and value.endswith(")"):
+        return key, value[len("choice(") : -1].split(",")
+    return (key, value.split(",")) if "," in value else None
+
+
 def job_variants(overrides: list[str]) -> list[list[str]]:
     """Each swept value once (the other swept keys at their first value): every method and every value composes."""
-    swept = [(i, o.split("=", 1)) for i, o in enumerate(overrides) if "," in o]
-    first = [o.split(",")[0] if "," in o else o for o in overrides]
+    swept = [(i, swept_values(o)) for i, o in enumerate(overrides) if swept_values(o)]
+    first = list(overrides)
+    for index, (key, values) in swept:
+        first[index] = f"{key}={values[0]}"
     variants = [first]
     for index, (key, values) in swept:
-        for value in values.split(",")[1:]:
+        for value in values[1:]:
             variant = list(first)
             variant[index] = f"{key}={value}"
             variants.append(variant)
     return variants
+
+
+def load_multirun_config(overrides: list[str]):
+    """What `msa-bench -m` composes before sweeping: the default config with the non-swept overrides applied."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        loader = GlobalHydra.instance().config_loader()
+        return loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
+
+
+@pytest.mark.parametrize("benchmark", sorted(reproduce.BENCHMARKS))
+def test_every_planned_sweep_starts(benchmark):
+    for commands in reproduce.sweeps(benchmark, seed=0, extra=[]).values():
+        for overrides in commands:
+            load_multirun_config(overrides)
+
+
+def test_a_plain_override_of_a_baseline_only_key_would_stop_the_sweep():
+    """Why the muse_news plan writes choice(1): the check above catches the plain form."""
+    with pytest.raises(ConfigCompositionException, match="method.recipe"):
+        load_multirun_config(["method=grad_ascent,npo", "method.recipe.epochs=1"])
 
 
 @pytest.mark.parametrize("benchmark", sorted(reproduce.BENCHMARKS))
@@ -60,8 +97,36 @@ def test_every_planned_job_composes_and_validates(benchmark, compose_cfg, tmp_pa
 def test_baseline_overrides_reach_the_baselines_only():
     methods = reproduce.sweeps("muse_news", seed=1, extra=["num_threads=1"])["methods"]
     arithmetic, baselines = methods
-    assert "method=msa,task_vector" in arithmetic and "method.recipe.epochs=1" not in arithmetic
-    assert "method.recipe.epochs=1" in baselines and "num_threads=1" in baselines and "seed=1" in baselines
+    assert "method=msa,task_vector" in arithmetic and not any("recipe" in o for o in arithmetic)
+    assert (
+        "method.recipe.epochs=choice(1)" in baselines
+        and "num_threads=1" in baselines
+        and "seed=1" in baselines
+    )
     # Without baseline overrides every method stays in one sweep, as in the committed reproductions.
     (single,) = reproduce.sweeps("synthetic_tofu", seed=0, extra=[])["methods"]
     assert any(o.startswith("method=msa,task_vector,grad_ascent") for o in single)
+
+
+def test_runs_record_keeps_earlier_sweeps_and_replaces_rerun_ones(tmp_path):
+    path = tmp_path / "runs.json"
+    earlier = [  # written before records carried an index: a group's sweeps in order
+        {"group": "alpha_beta", "seed": 0, "command": "msa", "returncode": 0},
+        {"group": "alpha_beta", "seed": 0, "command": "task_vector", "returncode": 0},
+        {"group": "methods", "seed": 0, "command": "baselines", "returncode": 1},
+    ]
+    path.write_text(json.dumps({"total_wall_seconds": 100.0, "sweeps": earlier}))
+    rerun = {
+        ("methods", 0, 0): {"group": "methods", "seed": 0, "index": 0, "command": "again", "returncode": 0}
+    }
+
+    total, log = reproduce.record_sweeps(path, rerun, wall=20.0, machine={"cpus": 2})
+
+    assert total == 120.0
+    assert [(r["group"], r["index"], r["command"]) for r in log] == [
+        ("alpha_beta", 0, "msa"),
+        ("alpha_beta", 1, "task_vector"),
+        ("methods", 0, "again"),
+    ]
+    assert json.loads(path.read_text())["sweeps"] == log
+    assert list(tmp_path.iterdir()) == [path]
