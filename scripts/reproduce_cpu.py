@@ -146,7 +146,11 @@ def record_sweeps(path: Path, fresh: dict, wall: float, machine: dict) -> tuple[
         # Records written before "index" existed list a group's sweeps in order.
         index = record.get("index", sum(k[:2] == (record["group"], record["seed"]) for k in merged))
         merged[(record["group"], record["seed"], index)] = record | {"index": index}
-    merged |= fresh
+    for key, record in fresh.items():
+        # A re-run whose every job was skipped measured nothing: the record of the run that did the work stays.
+        redundant = record["jobs"] and all(job.get("state") == "skipped" for job in record["jobs"])
+        if not (redundant and key in merged):
+            merged[key] = record
     log = [merged[key] for key in sorted(merged, key=lambda k: (k[1], k[0], k[2]))]
     total = round(recorded.get("total_wall_seconds", 0.0) + wall, 1)
     partial = path.with_name(path.name + ".partial")

@@ -116,9 +116,10 @@ def test_runs_record_keeps_earlier_sweeps_and_replaces_rerun_ones(tmp_path):
         {"group": "methods", "seed": 0, "command": "baselines", "returncode": 1},
     ]
     path.write_text(json.dumps({"total_wall_seconds": 100.0, "sweeps": earlier}))
-    rerun = {
-        ("methods", 0, 0): {"group": "methods", "seed": 0, "index": 0, "command": "again", "returncode": 0}
-    }
+    again = {"group": "methods", "seed": 0, "index": 0, "command": "again", "returncode": 0, "jobs": []}
+    skipped = {"group": "alpha_beta", "seed": 0, "index": 0, "command": "x", "jobs": [{"state": "skipped"}]}
+    # alpha_beta: every job skipped, so the earlier record, which measured the work, stays
+    rerun = {("methods", 0, 0): again, ("alpha_beta", 0, 0): skipped}
 
     total, log = reproduce.record_sweeps(path, rerun, wall=20.0, machine={"cpus": 2})
 
