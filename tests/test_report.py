@@ -18,7 +18,7 @@ from msa_bench.reporting.collect import load_runs
 from msa_bench.reporting.command import main as report_main
 from msa_bench.reporting.matched import matched_forgetting
 from msa_bench.reporting.paper import load_paper_reference, matching_tables
-from msa_bench.reporting.report import ReportOptions, build_report, write_report
+from msa_bench.reporting.report import ReportOptions, Section, build_report, make_plots, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -184,6 +184,8 @@ def test_restor_and_muse_tables(tmp_path):
         "muse_privleak",
     ]
     assert tables["muse"].benchmark == "muse_news"
+    made = make_plots(Section(tables["muse"]), tmp_path / "plots", sweep_param=None)
+    assert [p.name for p in made if p.name.endswith("_tradeoff.png")] == [f"{tables['muse'].id}_tradeoff.png"]
 
 
 def test_checkpoint_ablation_rows_are_checkpoints(tmp_path):

@@ -52,6 +52,14 @@ def _positive(value: float) -> float:
     return max(value, 1e-300)
 
 
+# The trade-off each benchmark family is read by: (what is kept, what is forgotten). MUSE's forgetting axis is
+# PrivLeak, whose ideal is 0 (negative: still recognisable as trained on; positive: over-forgotten).
+TRADEOFF_AXES = {
+    "tofu": ("model_utility", "forget_quality"),
+    "muse": ("retain_knowmem_ROUGE", "muse_privleak"),
+}
+
+
 def plot_tradeoff(
     table: Table,
     out_dir: Path,
@@ -62,6 +70,11 @@ def plot_tradeoff(
     """y_metric against x_metric for every method run (seed means per swept value), lines along the sweep."""
     if x_metric not in table.columns or y_metric not in table.columns:
         return None
+    log_y = y_metric == "forget_quality"  # KS p-values span tens of orders of magnitude
+
+    def y_value(value: float) -> float:
+        return _positive(value) if log_y else value
+
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     drawn = False
     for reference, marker in (("target", "X"), ("oracle", "*")):
@@ -69,7 +82,7 @@ def plot_tradeoff(
         if row and row.cells[x_metric].mean is not None and row.cells[y_metric].mean is not None:
             axes.scatter(
                 row.cells[x_metric].mean,
-                _positive(row.cells[y_metric].mean),
+                y_value(row.cells[y_metric].mean),
                 marker=marker,
                 s=140,
                 color="black" if reference == "target" else "gold",
@@ -82,12 +95,12 @@ def plot_tradeoff(
         points = [p for p in curve.points() if x_metric in p.metrics and y_metric in p.metrics]
         if points:
             xs = [p.metrics[x_metric] for p in points]
-            ys = [_positive(p.metrics[y_metric]) for p in points]
+            ys = [y_value(p.metrics[y_metric]) for p in points]
             labels = [f"{p.param:g}" for p in points]
         else:
             usable = [r for r in curve.runs if x_metric in r.metrics and y_metric in r.metrics]
             xs = [r.metrics[x_metric] for r in usable]
-            ys = [_positive(r.metrics[y_metric]) for r in usable]
+            ys = [y_value(r.metrics[y_metric]) for r in usable]
             labels = [""] * len(usable)
         if not xs:
             continue
@@ -100,7 +113,7 @@ def plot_tradeoff(
     if not drawn:
         plt.close(figure)
         return None
-    if y_metric == "forget_quality":
+    if log_y:
         axes.set_yscale("log")
     axes.set_xlabel(metric_label(x_metric))
     axes.set_ylabel(metric_label(y_metric))

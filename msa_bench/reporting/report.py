@@ -126,7 +126,9 @@ def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> lis
     if table.id.endswith("_checkpoints"):
         made.append(plots.plot_checkpoint_ablation(table, plot_dir))
     else:
-        made.append(plots.plot_tradeoff(table, plot_dir, param=sweep_param))
+        if table.family in plots.TRADEOFF_AXES:
+            kept, forgotten = plots.TRADEOFF_AXES[table.family]
+            made.append(plots.plot_tradeoff(table, plot_dir, kept, forgotten, param=sweep_param))
         made += plots.plot_truth_ratios(table, plot_dir)
         made.append(plots.plot_costs(table, plot_dir))
     return [p for p in made if p is not None]
