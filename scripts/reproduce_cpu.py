@@ -38,8 +38,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARITHMETIC_METHODS = "msa,task_vector"
 BASELINES = "grad_ascent,grad_diff,npo,simnpo,rmu,satimp,undial"
-# The loss-based baselines' strength is how long they train, not α: their matched-forgetting curves sweep epochs.
-BASELINE_EPOCHS = "1,2,5,10,20"
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,9 @@ class BenchmarkPlan:
     checkpoint_sweeps: list[list[str]]
     # Added to the baselines' jobs only, e.g. a shorter recipe where their defaults cost hours on 2 cores.
     baseline_overrides: list[str] = field(default_factory=list)
+    # The loss-based baselines' strength is how long they train, not α: their matched-forgetting curves sweep these
+    # epochs (the `strength` group). None leaves the group empty where it would cost hours.
+    baseline_epochs: str | None = "1,2,5,10,20"
 
 
 BENCHMARKS = {
@@ -79,6 +80,7 @@ BENCHMARKS = {
         # choice(1), not a plain 1: Hydra composes a multirun's config once, with its non-swept overrides, before
         # the sweep picks the methods; the default method (msa) has no `recipe`, so a plain override fails there.
         baseline_overrides=["method.recipe.epochs=choice(1)"],
+        baseline_epochs=None,
     ),
 }
 
@@ -107,7 +109,9 @@ def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[s
             [*common, "method=msa", "method.alpha=0.5,1,2,3", "method.beta=0,1"],
             [*common, "method=task_vector", "method.alpha=0.5,1,2,3"],
         ],
-        "strength": [[*common, f"method={BASELINES}", f"method.recipe.epochs={BASELINE_EPOCHS}"]],
+        "strength": [[*common, f"method={BASELINES}", f"method.recipe.epochs={plan.baseline_epochs}"]]
+        if plan.baseline_epochs
+        else [],
         "checkpoints": [[*common, "method=msa", *overrides] for overrides in plan.checkpoint_sweeps],
     }
 
@@ -223,7 +227,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     forget_metric = BENCHMARKS[args.benchmark].forget_metric
     reports = {
-        "all": [runs / g for g in ("methods", "forget_only", "checkpoints") if (runs / g).is_dir()],
+        "all": [runs / g for g in ("methods", "forget_only", "checkpoints")],
         "alpha_beta": [runs / g for g in ("alpha_beta", "strength")],
     }
     for name, dirs in reports.items():

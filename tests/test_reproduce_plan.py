@@ -98,6 +98,7 @@ def test_baseline_overrides_reach_the_baselines_only():
     methods = reproduce.sweeps("muse_news", seed=1, extra=["num_threads=1"])["methods"]
     arithmetic, baselines = methods
     assert "method=msa,task_vector" in arithmetic and not any("recipe" in o for o in arithmetic)
+    assert reproduce.sweeps("muse_news", seed=1, extra=[])["strength"] == []  # hours per seed: not planned
     assert (
         "method.recipe.epochs=choice(1)" in baselines
         and "num_threads=1" in baselines

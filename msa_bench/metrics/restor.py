@@ -4,7 +4,8 @@ Each (entity, relation) question is asked after `n_shots` in-context examples of
 entities, in upstream RESTOR's layout (`evaluation/eval_utils.py::get_context`): one "{question} {answer}" line per
 example, then the question alone; the model continues the line. The greedy continuation's first line (at most
 `RESTOR_MAX_NEW_TOKENS` tokens) is compared with the accepted Wikidata answers by `alias_match`, a deterministic
-offline stand-in for RESTOR's LLM judge; when `metrics.judge` names an LLM judge (kind openai), that judge decides. `restor_accuracy` is the % (0-100) of questions answered correctly.
+offline stand-in for RESTOR's LLM judge; when `metrics.judge` names an LLM judge (kind openai), that judge decides.
+`restor_accuracy` is the % (0-100) of questions answered correctly.
 """
 
 from __future__ import annotations
