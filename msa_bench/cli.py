@@ -14,7 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from msa_bench.config.schema import register_schemas
-from msa_bench.config.validate import ConfigError, validate_config
+from msa_bench.config.validate import validate_config
+from msa_bench.errors import ConfigError, MSABenchError
 from msa_bench.sweeps import silence_launcher_schema_warning
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,6 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         print(f"msa-bench: config error: {error}", file=sys.stderr)
         sys.exit(2)
 
-    from msa_bench.pipeline.stages import StageError
     from msa_bench.runner import resolved_container
     from msa_bench.sweeps.status import JobStatus, config_hash
 
@@ -88,7 +88,9 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     status.running(config_hash=config_hash(resolved))
     try:
         results = _execute(config, resolved, output_dir)
-    except (StageError, FileNotFoundError) as error:
+    except (MSABenchError, FileNotFoundError) as error:
+        # Errors a user can fix (a config value, a path, the data): one line, no traceback. FileNotFoundError stays
+        # while some loaders still raise it unwrapped.
         status.discard()
         _remove_empty_run_dir(output_dir)
         print(f"msa-bench: error: {error}", file=sys.stderr)

@@ -30,6 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 SINGLE_WEIGHTS_NAME = "model.safetensors"
@@ -48,14 +50,6 @@ _WEIGHT_FILE_PATTERNS = (
 _NEVER_COPIED_NAMES = frozenset({"_artifact.json"})
 
 _MAX_NAMES_IN_MESSAGE = 5
-
-
-class StateArithmeticError(ValueError):
-    """Checkpoints or coefficients cannot be combined (mismatched tensors, bad coefficient, ...)."""
-
-
-class CheckpointNotFoundError(StateArithmeticError, FileNotFoundError):
-    """A checkpoint directory or one of its weight files does not exist."""
 
 
 @dataclass(frozen=True)

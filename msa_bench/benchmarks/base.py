@@ -11,12 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from msa_bench.errors import BenchmarkError  # noqa: F401  (re-exported)
+
 if TYPE_CHECKING:
     from msa_bench.pipeline.stages import Pipeline
-
-
-class BenchmarkError(ValueError):
-    """The benchmark cannot provide what the configuration asks for; the message says what to do."""
 
 
 class Benchmark(ABC):

@@ -6,11 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from msa_bench.config.schema import MSABenchConfig
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and what to do."""
-
+from msa_bench.errors import ConfigError  # noqa: F401  (re-exported)
 
 LOGGER_BACKENDS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")

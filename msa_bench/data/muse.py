@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.errors import MuseDataNotFoundError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +284,6 @@ _STEM_ALIASES: Mapping[tuple[str, str], str] = MappingProxyType(
         ("privleak", "retain"): "retain2",
     }
 )
-
-
-class MuseDataNotFoundError(FileNotFoundError):
-    """A file a MUSE run reads is missing; the message names every full path looked for and how to fix it."""
 
 
 class MuseHubFile(NamedTuple):

@@ -12,9 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-
-class DataSourceError(FileNotFoundError):
-    """Benchmark data could not be found or fetched; the message names what was looked for and where."""
+from msa_bench.errors import DataSourceError  # noqa: F401  (re-exported)
 
 
 def local_data_source(folder: Path, key: str, *, recursive: bool = False) -> tuple[Path, str]:

@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Protocol, runtime_checkable
 
+from msa_bench.errors import JudgeError  # noqa: F401  (re-exported)
+
 JUDGE_KINDS = ("rouge", "openai")
-
-
-class JudgeError(RuntimeError):
-    """The judge could not give a verdict (endpoint unreachable, too slow, or an unusable reply)."""
 
 
 @runtime_checkable

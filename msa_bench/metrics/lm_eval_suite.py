@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from msa_bench.data.formatting import format_prompt, prompt_format_of, prompt_text
+from msa_bench.errors import LmEvalTaskError  # noqa: F401  (re-exported)
 from msa_bench.metrics.registry import Suite, register_suite
 from msa_bench.metrics.scoring import evaluation_mode
 from msa_bench.metrics.suite import EvalResult
@@ -63,10 +64,6 @@ METRIC_PREFIX = "lm_eval/"
 # Local task name -> the eval set it is built from.
 LOCAL_TASKS: Mapping[str, str] = {"msa_world_facts_mc": "world_facts", "msa_real_authors_mc": "real_authors"}
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-class LmEvalTaskError(RuntimeError):
-    """An lm-eval task could not be loaded (e.g. its dataset is not reachable offline)."""
 
 
 def required_sets(names: Sequence[str], settings=None) -> set[str]:

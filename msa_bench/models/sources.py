@@ -21,6 +21,8 @@ import json
 import os
 from pathlib import Path
 
+from msa_bench.errors import ModelSourceError  # noqa: F401  (re-exported)
+
 MODELS_ENV_VAR = "MSA_BENCH_MODELS"
 
 # What a model folder needs from a hub repository: configs, tokenizer files and safetensors weights. Everything else
@@ -46,10 +48,6 @@ HUB_IGNORE_PATTERNS = ["*/*"]
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 
 _TRUE_VALUES = {"1", "on", "yes", "true"}
-
-
-class ModelSourceError(FileNotFoundError):
-    """A model (hub id at a revision) could not be found locally or obtained from the Hugging Face hub."""
 
 
 def _fix_steps() -> str:

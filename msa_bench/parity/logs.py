@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from msa_bench.errors import ParityError  # noqa: F401  (re-exported)
+
 TOFU = "tofu"
 MUSE = "muse"
 
@@ -30,10 +32,6 @@ _BENCHMARK_MARKERS: Mapping[str, tuple[str, ...]] = {
     ),
     MUSE: ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "forget_verbmem_ROUGE"),
 }
-
-
-class ParityError(Exception):
-    """The input cannot be used: says which file, what is missing or inconsistent, and which metric needs it."""
 
 
 @dataclass(frozen=True)

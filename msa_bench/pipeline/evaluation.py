@@ -13,15 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from msa_bench.errors import MetricUnavailableError  # noqa: F401  (re-exported)
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, discover_suites, suite_of
 from msa_bench.models.build import count_parameters, load_model
 from msa_bench.pipeline.cost import CostMeter
 
 log = logging.getLogger("msa_bench.evaluation")
-
-
-class MetricUnavailableError(RuntimeError):
-    """A requested metric could not be computed; the message says why (never a placeholder value)."""
 
 
 def evaluation_plan(requested: Sequence[str]) -> dict[str, list[str]]:

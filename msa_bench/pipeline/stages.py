@@ -28,6 +28,7 @@ from msa_bench.data.synthetic import (
     write_benchmark,
 )
 from msa_bench.data.tokenizer import train_bpe_tokenizer
+from msa_bench.errors import StageError  # noqa: F401  (re-exported)
 from msa_bench.models.build import (
     build_embedded_model,
     count_parameters,
@@ -50,10 +51,6 @@ TOFU_KINDS = ("synthetic_tofu", "tofu")
 # Bump when a change to training, data encoding or evaluation code should invalidate every cached artifact: every
 # key depends on the world's key, which includes this.
 PIPELINE_VERSION = 2
-
-
-class StageError(ValueError):
-    """A configuration asks for something the pipeline cannot provide (the message says what to do)."""
 
 
 @dataclass(frozen=True)

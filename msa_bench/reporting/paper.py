@@ -12,11 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from msa_bench.errors import PaperReferenceError  # noqa: F401  (re-exported)
 from msa_bench.reporting.tables import Cell, Row, Table
-
-
-class PaperReferenceError(ValueError):
-    """The paper reference file is missing a field or has a wrong type."""
 
 
 @dataclass

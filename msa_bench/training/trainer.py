@@ -18,12 +18,9 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from msa_bench.config.schema import TrainRecipe
+from msa_bench.errors import DivergenceError  # noqa: F401  (re-exported)
 from msa_bench.training.data import ExampleDataset, PaddingCollator
 from msa_bench.training.losses import mean_token_kl, mean_token_nll, sequence_nll_from_logits
-
-
-class DivergenceError(RuntimeError):
-    """A loss became non-finite; the run stops instead of reporting metrics of a broken model."""
 
 
 class CausalLMTrainer(Trainer):

@@ -1,0 +1,88 @@
+"""Every error msa_bench raises on purpose, in one hierarchy.
+
+The CLI catches `MSABenchError` and prints its message as one line (exit code 2): these are the errors a user can fix
+by changing a config value, a path or the data, and each message names the key, path or value and says what to do.
+Anything else is a bug and keeps its traceback.
+
+Each class also derives from the built-in exception it replaced (ValueError, FileNotFoundError, RuntimeError), so code
+and tests that caught the built-in keep working. Raise the most specific class; wrap a lower-level error with
+`raise ... from error` so that the cause stays attached, never by re-creating an error from `str(error)`.
+"""
+
+from __future__ import annotations
+
+
+class MSABenchError(Exception):
+    """The base of every error msa_bench raises deliberately; the message says what to change."""
+
+
+class ConfigError(MSABenchError, ValueError):
+    """A config value is invalid; the message names the dotted key and what to do."""
+
+
+class DataError(MSABenchError, FileNotFoundError):
+    """Data a run needs is missing or malformed; the message names the file or folder."""
+
+
+class ModelSourceError(DataError):
+    """A model (or one of its revisions) cannot be found locally or on the hub."""
+
+
+class StageError(MSABenchError, ValueError):
+    """A configuration asks for something the pipeline cannot provide (the message says what to do)."""
+
+
+class BenchmarkError(StageError):
+    """The benchmark cannot provide what the configuration asks for; the message says what to do."""
+
+
+class ArtifactError(MSABenchError, RuntimeError):
+    """A cached artifact cannot be read, written or trusted; the message names the entry."""
+
+
+class StateArithmeticError(MSABenchError, ValueError):
+    """Model states cannot be combined (missing tensors, shape or dtype mismatch, different tokenizers)."""
+
+
+class CheckpointNotFoundError(StateArithmeticError, FileNotFoundError):
+    """A model-state folder, or the weights inside it, does not exist."""
+
+
+class DivergenceError(MSABenchError, RuntimeError):
+    """Training produced a non-finite or out-of-bounds loss; nothing was saved."""
+
+
+class MetricError(MSABenchError, RuntimeError):
+    """A requested metric cannot be computed; the message says why (never a placeholder value)."""
+
+
+class MetricUnavailableError(MetricError):
+    """The evaluation did not produce a requested metric."""
+
+
+class JudgeError(MetricError):
+    """An LLM judge could not be reached or gave an answer that cannot be parsed."""
+
+
+class LmEvalTaskError(MetricError):
+    """An lm-eval task cannot be loaded or run offline."""
+
+
+class ReportError(MSABenchError, ValueError):
+    """`msa-bench report` cannot read or combine its inputs."""
+
+
+class PaperReferenceError(ReportError):
+    """The paper-reference YAML is malformed."""
+
+
+class ParityError(MSABenchError, ValueError):
+    """An open-unlearning log cannot be read or recomputed."""
+
+
+class DataSourceError(DataError):
+    """Benchmark data cannot be found or fetched; the message names what was looked for and where."""
+
+
+class MuseDataNotFoundError(DataError):
+    """A file a MUSE run reads is missing; the message names every full path looked for and how to fix it."""
