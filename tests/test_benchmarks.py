@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from msa_bench.config.validate import ConfigError, validate_config
+from msa_bench.errors import DataSourceError, MuseDataNotFoundError
 from msa_bench.pipeline.stages import StageError
 from tests.benchmark_fixtures import write_tiny_muse, write_tiny_restor
 from tests.conftest import compose_config
@@ -100,7 +101,7 @@ def test_muse_books_absent_is_a_clear_error_and_nothing_runs(tmp_path):
 def test_muse_folder_without_the_retain_corpus_lists_every_missing_file(tmp_path):
     data = write_tiny_muse(tmp_path / "muse", with_retain1=False)
     (data / "knowmem" / "forget_qa.json").unlink()
-    with pytest.raises(StageError) as error:
+    with pytest.raises(MuseDataNotFoundError) as error:
         run_job(tmp_path / "cache", tmp_path / "run", [*MUSE_SMOKE, f"benchmark.data_dir={data}"])
     message = str(error.value)
     assert str(data / "raw" / "retain1.json") in message
@@ -115,7 +116,7 @@ def test_muse_from_the_hub_without_network_names_the_dataset(tmp_path, monkeypat
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(StageError, match=r"muse-bench/MUSE-Books.*set benchmark.data_dir"):
+    with pytest.raises(DataSourceError, match=r"muse-bench/MUSE-Books.*set benchmark.data_dir"):
         run_job(
             tmp_path / "cache",
             tmp_path / "run",

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from msa_bench.config.validate import validate_config
+from msa_bench.errors import ModelSourceError
 from msa_bench.pipeline.stages import StageError
 from msa_bench.runner import resolved_container, run
 from tests.benchmark_fixtures import write_tiny_muse, write_tiny_restor, write_tiny_tofu
@@ -189,7 +190,7 @@ def test_embedded_stages_are_refused_for_a_pretrained_model(tmp_path, stand_ins,
 
 
 def test_a_missing_revision_names_the_folder_looked_in(tmp_path, stand_ins, data):
-    with pytest.raises(StageError, match=r"stage1-step1-tokens4B.*not found.*allenai/OLMo-2-1124-7B"):
+    with pytest.raises(ModelSourceError, match=r"stage1-step1-tokens4B.*not found.*allenai/OLMo-2-1124-7B"):
         run_paper_job(
             "restor_olmo2_7b",
             tmp_path,

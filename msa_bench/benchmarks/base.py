@@ -1,4 +1,8 @@
-"""The interface every benchmark implements, and the registry of benchmark kinds.
+"""The interface every benchmark implements, what a benchmark receives from the pipeline, and the registry.
+
+A benchmark is one module in this package: a `Benchmark` subclass decorated with `@register_benchmark`, which
+declares what it is (its kinds, forget splits, report family, default metrics and eval sets) as class attributes.
+Validation, the pipeline and reporting ask the registry; none of them names a benchmark kind.
 
 Items are plain dicts: question-answer items ({"question", "answer", ...}) are trained on the answer only, text items
 ({"text"}) are packed into fixed-length blocks and trained on every token (see Pipeline.training_examples).
@@ -6,29 +10,114 @@ Items are plain dicts: question-answer items ({"question", "answer", ...}) are t
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar, Protocol
 
-from msa_bench.errors import BenchmarkError  # noqa: F401  (re-exported)
+from msa_bench.errors import BenchmarkError, ConfigError
 
-if TYPE_CHECKING:
-    from msa_bench.pipeline.stages import Pipeline
+# Modules of this package that hold no benchmark.
+_NOT_BENCHMARKS = {"base"}
+
+
+@dataclass(frozen=True)
+class ForgetSplits:
+    """The forget-set names a benchmark accepts: a fixed list (`names`) or, when the names come from the data
+    (RESTOR's mix_a<k>.json files), a `pattern` with `examples` for error messages."""
+
+    names: tuple[str, ...] = ()
+    pattern: str | None = None
+    examples: tuple[str, ...] = ()
+    hint: str = ""
+
+    def accepts(self, name: str) -> bool:
+        if self.pattern is not None:
+            return re.fullmatch(self.pattern, name) is not None
+        return name in self.names
+
+    def describe(self) -> str:
+        """The valid names as an error message lists them."""
+        if self.pattern is None:
+            text = f"choose one of {list(self.names)}"
+        else:
+            text = f"use {', '.join(self.examples)}, ..."
+        return f"{text} {self.hint}".rstrip()
+
+
+class CachedArtifact(Protocol):
+    """A folder in the artifact cache and the key it is stored under."""
+
+    path: Path
+    key: str
+
+
+class BenchmarkContext(Protocol):
+    """What a benchmark may ask of the run it belongs to (the pipeline provides it)."""
+
+    @property
+    def cfg(self) -> Any:
+        """The whole run config (MSABenchConfig); a benchmark reads `cfg.benchmark` and its own metric settings."""
+
+    def cached_artifact(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> CachedArtifact:
+        """The artifact of `kind` keyed by `spec`, made by `build(folder)` the first time (e.g. a hub download)."""
+
+    def world_data(self) -> CachedArtifact:
+        """The generated world (built on first use): `path / "data"` holds its TOFU-layout files."""
+
+    def source_folder(self) -> Path:
+        """The folder this benchmark's `source()` returned (computed once per run)."""
+
+    def split(self, name: str) -> list[dict]:
+        """A TOFU-layout split by name, from the benchmark's folder (pretraining and instruct: the world's)."""
 
 
 class Benchmark(ABC):
-    """One benchmark's data, bound to a pipeline (which knows the config, the cache and the tokenizer)."""
+    """One benchmark's data, bound to the context of a run (which knows the config, the cache and the splits)."""
 
-    def __init__(self, pipeline: Pipeline):
-        self.pipeline = pipeline
-        self.cfg = pipeline.cfg.benchmark
+    # The values of benchmark.kind this class implements.
+    kinds: ClassVar[tuple[str, ...]]
+    # The forget sets benchmark.forget_split may name.
+    forget_splits: ClassVar[ForgetSplits]
+    # The paper's table family its results are reported in (tofu, restor, muse).
+    family: ClassVar[str]
+    # The conf/metrics option that evaluates it (named in errors when other metrics are asked for).
+    default_metrics: ClassVar[str]
+    # The eval sets evaluated when no metric asks for specific ones, and those that exist but only on request.
+    default_eval_sets: ClassVar[tuple[str, ...]]
+    optional_eval_sets: ClassVar[tuple[str, ...]] = ()
+    # True when the benchmark *is* the generated world behind the embedded model (its files are the world's, and the
+    # embedded tokenizer is trained on the world's corpus alone).
+    uses_generated_world: ClassVar[bool] = False
+    # True when the embedded tokenizer's key (which includes the data's fingerprint) already identifies all the
+    # training data a fine-tune reads, so fine-tune keys need not repeat it (QA items: no packing, no truncation).
+    tokenizer_key_identifies_training_data: ClassVar[bool] = False
+
+    def __init__(self, context: BenchmarkContext):
+        self.context = context
+        self.cfg = context.cfg.benchmark
         self.kind = self.cfg.kind
 
+    @classmethod
+    def check_forget_split(cls, name: str) -> str:
+        """`name` when this benchmark accepts it as a forget set, else a BenchmarkError naming the valid ones."""
+        if not cls.forget_splits.accepts(name):
+            raise BenchmarkError(forget_split_error(cls, name))
+        return name
+
+    @classmethod
+    def eval_set_names(cls) -> set[str]:
+        """Every evaluation set this benchmark provides."""
+        return set(cls.default_eval_sets) | set(cls.optional_eval_sets)
+
     @property
-    @abstractmethod
     def forget_id(self) -> str:
         """A short name for the forget set (forget01, mix_a0, forget), used in cache keys and run names."""
+        return self.check_forget_split(self.cfg.forget_split)
 
     def data_id(self, role: str) -> str:
         """The name cache keys give the data of `role` (target, oracle, clean, retain)."""
@@ -68,39 +157,55 @@ class Benchmark(ABC):
         """The retain pool: the retain vector's data and the gradient methods' retain term."""
 
     @abstractmethod
-    def eval_set_names(self) -> set[str]:
-        """Every evaluation set this benchmark provides."""
-
-    @abstractmethod
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         """The `required` evaluation sets by name."""
 
 
-BENCHMARKS: dict[str, Callable[[Pipeline], Benchmark]] = {}
+def forget_split_error(cls: type[Benchmark], name: str) -> str:
+    return (
+        f"benchmark.forget_split={name!r} is not valid for benchmark.kind={'/'.join(cls.kinds)}; "
+        f"{cls.forget_splits.describe()}"
+    )
 
 
-def register_benchmark(*kinds: str):
-    def decorator(cls):
-        for kind in kinds:
-            BENCHMARKS[kind] = cls
-        return cls
+BENCHMARKS: dict[str, type[Benchmark]] = {}
 
-    return decorator
+
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    """Make `cls` selectable as benchmark.kind=<each of cls.kinds>."""
+    for kind in cls.kinds:
+        if kind in BENCHMARKS and BENCHMARKS[kind] is not cls:
+            raise ValueError(f"two benchmarks are registered as kind {kind!r}")
+        BENCHMARKS[kind] = cls
+    return cls
+
+
+def discover_benchmarks() -> dict[str, type[Benchmark]]:
+    """Import every module of msa_bench.benchmarks so that their @register_benchmark decorators run."""
+    import msa_bench.benchmarks as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _NOT_BENCHMARKS:
+            importlib.import_module(f"msa_bench.benchmarks.{module.name}")
+    return BENCHMARKS
 
 
 def benchmark_kinds() -> list[str]:
-    _import_all()
-    return sorted(BENCHMARKS)
+    return sorted(discover_benchmarks())
 
 
-def make_benchmark(pipeline: Pipeline) -> Benchmark:
-    _import_all()
-    kind = pipeline.cfg.benchmark.kind
-    if kind not in BENCHMARKS:
-        raise BenchmarkError(f"benchmark.kind={kind!r} is not supported; use one of {sorted(BENCHMARKS)}")
-    return BENCHMARKS[kind](pipeline)
+def benchmark_class(kind: str) -> type[Benchmark]:
+    """The class registered for benchmark.kind=`kind`; a ConfigError naming the registered kinds otherwise."""
+    benchmarks = discover_benchmarks()
+    if kind not in benchmarks:
+        raise ConfigError(f"benchmark.kind={kind!r} is not supported; valid kinds: {sorted(benchmarks)}")
+    return benchmarks[kind]
 
 
-def _import_all() -> None:
-    # Importing a module registers its kinds.
-    from msa_bench.benchmarks import muse, restor, tofu  # noqa: F401
+def report_families() -> dict[str, str]:
+    """benchmark.kind -> the report family its results are tabled in."""
+    return {kind: cls.family for kind, cls in discover_benchmarks().items()}
+
+
+def make_benchmark(context: BenchmarkContext) -> Benchmark:
+    return benchmark_class(context.cfg.benchmark.kind)(context)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from msa_bench.benchmarks.base import Benchmark, BenchmarkError, register_benchmark
+from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
 from msa_bench.data.muse import (
     MUSE_EVAL_SET_NAMES,
     check_muse_folder,
@@ -28,16 +28,13 @@ from msa_bench.data.sources import download_muse, local_data_source
 FORGET_ID = "forget"
 
 
-@register_benchmark("muse")
+@register_benchmark
 class MuseBenchmark(Benchmark):
-    @property
-    def forget_id(self) -> str:
-        if self.cfg.forget_split != FORGET_ID:
-            raise BenchmarkError(
-                f"benchmark.forget_split={self.cfg.forget_split!r} is not valid for MUSE: use {FORGET_ID!r} and "
-                "choose the corpus with benchmark.forget_corpus"
-            )
-        return FORGET_ID
+    kinds = ("muse",)
+    forget_splits = ForgetSplits(names=(FORGET_ID,), hint="(choose the corpus with benchmark.forget_corpus)")
+    family = "muse"
+    default_metrics = "muse"
+    default_eval_sets = MUSE_EVAL_SET_NAMES
 
     def source(self) -> tuple[Path, str]:
         if self.cfg.data_dir:
@@ -54,7 +51,7 @@ class MuseBenchmark(Benchmark):
             raise BenchmarkError(f"benchmark {self.cfg.name!r} has neither data_dir nor hub_id")
         hub_id = self.cfg.hub_id
         files = muse_required_files(self.cfg.forget_corpus, self.cfg.retain_corpus)
-        hub = self.pipeline.store.get_or_build(
+        hub = self.context.cached_artifact(
             "hub_data",
             {"hub_id": hub_id, "layout": "muse", "files": files},
             lambda out: download_muse(hub_id, out, files=files),
@@ -63,12 +60,12 @@ class MuseBenchmark(Benchmark):
 
     def preflight(self) -> None:
         self.forget_id  # noqa: B018  (validates the split name)
-        folder = self.pipeline.benchmark_source()[0]
+        folder = self.context.source_folder()
         key = "benchmark.data_dir" if self.cfg.data_dir else f"the hub download of {self.cfg.hub_id}"
         check_muse_folder(folder, self.cfg.forget_corpus, self.cfg.retain_corpus, key=key)
 
     def _corpus(self, relative_path: str, key: str) -> list[dict]:
-        folder = self.pipeline.benchmark_source()[0]
+        folder = self.context.source_folder()
         texts = load_muse_corpus(folder, relative_path, max_documents=self.cfg.max_documents, key=key)
         return [{"text": text} for text in texts]
 
@@ -99,12 +96,9 @@ class MuseBenchmark(Benchmark):
     def retain_items(self) -> list[dict]:
         return self._retain
 
-    def eval_set_names(self) -> set[str]:
-        return set(MUSE_EVAL_SET_NAMES)
-
     @cached_property
     def _eval_sets(self) -> dict[str, list[dict]]:
-        return load_muse_eval_sets(self.pipeline.benchmark_source()[0])
+        return load_muse_eval_sets(self.context.source_folder())
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         return {name: self._eval_sets[name] for name in required if name in self._eval_sets}

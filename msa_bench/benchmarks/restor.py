@@ -17,11 +17,10 @@ RESTOR is distributed on GitHub (k1rezaei/restor), not on the hub: it is read fr
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 
-from msa_bench.benchmarks.base import Benchmark, BenchmarkError, register_benchmark
+from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
 from msa_bench.data.restor import (
     ENTITIES_FILE,
     FACTS_FILE,
@@ -31,21 +30,21 @@ from msa_bench.data.restor import (
     load_restor,
 )
 from msa_bench.data.sources import local_data_source
+from msa_bench.metrics.restor import RESTOR_QUESTIONS, restor_question_items
 
-MIX_PATTERN = re.compile(r"mix_a\d+")
 
-
-@register_benchmark("restor")
+@register_benchmark
 class RestorBenchmark(Benchmark):
-    @property
-    def forget_id(self) -> str:
-        name = self.cfg.forget_split
-        if not MIX_PATTERN.fullmatch(name):
-            raise BenchmarkError(
-                f"benchmark.forget_split={name!r} is not a RESTOR corruption mix; use mix_a0, mix_a1, ... "
-                "(the file mix_<k>.json in benchmark.data_dir)"
-            )
-        return name
+    kinds = ("restor",)
+    # Any corruption mix file mix_a<k>.json; whether it is in benchmark.data_dir is checked by preflight.
+    forget_splits = ForgetSplits(
+        pattern=r"mix_a\d+",
+        examples=("mix_a0", "mix_a1"),
+        hint="(the corruption mix: the file mix_a<k>.json in benchmark.data_dir)",
+    )
+    family = "restor"
+    default_metrics = "restor"
+    default_eval_sets = (RESTOR_QUESTIONS,)
 
     def data_id(self, role: str) -> str:
         data_id = super().data_id(role)
@@ -62,7 +61,7 @@ class RestorBenchmark(Benchmark):
         return local_data_source(Path(self.cfg.data_dir), "benchmark.data_dir")
 
     def preflight(self) -> None:
-        folder = self.pipeline.benchmark_source()[0]
+        folder = self.context.source_folder()
         mix_file = f"{self.forget_id}.json"
         missing = [name for name in (FACTS_FILE, ENTITIES_FILE, mix_file) if not (folder / name).is_file()]
         if missing:
@@ -74,7 +73,7 @@ class RestorBenchmark(Benchmark):
 
     @cached_property
     def data(self) -> RestorData:
-        folder = self.pipeline.benchmark_source()[0]
+        folder = self.context.source_folder()
         return load_restor(folder, mix=self.forget_id.removeprefix(MIX_PREFIX))
 
     @cached_property
@@ -114,12 +113,5 @@ class RestorBenchmark(Benchmark):
             if fact["answers"]
         ]
 
-    def eval_set_names(self) -> set[str]:
-        from msa_bench.metrics.restor import RESTOR_QUESTIONS
-
-        return {RESTOR_QUESTIONS}
-
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
-        from msa_bench.metrics.restor import RESTOR_QUESTIONS, restor_question_items
-
         return {RESTOR_QUESTIONS: restor_question_items(self.data)} if RESTOR_QUESTIONS in required else {}

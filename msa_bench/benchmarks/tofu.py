@@ -9,23 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msa_bench.benchmarks.base import Benchmark, BenchmarkError, register_benchmark
+from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
 from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.data.muse import MUSE_EVAL_SET_NAMES, load_muse_eval_sets, muse_sets_from_tofu_items
 from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
 
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+TOFU_EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 
 
-@register_benchmark("synthetic_tofu", "tofu")
+@register_benchmark
 class TofuBenchmark(Benchmark):
-    @property
-    def forget_id(self) -> str:
-        name = self.cfg.forget_split
-        if name not in FORGET_TO_RETAIN:
-            raise BenchmarkError(
-                f"benchmark.forget_split={name!r} is not valid for TOFU; choose one of {sorted(FORGET_TO_RETAIN)}"
-            )
-        return name
+    """Real TOFU, read from benchmark.data_dir or the hub."""
+
+    kinds = ("tofu",)
+    forget_splits = ForgetSplits(names=tuple(FORGET_TO_RETAIN))
+    family = "tofu"
+    default_metrics = "tofu"
+    default_eval_sets = TOFU_EVAL_SETS
+    # The holdout authors feed only the MUSE-style privleak sets; the MUSE-format sets are built on request.
+    optional_eval_sets = ("holdout", *MUSE_EVAL_SET_NAMES)
+    tokenizer_key_identifies_training_data = True
 
     @property
     def retain_split(self) -> str:
@@ -40,10 +44,6 @@ class TofuBenchmark(Benchmark):
         return {"target": "full", "oracle": self.retain_split, "retain": self.retain_split}[role]
 
     def source(self) -> tuple[Path, str]:
-        pipeline = self.pipeline
-        if self.cfg.kind == "synthetic_tofu":
-            world = pipeline.world()
-            return world.path / "data", world.key
         if self.cfg.data_dir:
             return local_data_source(Path(self.cfg.data_dir), "benchmark.data_dir")
         if not self.cfg.hub_id:
@@ -52,7 +52,7 @@ class TofuBenchmark(Benchmark):
                 "(or MSA_BENCH_DATA to a folder laid out like ../shared/data)"
             )
         configs = tofu_hub_configs(self.forget_id)
-        hub = pipeline.store.get_or_build(
+        hub = self.context.cached_artifact(
             "hub_data",
             {"hub_id": self.cfg.hub_id, "configs": configs},
             lambda out: download_tofu(self.cfg.hub_id, configs, out),
@@ -60,10 +60,7 @@ class TofuBenchmark(Benchmark):
         return hub.path, hub.key
 
     def preflight(self) -> None:
-        self.forget_id  # noqa: B018  (validates the split name)
-        if self.cfg.kind == "synthetic_tofu":
-            return
-        folder = self.pipeline.benchmark_source()[0]
+        folder = self.context.source_folder()
         missing = [
             name for name in tofu_hub_configs(self.forget_id) if not (folder / f"{name}.jsonl").is_file()
         ]
@@ -75,23 +72,23 @@ class TofuBenchmark(Benchmark):
 
     def tokenizer_texts(self) -> list[str]:
         return [
-            f"{format_prompt(x['question'])}{format_answer(x['answer'])}" for x in self.pipeline.split("full")
+            f"{format_prompt(x['question'])}{format_answer(x['answer'])}" for x in self.context.split("full")
         ]
 
     def target_items(self) -> list[dict]:
-        return self.pipeline.split("full")
+        return self.context.split("full")
 
     def oracle_items(self) -> list[dict]:
-        return self.pipeline.split(self.retain_split)
+        return self.context.split(self.retain_split)
 
     def forget_items(self) -> list[dict]:
-        return self.pipeline.split(self.forget_id)
+        return self.context.split(self.forget_id)
 
     def retain_items(self) -> list[dict]:
-        return self.pipeline.split(self.retain_split)
+        return self.context.split(self.retain_split)
 
     def _tofu_sets(self) -> dict:
-        split = self.pipeline.split
+        split = self.context.split
         return {
             "forget": lambda: split(f"{self.forget_id}_perturbed"),
             "retain": lambda: split("retain_perturbed")[: self.cfg.retain_eval_size],
@@ -100,15 +97,10 @@ class TofuBenchmark(Benchmark):
             "holdout": lambda: split(self.holdout_split),
         }
 
-    def eval_set_names(self) -> set[str]:
-        from msa_bench.data.muse import MUSE_EVAL_SET_NAMES
-
-        return set(self._tofu_sets()) | set(MUSE_EVAL_SET_NAMES)
-
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         tofu_sets = self._tofu_sets()
         sets = {name: tofu_sets[name]() for name in required if name in tofu_sets}
-        muse_names = {name for name in required if name.startswith("muse_")}
+        muse_names = {name for name in required if name in MUSE_EVAL_SET_NAMES}
         if muse_names:
             muse_sets = self._muse_sets()
             missing = muse_names - set(muse_sets)
@@ -119,15 +111,28 @@ class TofuBenchmark(Benchmark):
 
     def _muse_sets(self) -> dict[str, list[dict]]:
         """MUSE-format sets: from `metrics.muse.data_dir` when set, else built from this benchmark's QA."""
-        from msa_bench.data.muse import load_muse_eval_sets, muse_sets_from_tofu_items
-
-        data_dir = self.pipeline.cfg.metrics.muse.data_dir
+        data_dir = self.context.cfg.metrics.muse.data_dir
         if data_dir:
             return load_muse_eval_sets(Path(data_dir))
-        split = self.pipeline.split
+        split = self.context.split
         return muse_sets_from_tofu_items(
             forget_items=split(self.forget_id),
             retain_items=split("retain_perturbed")[: self.cfg.retain_eval_size],
             holdout_items=split(self.holdout_split),
             icl_items=split("instruct"),
         )
+
+
+@register_benchmark
+class SyntheticTofuBenchmark(TofuBenchmark):
+    """The TOFU-layout benchmark the generated world wrote (the world behind the embedded model's history)."""
+
+    kinds = ("synthetic_tofu",)
+    uses_generated_world = True
+
+    def source(self) -> tuple[Path, str]:
+        world = self.context.world_data()
+        return world.path / "data", world.key
+
+    def preflight(self) -> None:
+        self.forget_id  # noqa: B018  (validates the split name; the world writes every split)

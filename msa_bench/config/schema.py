@@ -2,7 +2,8 @@
 
 Hydra merges each group's YAML onto the dataclass registered here, so a wrong type or an unknown key fails while the
 config is composed, before any model is loaded, and the error names the dotted key. Required fields are MISSING.
-Method schemas live beside their methods (msa_bench/methods/*) and are registered by the method registry.
+Method and benchmark schemas live beside their plug-ins and are registered by msa_bench/plugins.py, a layer above this
+one: config imports nothing else from msa_bench.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# Stages of the embedded model's own history; a pretrained model names its earlier states as hub revisions.
+EMBEDDED_STAGES = ("pretrain", "base", "instruct")
+CHECKPOINT_STAGES = (*EMBEDDED_STAGES, "closest", "target", "revision")
+# The closed sets of string values, by dotted key: validate_config checks each, naming the key and the valid values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "logger.backend": ("wandb", "none"),
+    "logger.mode": ("offline", "online", "disabled"),
+    "model.source": ("embedded", "pretrained"),
+    "model.prompt.format": ("plain", "chat"),
+    "model.arithmetic_dtype": ("float32", "bfloat16"),
+    "checkpoint.stage": CHECKPOINT_STAGES,
+}
 
 
 @dataclass
@@ -225,8 +240,9 @@ class MSABenchConfig:
     progress: bool = True
 
 
-def register_schemas() -> None:
-    """Make the schemas available to the YAML defaults lists (`/schema/<group>@_here_`)."""
+def register_config_schemas() -> None:
+    """Make the core schemas available to the YAML defaults lists (`/schema/<group>@_here_`); plug-in schemas are
+    registered by msa_bench.plugins.register_schemas."""
     store = ConfigStore.instance()
     store.store(name="msa_bench_schema", node=MSABenchConfig)
     for group, node in [
@@ -238,6 +254,3 @@ def register_schemas() -> None:
         ("paths", PathsConfig),
     ]:
         store.store(group=f"schema/{group}", name="base", node=node)
-    from msa_bench.methods.registry import register_method_schemas
-
-    register_method_schemas(store)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from msa_bench.errors import ConfigError
+
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 PROMPT_KINDS = ("plain", "chat")
 # The attribute of a tokenizer object that carries its PromptFormat (not saved with the tokenizer: set it on load).
@@ -47,7 +49,7 @@ class PromptFormat:
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
-            raise ValueError(
+            raise ConfigError(
                 f"model.prompt.format must be one of {', '.join(repr(k) for k in PROMPT_KINDS)}, got {self.kind!r}"
             )
 
@@ -75,7 +77,7 @@ def set_prompt_format(tokenizer, fmt: PromptFormat):
         raise TypeError(f"expected a PromptFormat, got {type(fmt).__name__}")
     if fmt.kind == "chat" and not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-        raise ValueError(
+        raise ConfigError(
             f"model.prompt.format=chat needs a tokenizer with a chat template, but tokenizer {name!r} has none; "
             "use model.prompt.format=plain for base models"
         )

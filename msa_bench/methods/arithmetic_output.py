@@ -10,7 +10,6 @@ def combine_into_artifact(pipeline, method: str, target, terms):
     from msa_bench.arithmetic import StateDelta, combine_checkpoints
     from msa_bench.arithmetic.state_arithmetic import arithmetic_dtype
     from msa_bench.pipeline.cost import CostMeter
-    from msa_bench.pipeline.stages import ModelRef
 
     spec = {
         "method": method,
@@ -31,6 +30,4 @@ def combine_into_artifact(pipeline, method: str, target, terms):
             )
         return {"cost": meter.cost.to_dict(), "report": report}
 
-    artifact = pipeline.store.get_or_build("unlearned", spec, build)
-    pipeline.record_stage("arithmetic", artifact)
-    return ModelRef(artifact.path, artifact.key, method)
+    return pipeline.cached_model("arithmetic", "unlearned", spec, build, label=method)

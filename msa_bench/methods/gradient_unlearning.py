@@ -68,7 +68,6 @@ def unlearn_with_loss(
     """
     from msa_bench.models.build import count_parameters, load_model, save_model
     from msa_bench.pipeline.cost import CostMeter
-    from msa_bench.pipeline.stages import ModelRef
     from msa_bench.training.data import ForgetRetainDataset
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
 
@@ -124,9 +123,7 @@ def unlearn_with_loss(
             save_model(model, tokenizer, out)
         return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
 
-    artifact = pipeline.store.get_or_build("unlearned", spec, build)
-    pipeline.record_stage("unlearning", artifact)
-    return ModelRef(artifact.path, artifact.key, method)
+    return pipeline.cached_model("unlearning", "unlearned", spec, build, label=method)
 
 
 def _forget_nlls(reference, forget, pad_token_id: int, batch_size: int = 32):

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msa_bench.benchmarks.base import report_families
+
 log = logging.getLogger("msa_bench.report")
 
 RESULTS_FILE = "results.json"
 PER_ITEM_FILE = "per_item.json"
-# results["config"]["benchmark"]["kind"] -> the paper's table family.
-FAMILIES = {"synthetic_tofu": "tofu", "tofu": "tofu", "restor": "restor", "muse": "muse"}
+# results["config"]["benchmark"]["kind"] -> the paper's table family, as each benchmark declares it.
+FAMILIES = report_families()
 # Config keys (dotted prefixes) that never separate two rows.
 ROW_EXCLUDED = (
     "seed",

@@ -1,0 +1,137 @@
+"""The benchmark's side of the pipeline: its data, its eval sets, and the training examples made from its items.
+
+The benchmark (msa_bench/benchmarks) sees the run only through a `BenchmarkContext`; `RunContext` is the one the
+pipeline gives it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from msa_bench.benchmarks import Benchmark, make_benchmark
+from msa_bench.data.synthetic import load_benchmark_split
+from msa_bench.errors import StageError
+from msa_bench.training.data import packed_text_blocks, qa_examples
+
+# Splits that always come from the generated world: the embedded model's pretraining and instruct data.
+WORLD_SPLITS = ("pretraining", "instruct")
+
+
+class RunContext:
+    """The BenchmarkContext of one pipeline: its config, its artifact cache, its world and its splits."""
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    @property
+    def cfg(self):
+        return self._pipeline.cfg
+
+    def cached_artifact(self, kind: str, spec: dict, build: Callable[[Path], dict | None]):
+        return self._pipeline.store.get_or_build(kind, spec, build)
+
+    def world_data(self):
+        return self._pipeline.world()
+
+    def source_folder(self) -> Path:
+        return self._pipeline.benchmark_source()[0]
+
+    def split(self, name: str) -> list[dict]:
+        return self._pipeline.split(name)
+
+
+class BenchmarkData:
+    """Pipeline stages that read the benchmark (a mixin of Pipeline)."""
+
+    @property
+    def benchmark(self) -> Benchmark:
+        if self._benchmark is None:
+            self._benchmark = make_benchmark(RunContext(self))
+        return self._benchmark
+
+    def benchmark_source(self) -> tuple[Path, str]:
+        """The folder the benchmark's data is read from, and a fingerprint of its contents."""
+        if self._benchmark_source is None:
+            self._benchmark_source = self.benchmark.source()
+        return self._benchmark_source
+
+    def split(self, name: str) -> list[dict]:
+        """A TOFU-layout split: the embedded model's pretraining and instruct data always come from the generated
+        world; the others from the benchmark's folder."""
+        if name not in self._split_cache:
+            folder = self.world().path / "data" if name in WORLD_SPLITS else self.benchmark_source()[0]
+            self._split_cache[name] = load_benchmark_split(folder, name)
+        return self._split_cache[name]
+
+    @property
+    def forget_split(self) -> str:
+        """The forget set's name (forget01, mix_a0, forget): part of cache keys and run names."""
+        return self.benchmark.forget_id
+
+    def forget_items(self) -> list[dict]:
+        return self.benchmark.forget_items()
+
+    def retain_items(self) -> list[dict]:
+        return self.benchmark.retain_items()
+
+    def eval_sets(self, required: set[str] | None = None) -> dict[str, list[dict]]:
+        """The evaluation sets by name, loading only those `required` (the benchmark's defaults when None)."""
+        if required is None:
+            required = set(self.benchmark.default_eval_sets)
+        self.check_eval_sets(set(required))
+        return self.benchmark.eval_sets(set(required))
+
+    def check_eval_sets(self, required: set[str]) -> None:
+        unknown = required - self.benchmark.eval_set_names()
+        if unknown:
+            benchmark = self.benchmark
+            raise StageError(
+                f"metrics.names={list(self.cfg.metrics.names)} need the eval set(s) {sorted(unknown)}, which "
+                f"benchmark {self.cfg.benchmark.name!r} (kind {benchmark.kind}) does not have; use its metrics "
+                f"(`metrics={benchmark.default_metrics}`)"
+            )
+
+    def training_examples(self, items: list[dict], what: str = "training data") -> list[dict]:
+        """Question-answer items train on the answer; text items are packed into benchmark.block_size blocks."""
+        tokenizer = self.tokenizer()
+        qa = [item for item in items if "question" in item]
+        texts = [item["text"] for item in items if "question" not in item]
+        examples = qa_examples(tokenizer, qa, self.cfg.model.max_position_embeddings) if qa else []
+        if texts:
+            block_size = min(self.cfg.benchmark.block_size, self.cfg.model.max_position_embeddings)
+            blocks = packed_text_blocks(tokenizer, texts, block_size)
+            if not blocks:
+                raise StageError(
+                    f"{what}: {len(texts)} text(s) hold fewer tokens than one block of benchmark.block_size="
+                    f"{block_size}; lower it or add data"
+                )
+            examples += blocks
+        if not examples:
+            raise StageError(f"{what} is empty")
+        return examples
+
+    def data_spec(self) -> dict:
+        """What identifies the benchmark data a fine-tune reads, beyond its data id."""
+        if self.embedded and self.benchmark.tokenizer_key_identifies_training_data:
+            return {}  # the embedded tokenizer's key already covers the data (and keeps old caches valid)
+        b = self.cfg.benchmark
+        return {
+            "source": self.benchmark_source()[1],
+            "max_documents": b.max_documents,
+            "block_size": b.block_size,
+        }
+
+    def retain_subset(self, size: int | None, seed: int) -> tuple[list[dict], str]:
+        """A seeded random retain subset, by default the size of the forget set (as in the paper), capped at the
+        retain pool's size."""
+        retain = self.retain_items()
+        if size is None:
+            size = min(len(self.forget_items()), len(retain))
+        if size <= 0 or size > len(retain):
+            raise StageError(
+                f"method.retain_size={size} must be between 1 and {len(retain)} (the retain pool's size)"
+            )
+        indices = sorted(random.Random(seed).sample(range(len(retain)), size))
+        return [retain[i] for i in indices], f"{self.benchmark.data_id('retain')}[{size} seed {seed}]"

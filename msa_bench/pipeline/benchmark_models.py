@@ -1,0 +1,112 @@
+"""Fine-tuned model states: the clean, target and oracle models a benchmark defines, and fine-tunes of any state.
+
+Every fine-tune is cached under a key of everything that determines it (base model, recipe, seed, data, encoding).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from msa_bench.config.schema import TrainRecipe
+from msa_bench.models.build import count_parameters, load_model, save_model
+from msa_bench.pipeline.cost import CostMeter
+from msa_bench.pipeline.refs import ModelRef, plain
+from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples, sample_examples
+from msa_bench.training.trainer import run_training
+
+log = logging.getLogger("msa_bench.pipeline")
+
+
+class BenchmarkModels:
+    """Fine-tunes and the benchmark's models (a mixin of Pipeline)."""
+
+    def finetuned_model(
+        self, stage: str, base: ModelRef, examples, recipe: TrainRecipe, spec_extra: dict
+    ) -> ModelRef:
+        """Fine-tune `base` on `examples` with `recipe`, cached under a key of everything that determines it."""
+        spec = (
+            {"base": base.key, "recipe": plain(recipe), "seed": self.cfg.seed}
+            | spec_extra
+            | self.encoding_spec()
+        )
+        if not self.embedded:
+            spec["training"] = {
+                "dtype": self.cfg.model.dtype,
+                "max_length": self.cfg.model.max_position_embeddings,
+            }
+        self._announce(f"finetune:{stage}", spec)
+
+        def build(out: Path) -> dict:
+            tokenizer = self.tokenizer()
+            model = load_model(base.path, self.device, self.cfg.model.dtype)
+            log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
+            with CostMeter(stage, device=self.device) as meter:
+                stats = run_training(
+                    model,
+                    ExampleDataset(examples),
+                    recipe,
+                    pad_token_id=tokenizer.pad_token_id,
+                    seed=self.cfg.seed,
+                    device=self.device,
+                    progress=self.cfg.progress,
+                )
+                meter.add_tokens(stats.tokens, count_parameters(model), training=True)
+                save_model(model, tokenizer, out)
+            return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
+
+        return self.cached_model(stage, "finetune", spec, build)
+
+    def start(self) -> ModelRef:
+        """The model the benchmark's stages start from: the pretrained model, or the embedded instruct model."""
+        if self.embedded:
+            return self.instruct()
+        return self.hub_model(self.cfg.model.hub_id, self.cfg.model.revision)
+
+    def closest(self) -> ModelRef:
+        """The last state before the forget set was seen: the model the target is fine-tuned from."""
+        start = self.start()
+        clean = self.benchmark.clean_items() if self.embedded else None
+        if not clean:
+            return start
+        examples = self.training_examples(clean, "the clean data")
+        extra = {"data": self.benchmark.data_id("clean")} | self.data_spec()
+        return self.finetuned_model("clean", start, examples, self.cfg.benchmark.clean_recipe, extra)
+
+    def _replay_examples(self, n_benchmark: int) -> list[dict]:
+        """Pretraining blocks and instruct QA replayed during the target/oracle fine-tune, half of each."""
+        count = int(round(self.cfg.benchmark.replay_fraction * n_benchmark))
+        if count <= 0 or not self.embedded:
+            return []
+        tokenizer = self.tokenizer()
+        texts = [d["text"] for d in self.split("pretraining")]
+        blocks = packed_text_blocks(tokenizer, texts, self.cfg.model.pretrain.block_size)
+        instruct = qa_examples(tokenizer, self.split("instruct"), self.cfg.model.max_position_embeddings)
+        return sample_examples(blocks, count // 2, seed=self.cfg.seed) + sample_examples(
+            instruct, count - count // 2, seed=self.cfg.seed + 1
+        )
+
+    def _benchmark_model(self, stage: str, items: list[dict], data_id: str) -> ModelRef:
+        examples = self.training_examples(items, f"the {stage}'s data")
+        examples = examples + self._replay_examples(len(examples))
+        extra = {"data": data_id, "replay_fraction": self.cfg.benchmark.replay_fraction} | self.data_spec()
+        return self.finetuned_model(stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra)
+
+    def target(self) -> ModelRef:
+        return self._benchmark_model(
+            "target", self.benchmark.target_items(), self.benchmark.data_id("target")
+        )
+
+    def oracle(self) -> ModelRef:
+        items = self.benchmark.oracle_items()
+        if items is None:
+            closest = self.closest()
+            return ModelRef(closest.path, closest.key, "oracle")
+        return self._benchmark_model("oracle", items, self.benchmark.data_id("oracle"))
+
+    def finetune(
+        self, stage: str, base: ModelRef, items: list[dict], recipe: TrainRecipe, data_id: str
+    ) -> ModelRef:
+        """Fine-tune a model state on benchmark items (the forget set, a retain subset, ...)."""
+        examples = self.training_examples(items, f"the {stage}'s data")
+        return self.finetuned_model(stage, base, examples, recipe, {"data": data_id} | self.data_spec())
