@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.errors import BenchmarkError, ConfigError
 
 # Modules of this package that hold no benchmark.
@@ -81,6 +82,8 @@ class Benchmark(ABC):
 
     # The values of benchmark.kind this class implements.
     kinds: ClassVar[tuple[str, ...]]
+    # Its config schema, /schema/benchmark/<kind>, which conf/benchmark/<name>.yaml extends.
+    config_class: ClassVar[type[BenchmarkConfig]] = BenchmarkConfig
     # The forget sets benchmark.forget_split may name.
     forget_splits: ClassVar[ForgetSplits]
     # The paper's table family its results are reported in (tofu, restor, muse).
@@ -205,6 +208,12 @@ def benchmark_class(kind: str) -> type[Benchmark]:
 def report_families() -> dict[str, str]:
     """benchmark.kind -> the report family its results are tabled in."""
     return {kind: cls.family for kind, cls in discover_benchmarks().items()}
+
+
+def register_benchmark_schemas(store) -> None:
+    """Each kind's schema becomes /schema/benchmark/<kind>, which the benchmark YAMLs extend."""
+    for kind, cls in discover_benchmarks().items():
+        store.store(group="schema/benchmark", name=kind, node=cls.config_class)
 
 
 def make_benchmark(context: BenchmarkContext) -> Benchmark:

@@ -12,10 +12,12 @@ without network it needs a user's copy (MSA_BENCH_DATA/muse-books).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
+from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.muse import (
     MUSE_EVAL_SET_NAMES,
     check_muse_folder,
@@ -28,9 +30,18 @@ from msa_bench.data.sources import download_muse, local_data_source
 FORGET_ID = "forget"
 
 
+@dataclass
+class MuseConfig(BenchmarkConfig):
+    # The raw corpora, relative to data_dir. The retain corpus is what the target and the oracle learn besides the
+    # forget corpus, and what the retain vector is fine-tuned on.
+    forget_corpus: str = "raw/forget.json"
+    retain_corpus: str = "raw/retain1.json"
+
+
 @register_benchmark
 class MuseBenchmark(Benchmark):
     kinds = ("muse",)
+    config_class = MuseConfig
     forget_splits = ForgetSplits(names=(FORGET_ID,), hint="(choose the corpus with benchmark.forget_corpus)")
     family = "muse"
     default_metrics = "muse"

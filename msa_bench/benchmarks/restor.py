@@ -17,10 +17,12 @@ RESTOR is distributed on GitHub (k1rezaei/restor), not on the hub: it is read fr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
+from msa_bench.config.schema import BenchmarkConfig, TrainRecipe
 from msa_bench.data.restor import (
     ENTITIES_FILE,
     FACTS_FILE,
@@ -33,9 +35,21 @@ from msa_bench.data.sources import local_data_source
 from msa_bench.metrics.restor import RESTOR_QUESTIONS, restor_question_items
 
 
+@dataclass
+class RestorConfig(BenchmarkConfig):
+    # The target also trains on the retain pool (clean facts about people outside the evaluation set), as RESTOR's
+    # mix_a<k> documents mix in correct facts. Without it, θ_D would be exactly the forget vector's fine-tune from
+    # the clean model, and MSA from that checkpoint would return the clean model by construction.
+    mix_retain_into_target: bool = True
+    # With the embedded model, the clean model is the instruct model taught the clean facts with this recipe (a
+    # pretrained model is its own clean model).
+    clean_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))
+
+
 @register_benchmark
 class RestorBenchmark(Benchmark):
     kinds = ("restor",)
+    config_class = RestorConfig
     # Any corruption mix file mix_a<k>.json; whether it is in benchmark.data_dir is checked by preflight.
     forget_splits = ForgetSplits(
         pattern=r"mix_a\d+",

@@ -50,7 +50,7 @@ class PretrainConfig:
     block_size: int = 128
     recipe: TrainRecipe = field(
         default_factory=lambda: TrainRecipe(
-            epochs=12, learning_rate=2e-3, batch_size=32, lr_scheduler="cosine"
+            epochs=24, learning_rate=4e-3, batch_size=32, warmup_ratio=0.05, lr_scheduler="cosine"
         )
     )
     # A checkpoint is kept every this many optimizer steps; the end of pretraining is always kept as `base`.
@@ -72,31 +72,54 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
+    """What every model is configured with; a model YAML extends one of the two variants below."""
+
     name: str = MISSING
-    # embedded: the small Llama trained here with its own history (the fields below size it);
+    # embedded: the small Llama trained here with its own history (EmbeddedModelConfig);
     # pretrained: a Hugging Face model (hub_id at revision), whose earlier states the `checkpoint` group names.
+    source: str = MISSING
+    max_position_embeddings: int = 256
+    # Weights are loaded, trained and evaluated in `dtype` (bfloat16 for paper-scale models on a GPU);
+    # model-state arithmetic accumulates in `arithmetic_dtype` (float32 unless memory forbids) and writes `dtype`.
+    dtype: str = "float32"
+    arithmetic_dtype: str = "float32"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+@dataclass
+class EmbeddedModelConfig(ModelConfig):
+    """The embedded model: its size, its pretraining and its instruct stage (/schema/model/embedded)."""
+
     source: str = "embedded"
-    hub_id: str | None = None
-    revision: str = "main"
-    # A folder holding <hub_id>/<revision>/ model folders (offline copies, test stand-ins); null: the hub and its cache.
-    local_root: str | None = None
     architecture: str = "llama"
     vocab_size: int = 2048
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    max_position_embeddings: int = 256
     tie_word_embeddings: bool = False
-    # Weights are loaded, trained and evaluated in `dtype` (bfloat16 for paper-scale models on a GPU);
-    # model-state arithmetic accumulates in `arithmetic_dtype` (float32 unless memory forbids) and writes `dtype`.
-    dtype: str = "float32"
-    arithmetic_dtype: str = "float32"
-    prompt: PromptConfig = field(default_factory=PromptConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     instruct: TrainRecipe = field(
         default_factory=lambda: TrainRecipe(epochs=3, learning_rate=1e-3, batch_size=32)
     )
+
+
+@dataclass
+class PretrainedModelConfig(ModelConfig):
+    """A Hugging Face model at a revision (/schema/model/pretrained)."""
+
+    source: str = "pretrained"
+    hub_id: str = MISSING
+    revision: str = "main"
+    # A folder holding <hub_id>/<revision>/ model folders (offline copies, test stand-ins); null: the hub and its cache.
+    local_root: str | None = None
+
+
+# model.source -> the schema a model YAML of that source extends.
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "embedded": EmbeddedModelConfig,
+    "pretrained": PretrainedModelConfig,
+}
 
 
 @dataclass
@@ -132,13 +155,19 @@ class WorldConfig:
 
 @dataclass
 class BenchmarkConfig:
+    """What every benchmark kind is configured with. A kind with settings of its own extends this beside its class
+    (msa_bench/benchmarks/*: `config_class`), and its YAML names that schema, so a key of another kind fails at
+    composition."""
+
     name: str = MISSING
-    kind: str = "synthetic_tofu"  # synthetic_tofu (generated) | tofu | restor | muse
-    # TOFU: forget01/05/10. RESTOR: the corruption mix (a0..a5, mix_<name>.json). MUSE: forget (the forget corpus).
-    forget_split: str = "forget10"
-    # Real benchmarks: a local folder of <hub config>.jsonl files; when null, `hub_id` is loaded with `datasets`.
+    # A registered kind (msa_bench/benchmarks): synthetic_tofu (generated) | tofu | restor | muse.
+    kind: str = MISSING
+    # The forget set; each kind says which names it accepts (TOFU: forget01/05/10, RESTOR: mix_a<k>, MUSE: forget).
+    forget_split: str = MISSING
+    # Real benchmarks: a local folder of the benchmark's files; when null, `hub_id` is loaded with `datasets`.
     data_dir: str | None = None
     hub_id: str | None = None
+    # The generated world behind the embedded model's pretraining and instruct data (and the synthetic benchmark).
     world: WorldConfig = field(default_factory=WorldConfig)
     # The recipe that makes the target (instruct model on the full benchmark) and the oracle (on the retain split).
     target_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))
@@ -147,21 +176,10 @@ class BenchmarkConfig:
     replay_fraction: float = 0.5
     # How many retain items (from retain_perturbed) the retain metrics use.
     retain_eval_size: int = 100
-    # Raw-text benchmarks (RESTOR, MUSE) are packed into chunks of this many tokens for training.
+    # Raw-text items (RESTOR, MUSE) are packed into chunks of this many tokens for training.
     block_size: int = 128
-    # MUSE: the raw corpora, relative to data_dir. The retain corpus is what the target and the oracle learn besides
-    # the forget corpus, and what the retain vector is fine-tuned on.
-    forget_corpus: str = "raw/forget.json"
-    retain_corpus: str = "raw/retain1.json"
     # Use only the first N documents of each raw corpus (null: all); for CPU-scale runs.
     max_documents: int | None = None
-    # RESTOR: the target also trains on the retain pool (clean facts about people outside the evaluation set), as
-    # RESTOR's mix_a<k> documents mix in correct facts. Without it, θ_D would be exactly the forget vector's
-    # fine-tune from the clean model, and MSA from that checkpoint would return the clean model by construction.
-    mix_retain_into_target: bool = True
-    # RESTOR with the embedded model: the clean model is the instruct model taught the clean facts with this recipe
-    # (a pretrained model is its own clean model).
-    clean_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10, learning_rate=1e-3))
 
 
 @dataclass
@@ -226,9 +244,11 @@ class PathsConfig:
 
 @dataclass
 class MSABenchConfig:
-    model: ModelConfig = MISSING
+    # An EmbeddedModelConfig or a PretrainedModelConfig, as the model YAML's defaults name.
+    model: Any = MISSING
     checkpoint: CheckpointConfig = MISSING
-    benchmark: BenchmarkConfig = MISSING
+    # Each benchmark kind has its own schema (a BenchmarkConfig, registered by msa_bench.plugins).
+    benchmark: Any = MISSING
     # Each method has its own schema (registered by msa_bench.methods); the method YAML extends it.
     method: Any = MISSING
     metrics: MetricsConfig = MISSING
@@ -245,10 +265,10 @@ def register_config_schemas() -> None:
     registered by msa_bench.plugins.register_schemas."""
     store = ConfigStore.instance()
     store.store(name="msa_bench_schema", node=MSABenchConfig)
+    for source, node in MODEL_SCHEMAS.items():
+        store.store(group="schema/model", name=source, node=node)
     for group, node in [
-        ("model", ModelConfig),
         ("checkpoint", CheckpointConfig),
-        ("benchmark", BenchmarkConfig),
         ("metrics", MetricsConfig),
         ("logger", LoggerConfig),
         ("paths", PathsConfig),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from msa_bench.config.schema import CHOICES, MSABenchConfig
+from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, MSABenchConfig
 from msa_bench.errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -49,6 +49,11 @@ def validate_config(cfg: DictConfig) -> MSABenchConfig:
         _require(value in choices, f"{dotted_key}={value!r} is not valid; choose one of {list(choices)}")
     benchmark = benchmark_class(config.benchmark.kind)
     _require(
+        type(config.benchmark) is benchmark.config_class,
+        f"benchmark {config.benchmark.name!r} (kind {config.benchmark.kind}) must extend its kind's schema: start "
+        f"its YAML with `defaults: [/schema/benchmark/{config.benchmark.kind}@_here_, _self_]`",
+    )
+    _require(
         benchmark.forget_splits.accepts(config.benchmark.forget_split),
         forget_split_error(benchmark, config.benchmark.forget_split),
     )
@@ -60,6 +65,11 @@ def validate_config(cfg: DictConfig) -> MSABenchConfig:
         config.benchmark.block_size >= 2, f"benchmark.block_size={config.benchmark.block_size} must be >= 2"
     )
     model = config.model
+    _require(
+        type(model) is MODEL_SCHEMAS[model.source],
+        f"model.source={model.source} needs a model YAML that extends /schema/model/{model.source} (model "
+        f"{model.name!r} extends {type(model).__name__}); choose a model of that source instead",
+    )
     _require(
         model.source != "pretrained" or bool(model.hub_id),
         "model.hub_id is required when model.source=pretrained (e.g. meta-llama/Llama-3.2-1B-Instruct)",

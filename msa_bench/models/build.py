@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from msa_bench.config.schema import ModelConfig
+from msa_bench.config.schema import EmbeddedModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,7 +23,7 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ValueError(f"model.dtype={name!r} is not supported; use one of {sorted(DTYPES)}") from None
 
 
-def build_embedded_model(model_cfg: ModelConfig, tokenizer, seed: int) -> PreTrainedModel:
+def build_embedded_model(model_cfg: EmbeddedModelConfig, tokenizer, seed: int) -> PreTrainedModel:
     """A freshly initialised small Llama, sized by the model config, for the embedded default."""
     if model_cfg.architecture != "llama":
         raise ValueError(

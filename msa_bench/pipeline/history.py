@@ -109,11 +109,14 @@ class EmbeddedHistory:
 
     # ------------------------------------------------------------------ pretraining
     def history_spec(self) -> dict:
-        return {
-            "tokenizer": self.tokenizer_artifact().key,
-            "model": plain(self.cfg.model) | {"instruct": None},
-            "seed": self.cfg.seed,
-        }
+        # The hub fields had these fixed values in the key when one schema held both model variants; writing them
+        # keeps the caches of that time valid.
+        model = (
+            {"hub_id": None, "revision": "main", "local_root": None}
+            | plain(self.cfg.model)
+            | {"instruct": None}
+        )
+        return {"tokenizer": self.tokenizer_artifact().key, "model": model, "seed": self.cfg.seed}
 
     def pretrain_blocks(self) -> list[dict]:
         if self._pretrain_blocks is None:
