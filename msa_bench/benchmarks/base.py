@@ -88,8 +88,8 @@ class Benchmark(ABC):
     forget_splits: ClassVar[ForgetSplits]
     # The paper's table family its results are reported in (tofu, restor, muse).
     family: ClassVar[str]
-    # The conf/metrics option that evaluates it (named in errors when other metrics are asked for).
-    default_metrics: ClassVar[str]
+    # The conf/metrics option made for it, named in errors when other metrics are asked for (None: none is).
+    default_metrics: ClassVar[str | None] = None
     # The eval sets evaluated when no metric asks for specific ones, and those that exist but only on request.
     default_eval_sets: ClassVar[tuple[str, ...]]
     optional_eval_sets: ClassVar[tuple[str, ...]] = ()

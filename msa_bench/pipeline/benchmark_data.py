@@ -84,13 +84,17 @@ class BenchmarkData:
         return self.benchmark.eval_sets(set(required))
 
     def check_eval_sets(self, required: set[str]) -> None:
-        unknown = required - self.benchmark.eval_set_names()
+        benchmark = self.benchmark
+        unknown = required - benchmark.eval_set_names()
         if unknown:
-            benchmark = self.benchmark
+            advice = (
+                f"use its metrics (`metrics={benchmark.default_metrics}`)"
+                if benchmark.default_metrics
+                else f"choose metrics that read its eval sets {sorted(benchmark.eval_set_names())}"
+            )
             raise StageError(
                 f"metrics.names={list(self.cfg.metrics.names)} need the eval set(s) {sorted(unknown)}, which "
-                f"benchmark {self.cfg.benchmark.name!r} (kind {benchmark.kind}) does not have; use its metrics "
-                f"(`metrics={benchmark.default_metrics}`)"
+                f"benchmark {self.cfg.benchmark.name!r} (kind {benchmark.kind}) does not have; {advice}"
             )
 
     def training_examples(self, items: list[dict], what: str = "training data") -> list[dict]:
