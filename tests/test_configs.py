@@ -118,3 +118,105 @@ def test_cli_rejects_bad_input_quickly_and_writes_nothing(tmp_path, args, expect
     assert elapsed < 30, f"took {elapsed:.1f}s to reject a bad override"
     leftovers = list(tmp_path.rglob("*"))
     assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("benchmark", group_options("benchmark"))
+def test_every_benchmark_config_extends_its_kinds_schema(benchmark):
+    from msa_bench.benchmarks.base import benchmark_class
+
+    config = validate_config(compose_config([f"benchmark={benchmark}"]))
+    cls = benchmark_class(config.benchmark.kind)
+    assert type(config.benchmark) is cls.config_class
+    assert cls.forget_splits.accepts(config.benchmark.forget_split)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (
+            ["benchmark.mix_retain_into_target=false"],
+            "benchmark.mix_retain_into_target",
+        ),  # RESTOR's, not TOFU's
+        (["benchmark=restor", "benchmark.forget_corpus=raw/x.json"], "benchmark.forget_corpus"),  # MUSE's
+        (
+            ["model.hub_id=meta-llama/Llama-3.2-1B"],
+            "model.hub_id",
+        ),  # a pretrained model's, not the embedded one's
+        (["model=olmo2_7b", "model.hidden_size=64"], "model.hidden_size"),  # the embedded model's
+    ],
+)
+def test_a_key_of_another_variant_fails_at_composition(overrides, key):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(overrides)
+    assert key in str(error.value) + str(error.value.__cause__)
+
+
+def test_the_keys_of_the_chosen_variant_compose():
+    restor = validate_config(compose_config(["benchmark=restor", "benchmark.mix_retain_into_target=false"]))
+    assert restor.benchmark.mix_retain_into_target is False
+    muse = validate_config(
+        compose_config(["benchmark=muse_news", "benchmark.retain_corpus=raw/retain2.json"])
+    )
+    assert muse.benchmark.retain_corpus == "raw/retain2.json"
+
+
+def test_restor_accepts_any_mix_file_name_and_names_the_rule_otherwise():
+    # One rule, RESTOR's own: any mix_a<k>; whether the file exists is checked against the data folder later.
+    assert validate_config(compose_config(["benchmark=restor", "benchmark.forget_split=mix_a7"]))
+    with pytest.raises(ConfigError, match=r"benchmark.forget_split='mix_b' is not valid .*mix_a0, mix_a1"):
+        validate_config(compose_config(["benchmark=restor", "benchmark.forget_split=mix_b"]))
+
+
+@pytest.mark.parametrize(
+    "key", ["device", "logger.mode", "logger.backend", "model.source", "checkpoint.stage"]
+)
+def test_a_closed_set_names_the_key_and_its_values(key):
+    from msa_bench.config.schema import CHOICES
+
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config([f"{key}=not_a_choice"]))
+    assert f"{key}='not_a_choice' is not valid" in str(error.value)
+    assert str(list(CHOICES[key])) in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["model.prompt.format", "model.arithmetic_dtype"])
+def test_model_closed_sets_name_the_key_and_its_values(key):
+    from msa_bench.config.schema import CHOICES
+
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config([f"{key}=float16"]))
+    assert f"{key}='float16' is not valid" in str(error.value)
+    assert str(list(CHOICES[key])) in str(error.value)
+
+
+def test_closed_set_values_still_work_as_overrides():
+    config = validate_config(compose_config(["device=cpu", "logger.mode=disabled", "checkpoint=base"]))
+    assert (config.device, config.logger.mode, config.checkpoint.stage) == ("cpu", "disabled", "base")
+
+
+def test_the_report_families_come_from_the_benchmark_registry():
+    from msa_bench.benchmarks.base import discover_benchmarks
+    from msa_bench.reporting.collect import FAMILIES
+
+    assert FAMILIES == {kind: cls.family for kind, cls in discover_benchmarks().items()}
+    assert FAMILIES["synthetic_tofu"] == FAMILIES["tofu"] == "tofu"
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("msa_bench.config.schema", "msa_bench."),  # config sits at the bottom
+        ("msa_bench.config.validate", "msa_bench."),
+        ("msa_bench.benchmarks.tofu", "msa_bench.pipeline"),  # benchmarks never import the pipeline
+        ("msa_bench.benchmarks.restor", "msa_bench.pipeline"),
+        ("msa_bench.benchmarks.muse", "msa_bench.pipeline"),
+    ],
+)
+def test_layers_import_nothing_above_them(module, forbidden):
+    allowed = {"msa_bench", "msa_bench.errors", "msa_bench.config", "msa_bench.config.schema", module}
+    code = (
+        f"import sys, {module}; "
+        f"print('\\n'.join(m for m in sys.modules if m.startswith({forbidden!r}) and m not in {sorted(allowed)!r}))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == ""
