@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from msa_bench.config.checkpoint_rules import checkpoint_problem
 from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, MSABenchConfig
 from msa_bench.errors import ConfigError  # noqa: F401  (re-exported)
 
@@ -74,14 +75,8 @@ def validate_config(cfg: DictConfig) -> MSABenchConfig:
         model.source != "pretrained" or bool(model.hub_id),
         "model.hub_id is required when model.source=pretrained (e.g. meta-llama/Llama-3.2-1B-Instruct)",
     )
-    _require(
-        config.checkpoint.stage != "revision" or bool(config.checkpoint.revision),
-        "checkpoint.revision is required when checkpoint.stage=revision (a hub branch, tag or commit)",
-    )
-    _require(
-        config.checkpoint.stage != "pretrain" or config.checkpoint.step is not None,
-        "checkpoint.step is required when checkpoint.stage=pretrain (e.g. checkpoint.step=200)",
-    )
+    problem = checkpoint_problem(config.checkpoint)
+    _require(problem is None, problem)
     _require(config.num_threads >= 1, f"num_threads={config.num_threads} must be >= 1")
     _require(
         0 <= config.benchmark.replay_fraction <= 10,

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from msa_bench.benchmarks import Benchmark
-from msa_bench.config.schema import MSABenchConfig
+from msa_bench.config.schema import CHECKPOINT_STAGES, EMBEDDED_STAGES, MSABenchConfig
 from msa_bench.errors import StageError
 from msa_bench.pipeline.artifacts import Artifact, ArtifactStore
 from msa_bench.pipeline.benchmark_data import BenchmarkData
 from msa_bench.pipeline.benchmark_models import BenchmarkModels
-from msa_bench.pipeline.checkpoints import CHECKPOINT_STAGES, EMBEDDED_STAGES, CheckpointResolution
+from msa_bench.pipeline.checkpoints import CheckpointResolution
 from msa_bench.pipeline.history import PIPELINE_VERSION, EmbeddedHistory
 from msa_bench.pipeline.hub_models import HubModels
 from msa_bench.pipeline.refs import ModelRef
