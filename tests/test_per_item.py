@@ -104,7 +104,7 @@ def test_values_that_do_not_line_up_with_the_items_are_kept_apart_with_the_reaso
         "lm_eval/hellaswag/acc": "no evaluated suite says which eval set these values are on",
         "world_facts_unknown": "no evaluated suite says which eval set these values are on",
         "wf_Q_A_ROUGE": "they are on the eval set 'world_facts', which was not loaded",
-        "generation": "1 values for the 2 items of 'forget'",
+        "generations/forget": "1 values for the 2 items of 'forget'",
     }
     # Kept, not lost: the report still finds them.
     assert records.values("method", "forget_truth_ratio") == [0.1]
@@ -156,7 +156,7 @@ def test_version_0_files_are_read_with_every_list_unaligned(tmp_path):
     assert records.eval_sets == {}
     assert records.values("method", "forget_truth_ratio") == [0.2, 0.5]
     assert records.values("target", "forget_truth_ratio") == [0.1]
-    assert records.values("method", "generation") == ["x", "y"]
+    assert records.values("method", "generations/forget") == ["x", "y"]
 
 
 def test_a_newer_per_item_file_is_refused(tmp_path):

@@ -4,6 +4,7 @@
      "method": "<the method's name>",
      "eval_sets": {"<eval set>": [<record>, ...]},          # in item order
      "unaligned": {"<role>": {"<key>": {"eval_set": ..., "reason": ..., "values": [...]}}}}
+                                       # generations that do not line up: key "generations/<eval set>"
 
 A record:
 
@@ -44,7 +45,7 @@ from msa_bench.results.item_sets import eval_set_of
 PER_ITEM_SCHEMA_VERSION = 1
 PER_ITEM_FILE = "per_item.json"
 ROLES = ("method", "target", "oracle")
-GENERATION = "generation"  # the key of an unaligned list of generations
+GENERATIONS_PREFIX = "generations/"  # unaligned generations of eval set S are kept under "generations/S"
 _WHAT = "per-item file"
 _KEY_FIELDS = ("id", "uid", "subject", "attribute", "entity", "relation")
 _QUESTION_FIELDS = ("question", "prompt", "text")
@@ -194,7 +195,9 @@ def _from_version_0(payload: Mapping[str, Any]) -> PerItemRecords:
     generations = payload.get("generations")
     for eval_set, texts in generations.items() if isinstance(generations, Mapping) else ():
         if isinstance(texts, list):
-            unaligned.append(UnalignedValues("method", GENERATION, texts, reason, eval_set))
+            unaligned.append(
+                UnalignedValues("method", GENERATIONS_PREFIX + eval_set, texts, reason, eval_set)
+            )
     return PerItemRecords(method="unknown", unaligned=unaligned)
 
 
@@ -235,7 +238,7 @@ def build_per_item_records(
             if lines_up(role, key, values, eval_set):
                 aligned.setdefault(eval_set, {}).setdefault(role, {})[key] = values
         for eval_set, texts in (evaluation.get("generations") or {}).items():
-            if lines_up(role, GENERATION, texts, eval_set):
+            if lines_up(role, GENERATIONS_PREFIX + eval_set, texts, eval_set):
                 generations.setdefault(eval_set, {})[role] = texts
 
     records = {
