@@ -5,9 +5,7 @@ The runner knows nothing about individual methods: it asks the registry for `met
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
 import subprocess
 import time
@@ -24,6 +22,13 @@ from msa_bench.pipeline.evaluation import evaluate_model, evaluation_plan, final
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.reporting.run_logger import make_run_logger
 from msa_bench.reporting.table import comparison_table
+from msa_bench.results import (
+    PER_ITEM_FILE,
+    RESULTS_FILE,
+    ReferenceMetrics,
+    RunResults,
+    build_per_item_records,
+)
 
 log = logging.getLogger("msa_bench.runner")
 
@@ -60,12 +65,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomically(path: Path, payload) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(temporary, path)
-
-
 def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(cfg.num_threads)
@@ -92,7 +91,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         oracle_eval = evaluate_model(pipeline, oracle)
         target_eval = evaluate_model(pipeline, target)
         method_eval = evaluate_model(pipeline, unlearned)
-        all_sets = required_eval_sets(evaluation_plan(metric_names))
+        plan = evaluation_plan(metric_names)
+        all_sets = required_eval_sets(plan)
 
         def against_oracle(evaluation: dict) -> tuple[dict, dict]:
             return final_metrics(
@@ -104,39 +104,33 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         if cfg.method.name not in columns:
             columns[cfg.method.name] = method_metrics
 
-        results = {
-            "method": cfg.method.name,
-            "benchmark": cfg.benchmark.name,
-            "benchmark_kind": cfg.benchmark.kind,
-            "model": cfg.model.name,
-            "forget_split": cfg.benchmark.forget_split,
-            "checkpoint": cfg.checkpoint.name,
-            "metrics": method_metrics,
-            "metric_provenance": provenance,
-            "reference_metrics": {"target": columns["target"], "oracle": columns["oracle"]},
-            "cost": pipeline.costs,
-            "seed": cfg.seed,
-            "device": device,
-            "wall_seconds": round(time.perf_counter() - started, 2),
-            "versions": library_versions(),
-            "artifacts": {
-                "model": str(unlearned.path),
-                "target": str(target.path),
-                "oracle": str(oracle.path),
-            },
-            "config": resolved_config,
-        }
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(
-            output_dir / "per_item.json",
-            {
-                "method": method_eval["per_item"],
-                "target": target_eval["per_item"],
-                "oracle": oracle_eval["per_item"],
-                "generations": method_eval.get("generations", {}),
-            },
+        record = RunResults(
+            method=cfg.method.name,
+            benchmark=cfg.benchmark.name,
+            benchmark_kind=cfg.benchmark.kind,
+            model=cfg.model.name,
+            forget_split=cfg.benchmark.forget_split,
+            checkpoint=cfg.checkpoint.name,
+            metrics=method_metrics,
+            metric_provenance=provenance,
+            reference_metrics=ReferenceMetrics(target=columns["target"], oracle=columns["oracle"]),
+            cost=pipeline.costs,
+            seed=cfg.seed,
+            device=device,
+            wall_seconds=round(time.perf_counter() - started, 2),
+            versions=library_versions(),
+            artifacts={"model": str(unlearned.path), "target": str(target.path), "oracle": str(oracle.path)},
+            config=resolved_config,
         )
-        write_json_atomically(output_dir / "results.json", results)
+        per_item = build_per_item_records(
+            cfg.method.name,
+            {"method": method_eval, "target": target_eval, "oracle": oracle_eval},
+            pipeline.eval_sets(all_sets),
+            suites=list(plan),
+        )
+        per_item.write(output_dir / PER_ITEM_FILE)
+        record.write(output_dir / RESULTS_FILE)
+        results = record.to_json()
         run_logger.log_results(results, columns)
     finally:
         run_logger.finish()

@@ -3,14 +3,13 @@ the errors a user gets for missing or misnamed data (always before anything is t
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from msa_bench.config.validate import ConfigError, validate_config
 from msa_bench.errors import DataSourceError, MuseDataNotFoundError
 from msa_bench.pipeline.stages import StageError
+from msa_bench.results import PerItemRecords
 from tests.benchmark_fixtures import write_tiny_muse, write_tiny_restor
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job
@@ -49,8 +48,8 @@ def test_restor_runs_end_to_end_with_the_clean_model_as_oracle(tmp_path):
     # The oracle is the clean model itself; the target was trained from it on the corruption documents.
     assert results["artifacts"]["oracle"] != results["artifacts"]["target"]
     assert {"clean", "target", "forget_vector"} <= set(results["cost"])
-    per_item = json.loads((tmp_path / "run" / "per_item.json").read_text())
-    assert len(per_item["method"]["restor_accuracy"]) == 9  # 3 evaluated people x 3 relations
+    per_item = PerItemRecords.read(tmp_path / "run" / "per_item.json")
+    assert len(per_item.values("method", "restor_accuracy")) == 9  # 3 evaluated people x 3 relations
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.guides import run_guide_example
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from msa_bench.metrics import privacy, tofu
 from msa_bench.parity import ParityResult, command, load_eval_log, ou_variants, recompute
+from msa_bench.results import SCHEMA_VERSION, RunResults
 
 REPO_ROOT = Path(__file__).parents[1]
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "open-unlearning"
@@ -223,14 +224,15 @@ def test_reference_attack_from_two_logs(target, reference, tolerance):
 def test_out_writes_a_results_file(tmp_path):
     out = tmp_path / "tables" / "ou_full.json"
     values, _ = run_ok(str(MUSE_TARGET), "--retain", str(MUSE_RETRAIN), "--out", str(out))
-    record = json.loads(out.read_text())
-    assert record["method"] == "open-unlearning:muse_Llama-2-7b-hf_News_target"
-    assert record["benchmark"] == "muse"
-    assert record["metrics"] == values
-    assert record["missing_metrics"] == {}
-    assert record["source"] == {"eval": str(MUSE_TARGET.resolve()), "retain": str(MUSE_RETRAIN.resolve())}
-    assert record["settings"] == {"ou_compatible": False}
-    assert {"msa_bench", "numpy", "scipy", "scikit-learn", "rouge-score"} <= set(record["versions"])
+    assert json.loads(out.read_text())["schema_version"] == SCHEMA_VERSION
+    record = RunResults.read(out)  # the report's reader
+    assert record.method == "open-unlearning:muse_Llama-2-7b-hf_News_target"
+    assert record.benchmark == "muse"
+    assert record.metrics == values
+    assert record.missing_metrics == {}
+    assert record.source == {"eval": str(MUSE_TARGET.resolve()), "retain": str(MUSE_RETRAIN.resolve())}
+    assert record.settings == {"ou_compatible": False}
+    assert {"msa_bench", "numpy", "scipy", "scikit-learn", "rouge-score"} <= set(record.versions)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left behind
 
 
@@ -240,15 +242,15 @@ def test_results_record_names_tofu_runs_by_folder_and_split(tmp_path):
         benchmark="tofu", values={"forget_Q_A_Prob": 0.9}, missing={"privleak": "no --retain"}
     )
     record = command.results_record(result, eval_path, None, ou_compatible=True, forget_items=400)
-    assert record["method"] == "open-unlearning:tofu_Llama-3.2-1B-Instruct_full/evals_forget10"
-    assert record["forget_split"] == "forget10"
-    assert record["missing_metrics"] == {"privleak": "no --retain"}
-    assert record["source"] == {"eval": str(eval_path.resolve()), "retain": None}
-    assert record["settings"] == {"ou_compatible": True}
+    assert record.method == "open-unlearning:tofu_Llama-3.2-1B-Instruct_full/evals_forget10"
+    assert record.forget_split == "forget10"
+    assert record.missing_metrics == {"privleak": "no --retain"}
+    assert record.source == {"eval": str(eval_path.resolve()), "retain": None}
+    assert record.settings == {"ou_compatible": True}
     # A log not named by open-unlearning is named by its file; an unknown forget size gets no split.
     other = command.results_record(result, tmp_path / "npo_run3.json", None, False, forget_items=123)
-    assert other["method"] == "open-unlearning:npo_run3"
-    assert "forget_split" not in other
+    assert other.method == "open-unlearning:npo_run3"
+    assert other.forget_split is None
 
 
 # ---- unusable input: exit 2, a message naming what is missing and who needs it, nothing written ------------

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from msa_bench.models.build import load_model
 from msa_bench.pipeline.stages import StageError
+from msa_bench.results import PerItemRecords
 from tests.pipeline_runs import run_job
 
 pytestmark = pytest.mark.slow
@@ -47,8 +48,10 @@ def test_msa_run_writes_complete_results(msa_results):
         assert stage in on_disk["cost"], stage
     assert on_disk["cost"]["target"]["tokens"] > 0 and on_disk["cost"]["target"]["flops"] > 0
     assert on_disk["cost"]["target"]["wall_seconds"] > 0 and on_disk["cost"]["target"]["peak_memory_mb"] > 0
-    per_item = json.loads((out / "per_item.json").read_text())
-    assert len(per_item["method"]["forget_truth_ratio"]) == len(per_item["oracle"]["forget_truth_ratio"])
+    per_item = PerItemRecords.read(out / "per_item.json")
+    assert len(per_item.values("method", "forget_truth_ratio")) == len(
+        per_item.values("oracle", "forget_truth_ratio")
+    )
     # The oracle compared with itself is a perfect match.
     assert on_disk["reference_metrics"]["oracle"]["forget_quality"] == 1.0
 

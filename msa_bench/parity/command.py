@@ -19,6 +19,7 @@ from pathlib import Path
 import msa_bench
 from msa_bench.parity.logs import TOFU, ParityError, load_eval_log
 from msa_bench.parity.recompute import ParityResult, recompute
+from msa_bench.results import RunResults
 
 PROG = "msa-bench parity"
 # File names open-unlearning gives its eval logs; for them the folder, not the file, names the run.
@@ -96,36 +97,22 @@ def results_record(
     retain_path: Path | None,
     ou_compatible: bool,
     forget_items: int | None,
-) -> dict:
-    """The values in msa_bench's results.json layout."""
-    record: dict = {
-        "method": f"open-unlearning:{run_name(eval_path)}",
-        "benchmark": result.benchmark,
-    }
-    if result.benchmark == TOFU and forget_items in _TOFU_FORGET_SPLITS:
-        record["forget_split"] = _TOFU_FORGET_SPLITS[forget_items]
-    record |= {
-        "metrics": result.values,
-        "missing_metrics": result.missing,
-        "source": {
+) -> RunResults:
+    """The values as an msa_bench results file, so the report can put them beside our runs."""
+    known_split = result.benchmark == TOFU and forget_items in _TOFU_FORGET_SPLITS
+    return RunResults(
+        method=f"open-unlearning:{run_name(eval_path)}",
+        benchmark=result.benchmark,
+        forget_split=_TOFU_FORGET_SPLITS[forget_items] if known_split else None,
+        metrics=result.values,
+        missing_metrics=result.missing,
+        source={
             "eval": str(eval_path.resolve()),
             "retain": str(retain_path.resolve()) if retain_path is not None else None,
         },
-        "settings": {"ou_compatible": ou_compatible},
-        "versions": library_versions(),
-    }
-    return record
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        settings={"ou_compatible": ou_compatible},
+        versions=library_versions(),
+    )
 
 
 def _forget_item_count(entries: dict) -> int | None:
@@ -161,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: missing {key}: {reason}", file=sys.stderr)
     if record is not None:
         try:
-            write_json_atomically(args.out, record)
+            record.write(args.out)
         except OSError as error:
             print(f"{PROG}: error: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
             return 2

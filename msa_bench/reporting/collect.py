@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from msa_bench.benchmarks.base import report_families
+from msa_bench.errors import ReportError
+from msa_bench.results import PER_ITEM_FILE, RESULTS_FILE, PerItemRecords, RunResults
 
 log = logging.getLogger("msa_bench.report")
 
-RESULTS_FILE = "results.json"
-PER_ITEM_FILE = "per_item.json"
 # results["config"]["benchmark"]["kind"] -> the paper's table family, as each benchmark declares it.
 FAMILIES = report_families()
 # Config keys (dotted prefixes) that never separate two rows.
@@ -60,10 +60,11 @@ def _excluded(key: str, excluded: Sequence[str]) -> bool:
 
 @dataclass
 class Run:
-    """One results.json."""
+    """One results.json, read through `RunResults`. Where the config and the record both say something (the
+    benchmark, split, model), the config wins: rows and tables are made of configs."""
 
     path: Path
-    results: dict
+    record: RunResults
 
     @property
     def folder(self) -> Path:
@@ -71,24 +72,25 @@ class Run:
 
     @property
     def config(self) -> dict:
-        config = self.results.get("config")
-        return config if isinstance(config, dict) else {}
+        return self.record.config
 
     @property
     def flat_config(self) -> dict[str, Any]:
         return flatten(self.config)
 
+    def _config_value(self, group: str, key: str) -> Any:
+        section = self.config.get(group)
+        return section.get(key) if isinstance(section, dict) else None
+
     @property
     def method(self) -> str:
-        return str(self.results.get("method") or self.config.get("method", {}).get("name") or "unknown")
+        return self.record.method
 
     @property
     def kind(self) -> str:
-        kind = (self.config.get("benchmark") or {}).get("kind")
-        if kind:
-            return str(kind)
         # Results files without a config (e.g. `msa-bench parity --out`) name only the benchmark.
-        return str(self.results.get("benchmark") or "unknown").lower()
+        kind = self._config_value("benchmark", "kind") or self.record.benchmark_kind
+        return str(kind) if kind else self.record.benchmark.lower()
 
     @property
     def family(self) -> str:
@@ -96,51 +98,51 @@ class Run:
 
     @property
     def benchmark(self) -> str:
-        return str(
-            (self.config.get("benchmark") or {}).get("name") or self.results.get("benchmark") or "unknown"
-        )
+        return str(self._config_value("benchmark", "name") or self.record.benchmark)
 
     @property
     def forget_split(self) -> str:
-        split = (self.config.get("benchmark") or {}).get("forget_split") or self.results.get("forget_split")
-        return str(split or "-")
+        return str(self._config_value("benchmark", "forget_split") or self.record.forget_split or "-")
 
     @property
     def model(self) -> str:
-        return str((self.config.get("model") or {}).get("name") or "unknown")
+        return str(self._config_value("model", "name") or self.record.model or "unknown")
 
     @property
     def model_hub_id(self) -> str | None:
-        return (self.config.get("model") or {}).get("hub_id")
+        return self._config_value("model", "hub_id")
 
     @property
     def checkpoint(self) -> str:
-        return str(self.results.get("checkpoint") or (self.config.get("checkpoint") or {}).get("name") or "-")
+        return str(self.record.checkpoint or self._config_value("checkpoint", "name") or "-")
 
     @property
     def seed(self) -> Any:
-        return self.results.get("seed", self.config.get("seed"))
+        return self.record.seed if self.record.seed is not None else self.config.get("seed")
 
     @property
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in (self.results.get("metrics") or {}).items() if _is_number(v)}
+        return {k: v for k, v in self.record.metrics.items() if _is_number(v)}
 
     def reference(self, which: str) -> dict[str, float]:
-        values = (self.results.get("reference_metrics") or {}).get(which) or {}
-        return {k: v for k, v in values.items() if _is_number(v)}
+        return {k: v for k, v in self.record.reference_metrics.of(which).items() if _is_number(v)}
 
     @property
     def cost(self) -> dict[str, dict]:
-        cost = self.results.get("cost")
-        return cost if isinstance(cost, dict) else {}
+        return self.record.cost
 
-    def per_item(self) -> dict | None:
+    @property
+    def artifacts(self) -> dict[str, str]:
+        return self.record.artifacts
+
+    def per_item(self) -> PerItemRecords | None:
+        """The run's per_item.json, None when it has none or it cannot be read (a warning says why)."""
         path = self.folder / PER_ITEM_FILE
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as error:
+            return PerItemRecords.read(path)
+        except ReportError as error:
             log.warning("could not read %s: %s", path, error)
             return None
 
@@ -177,17 +179,15 @@ def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The runs of every results file found; a file that cannot be read as one is skipped with a warning."""
     runs = []
     for path in find_result_files(paths):
         try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            log.warning("skipping %s: %s", path, error)
+            record = RunResults.read(path)
+        except ReportError as error:
+            log.warning("skipping %s", error)
             continue
-        if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
-            log.warning("skipping %s: not an msa_bench results file (no metrics)", path)
-            continue
-        runs.append(Run(path=path, results=results))
+        runs.append(Run(path=path, record=record))
     return runs
 
 

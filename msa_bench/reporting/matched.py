@@ -197,7 +197,7 @@ def oracle_value(table: Table, metric: str) -> float | None:
     for run in table.runs:
         reference = run.reference("oracle")
         if metric in reference:
-            artifact = (run.results.get("artifacts") or {}).get("oracle")
+            artifact = run.artifacts.get("oracle")
             values.setdefault(str(artifact) if artifact else f"seed={run.seed}", reference[metric])
     return statistics.fmean(values.values()) if values else None
 

@@ -196,10 +196,9 @@ def plot_truth_ratios(table: Table, out_dir: Path, metric: str = TRUTH_RATIO) ->
             per_item = run.per_item()
             if not per_item:
                 continue
-            for source, name in (("target", "target"), ("oracle", "oracle"), ("method", row.group.method)):
-                values = (per_item.get(source) or {}).get(metric)
-                if isinstance(values, list):
-                    series[name].extend(float(v) for v in values if isinstance(v, int | float))
+            for role, name in (("target", "target"), ("oracle", "oracle"), ("method", row.group.method)):
+                values = per_item.values(role, metric)
+                series[name].extend(float(v) for v in values if isinstance(v, int | float))
         if not series[row.group.method]:
             continue
         figure, axes = plt.subplots(figsize=(6, 3.8))

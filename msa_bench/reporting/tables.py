@@ -152,7 +152,7 @@ def _reference_row(label: str, runs: Sequence[Run], columns: Sequence[str]) -> R
         values = run.reference(label)
         if not values:
             continue
-        artifact = (run.results.get("artifacts") or {}).get(label)
+        artifact = run.artifacts.get(label)
         identity = str(artifact) if artifact else f"seed={run.seed}"
         distinct.setdefault(identity, values)
     cells = {c: Cell.of([v[c] for v in distinct.values() if c in v]) for c in columns}

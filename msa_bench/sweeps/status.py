@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from msa_bench.errors import ReportError
+from msa_bench.results import RESULTS_FILE, RunResults
+
 STATUS_FILE = "status.json"
-RESULTS_FILE = "results.json"
 SWEEP_RUN_FILE = ".sweep_run.json"  # written by the callback at the start of a multirun
 
 RUNNING, DONE, FAILED, SKIPPED = "running", "done", "failed", "skipped"
@@ -147,13 +149,16 @@ def completed_run(sweep_dir: Path, wanted_hash: str) -> Path | None:
     The hash is recomputed from results.json's own resolved config, so a folder that was reused for another config
     never matches. A folder whose status says a later attempt is running or failed is not trusted."""
     for folder in job_folders(sweep_dir):
-        results = read_json(folder / RESULTS_FILE)
-        if results is None or not isinstance(results.get("config"), dict):
+        try:
+            record = RunResults.read(folder / RESULTS_FILE)
+        except ReportError:  # missing or unreadable: not a completed run
+            continue
+        if not record.config:
             continue
         status = read_json(folder / STATUS_FILE) or {}
         if status.get("state") in (RUNNING, FAILED):
             continue
-        if config_hash(results["config"]) == wanted_hash:
+        if config_hash(record.config) == wanted_hash:
             return folder
     return None
 
