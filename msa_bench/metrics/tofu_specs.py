@@ -37,6 +37,19 @@ ANSWER_TOKENS = "answer_tokens"  # per-token log-probs and argmax matches of `an
 VOCAB_MOMENTS = "vocab_moments"  # in the same forward: mean/variance of the vocabulary log-probs (min-k%++)
 GRADIENT_NORM = "gradient_norm"  # per-item gradient of the answer loss, one item at a time
 
+# The item fields each pass reads.
+_FIELDS_BY_PASS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        ANSWER_NLL: ("question", "answer"),
+        PARAPHRASED_NLL: ("question", "paraphrased_answer"),
+        PERTURBED_NLL: ("question", "perturbed_answer"),
+        GENERATION: ("question", "answer"),
+        ANSWER_TOKENS: ("question", "answer"),
+        VOCAB_MOMENTS: ("question", "answer"),
+        GRADIENT_NORM: ("question", "answer"),
+    }
+)
+
 # Metrics of the forget set that still measure memorisation in absolute terms: lower is better, as in the paper's
 # tables. Every other forget-set metric has the oracle's value as its goal (see `MetricSpec.direction`).
 _LOWER_IS_BETTER_ON_FORGET = frozenset({"extraction_strength", "exact_memorization"})
@@ -310,3 +323,41 @@ def required_eval_sets(metric_names: Sequence[str]) -> set[str]:
     return {
         eval_set for name in resolve_metric_names(metric_names) for eval_set in TOFU_METRICS[name].eval_sets
     }
+
+
+def plan_passes(metric_names: Sequence[str]) -> dict[str, set[str]]:
+    """Eval set -> the model passes the metrics need on it."""
+    passes_by_set: dict[str, set[str]] = {}
+    for name in metric_names:
+        spec = TOFU_METRICS[name]
+        if spec.needs:
+            for eval_set in spec.eval_sets:
+                passes_by_set.setdefault(eval_set, set()).update(spec.needs)
+    return passes_by_set
+
+
+def metrics_reading(eval_set: str, metric_names: Sequence[str]) -> list[str]:
+    """The metrics among `metric_names` that read `eval_set` (for error messages)."""
+    return [name for name in metric_names if eval_set in TOFU_METRICS[name].eval_sets]
+
+
+def check_eval_set(
+    eval_set: str, items: Sequence[dict], passes: set[str], metric_names: Sequence[str]
+) -> None:
+    users = metrics_reading(eval_set, metric_names)
+    if len(items) == 0:
+        raise ValueError(f"eval set '{eval_set}' is empty but metrics {users} need it")
+    fields = sorted({name for pass_name in passes for name in _FIELDS_BY_PASS[pass_name]})
+    for index, item in enumerate(items):
+        for field_name in fields:
+            if field_name not in item or item[field_name] is None:
+                raise ValueError(
+                    f"item {index} of eval set '{eval_set}' lacks '{field_name}', needed by {users}"
+                )
+        if PERTURBED_NLL in passes:
+            perturbed = item["perturbed_answer"]
+            if isinstance(perturbed, str) or len(perturbed) == 0:
+                raise ValueError(
+                    f"item {index} of eval set '{eval_set}': 'perturbed_answer' must be a non-empty list of "
+                    f"answers, got {perturbed!r}"
+                )

@@ -49,24 +49,14 @@ from msa_bench.metrics.tofu_specs import (
     TOFU_METRICS,
     VOCAB_MOMENTS,
     MetricSpec,
+    check_eval_set,
+    metrics_reading,
+    plan_passes,
     required_eval_sets,
     resolve_metric_names,
 )
 
 logger = logging.getLogger(__name__)
-
-# The item fields each pass reads.
-_FIELDS_BY_PASS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        ANSWER_NLL: ("question", "answer"),
-        PARAPHRASED_NLL: ("question", "paraphrased_answer"),
-        PERTURBED_NLL: ("question", "perturbed_answer"),
-        GENERATION: ("question", "answer"),
-        ANSWER_TOKENS: ("question", "answer"),
-        VOCAB_MOMENTS: ("question", "answer"),
-        GRADIENT_NORM: ("question", "answer"),
-    }
-)
 
 # Truth-ratio aggregations (open-unlearning's names) over the per-item ratios tr = P(wrong) / P(correct).
 TRUTH_RATIO_AGGREGATIONS: Mapping[str, Callable[[Sequence[float]], float]] = MappingProxyType(
@@ -103,42 +93,6 @@ class _SetPasses:
     rouge: dict[str, np.ndarray] | None = (
         None  # filled on first use: all ROUGE variants come from one scoring
     )
-
-
-def _plan_passes(metric_names: Sequence[str]) -> dict[str, set[str]]:
-    passes_by_set: dict[str, set[str]] = {}
-    for name in metric_names:
-        spec = TOFU_METRICS[name]
-        if spec.needs:
-            for eval_set in spec.eval_sets:
-                passes_by_set.setdefault(eval_set, set()).update(spec.needs)
-    return passes_by_set
-
-
-def _metrics_reading(eval_set: str, metric_names: Sequence[str]) -> list[str]:
-    return [name for name in metric_names if eval_set in TOFU_METRICS[name].eval_sets]
-
-
-def _check_eval_set(
-    eval_set: str, items: Sequence[dict], passes: set[str], metric_names: Sequence[str]
-) -> None:
-    users = _metrics_reading(eval_set, metric_names)
-    if len(items) == 0:
-        raise ValueError(f"eval set '{eval_set}' is empty but metrics {users} need it")
-    fields = sorted({name for pass_name in passes for name in _FIELDS_BY_PASS[pass_name]})
-    for index, item in enumerate(items):
-        for field_name in fields:
-            if field_name not in item or item[field_name] is None:
-                raise ValueError(
-                    f"item {index} of eval set '{eval_set}' lacks '{field_name}', needed by {users}"
-                )
-        if PERTURBED_NLL in passes:
-            perturbed = item["perturbed_answer"]
-            if isinstance(perturbed, str) or len(perturbed) == 0:
-                raise ValueError(
-                    f"item {index} of eval set '{eval_set}': 'perturbed_answer' must be a non-empty list of "
-                    f"answers, got {perturbed!r}"
-                )
 
 
 def _needs_token_pass(passes: set[str]) -> bool:
@@ -269,13 +223,13 @@ def evaluate_tofu(
     computed here: see TOFU_CROSS_MODEL_METRICS.
     """
     metric_names = resolve_metric_names(metric_names)
-    passes_by_set = _plan_passes(metric_names)
+    passes_by_set = plan_passes(metric_names)
     missing = [eval_set for eval_set in passes_by_set if eval_set not in eval_sets]
     if missing:
-        needed_by = {eval_set: _metrics_reading(eval_set, metric_names) for eval_set in missing}
+        needed_by = {eval_set: metrics_reading(eval_set, metric_names) for eval_set in missing}
         raise ValueError(f"missing eval set(s) {missing} needed by {needed_by}; given: {sorted(eval_sets)}")
     for eval_set, passes in passes_by_set.items():
-        _check_eval_set(eval_set, eval_sets[eval_set], passes, metric_names)
+        check_eval_set(eval_set, eval_sets[eval_set], passes, metric_names)
 
     result = EvalResult()
     passes_by_set_results: dict[str, _SetPasses] = {}
