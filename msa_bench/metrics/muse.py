@@ -18,6 +18,10 @@ Metrics (eval sets from `msa_bench.data.muse`):
   predicted by argmax.
 - `muse_privleak` (cross-model): `privacy.privleak` of this model's muse_mia_min_k AUC against the oracle's.
 
+Model passes go through the evaluation core: `core/decoding.greedy_decode` (with the knowmem stop strings),
+`core/scoring.token_statistics` (row by row, as the texts run to thousands of tokens) and `core/attacks.attack_scores`
+(every scored token: MUSE's texts carry no eos).
+
 Tokenization follows the rest of the project rather than one tokenizer's quirks: a prompt and what the model should
 produce after it are tokenized separately (bos + prompt, then the continuation with its leading space), so a BPE merge
 cannot move continuation characters into the prompt. Hence the knowmem prompt is encoded without the trailing space
@@ -57,6 +61,7 @@ from msa_bench.data.muse import (
 )
 from msa_bench.metrics import privacy, tofu
 from msa_bench.metrics.core.attacks import TOKEN_ATTACKS, attack_scores
+from msa_bench.metrics.core.batches import model_context_length
 from msa_bench.metrics.core.decoding import greedy_decode
 from msa_bench.metrics.core.oracle import privleak_metric
 from msa_bench.metrics.core.result import EvalResult
@@ -117,8 +122,6 @@ _KNOWMEM: Mapping[str, tuple[str, str, str]] = MappingProxyType(
 KNOWMEM_STOP_STRINGS: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
 # open-unlearning's max_length for privleak texts and verbmem continuations.
 MAX_TEXT_TOKENS = 2048
-# tokenizer.model_max_length is set to a huge sentinel (1e30) when a tokenizer declares no limit.
-_NO_TOKENIZER_LIMIT = 1_000_000
 
 
 def required_sets(metric_names: Sequence[str]) -> set[str]:
@@ -136,20 +139,6 @@ def knowmem_prompt(icl_examples: Sequence[Mapping], question: str) -> str:
         f"Question: {example['question']}\nAnswer: {example['answer']}\n\n" for example in icl_examples
     )
     return f"{shots}Question: {question}\nAnswer: "
-
-
-def model_context_length(model: torch.nn.Module, tokenizer) -> int:
-    """The longest token sequence the model (and its tokenizer) are meant for."""
-    limits = [
-        getattr(model.config, "max_position_embeddings", None),
-        getattr(tokenizer, "model_max_length", None),
-    ]
-    limits = [int(limit) for limit in limits if limit is not None and limit < _NO_TOKENIZER_LIMIT]
-    if not limits:
-        raise ValueError(
-            "cannot tell the model's context length: no max_position_embeddings or model_max_length"
-        )
-    return min(limits)
 
 
 def _tokens(tokenizer, text: str) -> list[int]:

@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from msa_bench.data.restor import RestorData
+from msa_bench.metrics.core.batches import model_context_length
 from msa_bench.metrics.core.decoding import greedy_decode
 from msa_bench.metrics.core.result import EvalResult
-from msa_bench.metrics.muse import model_context_length
 from msa_bench.metrics.registry import Direction, MetricInfo, Suite, register_suite
 
 logger = logging.getLogger(__name__)
