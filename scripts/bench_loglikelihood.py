@@ -25,8 +25,8 @@ from bench_common import default_world_and_tokenizer
 
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.metrics.core.scoring import score_answers
 from msa_bench.metrics.lm_eval_suite import make_lm
-from msa_bench.metrics.scoring import score_answers
 from msa_bench.models.build import build_embedded_model
 
 

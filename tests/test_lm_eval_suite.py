@@ -12,6 +12,7 @@ import torch
 from msa_bench.config.schema import LmEvalConfig, MetricsConfig
 from msa_bench.data.formatting import encode_qa, format_answer, format_prompt
 from msa_bench.metrics import lm_eval_suite
+from msa_bench.metrics.core.scoring import score_answers
 from msa_bench.metrics.lm_eval_suite import (
     LmEvalTaskError,
     evaluate_lm_eval,
@@ -21,7 +22,6 @@ from msa_bench.metrics.lm_eval_suite import (
     required_sets,
 )
 from msa_bench.metrics.registry import SUITES
-from msa_bench.metrics.scoring import score_answers
 from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 SENTENCES = [

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 
 from msa_bench.metrics import registry, tofu
-from msa_bench.metrics.suite import (
-    TOFU_CROSS_MODEL_METRICS,
-    TOFU_METRICS,
-    EvalResult,
-    resolve_metric_names,
-    validate_metric_names,
-)
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.tofu_specs import TOFU_METRICS, resolve_metric_names
+from msa_bench.metrics.tofu_specs import validate_tofu_metric_names as validate_metric_names
+from msa_bench.metrics.tofu_suite import TOFU_CROSS_MODEL_METRICS
 
 LN2 = math.log(2.0)
 

@@ -26,7 +26,10 @@ from msa_bench.data.muse import (
     muse_sets_from_tofu_items,
 )
 from msa_bench.metrics import muse
-from msa_bench.metrics.memorization import AnswerTokenStatistics
+from msa_bench.metrics.core.attacks import attack_scores
+from msa_bench.metrics.core.decoding import greedy_decode
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.core.scoring import AnswerTokenStatistics
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, suite_of
 from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
@@ -115,7 +118,7 @@ def test_rouge_reproduces_open_unlearnings_muse_values():
     summary = json.loads((MUSE_LOG / "MUSE_SUMMARY.json").read_text())
     for metric in ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "forget_verbmem_ROUGE"):
         entries = list(log[metric]["value_by_index"].values())
-        result = muse.EvalResult()
+        result = EvalResult()
         muse._rouge_into(
             result, metric, "x", [e["generation"] for e in entries], [e["ground_truth"] for e in entries]
         )
@@ -134,14 +137,18 @@ def test_attack_scores_by_hand():
         vocab_log_prob_variances=[np.full(5, 4.0)],
         tokens_processed=6,
     )
-    assert muse.text_attack_scores("loss", statistics, ["t"], 0.4)[0] == pytest.approx(3.0)
+    assert attack_scores("loss", statistics, 0.4, texts=["t"], drop_eos=False)[0] == pytest.approx(3.0)
     # The lowest 40% of five log-probs are the two lowest: -(-5 - 4) / 2.
-    assert muse.text_attack_scores("min_k", statistics, ["t"], 0.4)[0] == pytest.approx(4.5)
+    assert attack_scores("min_k", statistics, 0.4, texts=["t"], drop_eos=False)[0] == pytest.approx(4.5)
     # Standardised: (lp + 1) / 2 -> lowest two are -2 and -1.5.
-    assert muse.text_attack_scores("min_k_plus_plus", statistics, ["t"], 0.4)[0] == pytest.approx(1.75)
+    assert attack_scores("min_k_plus_plus", statistics, 0.4, texts=["t"], drop_eos=False)[0] == pytest.approx(
+        1.75
+    )
     text = "some text to compress"
     expected_zlib = 3.0 / len(__import__("zlib").compress(text.encode()))
-    assert muse.text_attack_scores("zlib", statistics, [text], 0.4)[0] == pytest.approx(expected_zlib)
+    assert attack_scores("zlib", statistics, 0.4, texts=[text], drop_eos=False)[0] == pytest.approx(
+        expected_zlib
+    )
 
 
 def test_knowmem_prompt_drops_the_earliest_examples_to_fit(tokenizer):
@@ -394,18 +401,15 @@ def test_batched_generation_equals_one_by_one_for_icl_prompts(model, tokenizer, 
         for item in eval_sets[KNOWMEM_FORGET] + eval_sets[KNOWMEM_RETAIN]
     ]
     prompts.append(prompts[0][:-5])  # a shorter prompt, so batches are padded
-    unstopped, _ = muse.generate_continuations(model, tokenizer, prompts, 8, batch_size=1)
+    unstopped = greedy_decode(model, tokenizer, prompts, 8, batch_size=1).texts
     # A random model never writes "\n\n"; add a stop string it does write, so rows of one batch stop at different
     # steps and the per-row stopping is exercised.
     stop_strings = (*muse.KNOWMEM_STOP_STRINGS, unstopped[0][2])
-    batched, batched_tokens = muse.generate_continuations(
-        model, tokenizer, prompts, 8, batch_size=4, stop_strings=stop_strings
-    )
-    single, single_tokens = muse.generate_continuations(
-        model, tokenizer, prompts, 8, batch_size=1, stop_strings=stop_strings
-    )
-    assert batched == single
-    assert batched_tokens == single_tokens
+    batched = greedy_decode(model, tokenizer, prompts, 8, batch_size=4, stop_strings=stop_strings)
+    single = greedy_decode(model, tokenizer, prompts, 8, batch_size=1, stop_strings=stop_strings)
+    assert batched.texts == single.texts
+    assert batched.tokens_processed == single.tokens_processed
+    batched = batched.texts
     assert batched != unstopped and batched[0] == unstopped[0].split(unstopped[0][2])[0].strip()
 
 

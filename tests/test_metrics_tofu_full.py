@@ -15,14 +15,12 @@ from omegaconf import OmegaConf
 
 from msa_bench.config.schema import MetricsConfig
 from msa_bench.data.formatting import encode_qa
-from msa_bench.metrics import memorization, mia, registry
-from msa_bench.metrics.scoring import answer_nlls
-from msa_bench.metrics.suite import (
-    TOFU_CROSS_MODEL_METRICS,
-    TOFU_METRICS,
-    evaluate_tofu,
-    required_eval_sets,
-)
+from msa_bench.errors import MetricUnavailableError
+from msa_bench.metrics import memorization, registry
+from msa_bench.metrics.core import attacks as mia
+from msa_bench.metrics.core.scoring import answer_nlls, answer_token_statistics
+from msa_bench.metrics.tofu_specs import TOFU_METRICS, required_eval_sets
+from msa_bench.metrics.tofu_suite import TOFU_CROSS_MODEL_METRICS, evaluate_tofu
 from tests.tiny_models import tiny_eval_llama, tiny_llama, tiny_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "metrics"
@@ -116,7 +114,7 @@ def scripted_statistics(tokenizer, answers: list[str], wrong: list[set[int]], ba
     questions = [f"Who wrote book {index}?" for index in range(len(answers))]
     encoded = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)]
     scripted = ScriptedModel(len(tokenizer), encoded, wrong)
-    statistics = memorization.answer_token_statistics(
+    statistics = answer_token_statistics(
         scripted, tokenizer, questions, answers, batch_size=batch_size, with_vocab_moments=True
     )
     return statistics, [item.n_answer_tokens - 1 for item in encoded]  # answer tokens without eos
@@ -188,10 +186,10 @@ def test_scripted_token_log_probs_and_attack_scores(tokenizer):
 def test_token_statistics_batched_equal_unbatched(model, tokenizer, eval_sets):
     items = eval_sets["forget"] + eval_sets["holdout"]
     questions, answers = [i["question"] for i in items], [i["answer"] for i in items]
-    batched = memorization.answer_token_statistics(
+    batched = answer_token_statistics(
         model, tokenizer, questions, answers, batch_size=5, with_vocab_moments=True
     )
-    single = memorization.answer_token_statistics(
+    single = answer_token_statistics(
         model, tokenizer, questions, answers, batch_size=1, with_vocab_moments=True
     )
     for field in ("label_log_probs", "vocab_log_prob_means", "vocab_log_prob_variances"):
@@ -310,7 +308,7 @@ def test_cross_model_metrics_against_the_oracle(memorising_model, tokenizer, eva
     oracle_auc = oracle_evaluation["metrics"]["mia_min_k"]
     assert memorised["metrics"]["mia_min_k"] > oracle_auc
     assert compute["privleak"](memorised, oracle_evaluation, config) < 0.0
-    with pytest.raises(ValueError, match="mia_loss_forget"):
+    with pytest.raises(MetricUnavailableError, match="mia_loss_forget"):
         compute["mia_reference"]({"metrics": {}, "per_item": {}}, oracle_evaluation, config)
 
 

@@ -23,7 +23,7 @@ from msa_bench.data.formatting import (
     prompt_text,
     set_prompt_format,
 )
-from msa_bench.metrics.generation import generate_answers
+from msa_bench.metrics.core.decoding import generate_answers
 from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 # No "\n\n" in the training texts: the tiny BPE then has no merge for it, and a chat prompt's trailing "\n\n" is two

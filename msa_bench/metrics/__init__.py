@@ -1,17 +1,12 @@
-"""TOFU evaluation metrics: NLL scoring, greedy generation, the metric arithmetic, and the suite evaluator."""
+"""Evaluation metrics: the evaluation core (core/), the metric suites (TOFU, MUSE, RESTOR, lm-eval, the judged
+accuracies) and the registry that finds them. The TOFU names below are re-exported for convenience."""
 
-from msa_bench.metrics.generation import Generations, generate_answers, greedy_generate
-from msa_bench.metrics.scoring import AnswerScores, answer_nlls, score_answers
-from msa_bench.metrics.suite import (
-    EVAL_SET_PREFIXES,
-    TOFU_METRICS,
-    EvalResult,
-    MetricSpec,
-    evaluate_tofu,
-    resolve_metric_names,
-    validate_metric_names,
-)
+from msa_bench.metrics.core.decoding import Generations, generate_answers, greedy_generate
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.core.scoring import AnswerScores, answer_nlls, score_answers
 from msa_bench.metrics.tofu import MODEL_UTILITY_COMPONENTS
+from msa_bench.metrics.tofu_specs import EVAL_SET_PREFIXES, TOFU_METRICS, MetricSpec, resolve_metric_names
+from msa_bench.metrics.tofu_suite import evaluate_tofu
 
 __all__ = [
     "EVAL_SET_PREFIXES",
@@ -27,5 +22,4 @@ __all__ = [
     "greedy_generate",
     "resolve_metric_names",
     "score_answers",
-    "validate_metric_names",
 ]

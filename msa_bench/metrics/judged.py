@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from msa_bench.metrics.judges import Judge, make_judge
-from msa_bench.metrics.registry import CrossModelMetric, register_cross_model_metric
+from msa_bench.metrics.registry import CrossModelMetric, Direction, MetricInfo, register_cross_model_metric
 
 GROUND_TRUTH = "ground_truth"
 ORACLE = "oracle"
@@ -39,6 +39,7 @@ class JudgedAccuracy:
     eval_set: str  # the eval set whose questions it is computed on
     rouge_metric: str  # the TOFU metric whose evaluation keeps that set's generations
     description: str
+    latex: str  # every judged accuracy is higher-is-better
 
 
 JUDGED_ACCURACIES: Mapping[str, JudgedAccuracy] = {
@@ -49,18 +50,21 @@ JUDGED_ACCURACIES: Mapping[str, JudgedAccuracy] = {
             "forget",
             "forget_Q_A_ROUGE",
             "fraction of forget questions whose answer the judge does not match to the ground truth",
+            r"Acc$_\text{forget}\uparrow$",
         ),
         JudgedAccuracy(
             "acc_recover",
             "forget",
             "forget_Q_A_ROUGE",
             "fraction of forget questions whose answer the judge matches to the oracle model's answer",
+            r"Acc$_\text{recover}\uparrow$",
         ),
         JudgedAccuracy(
             "acc_retain",
             "retain",
             "retain_Q_A_ROUGE",
             "fraction of retain questions whose answer the judge matches to the ground truth or the oracle's",
+            r"Acc$_\text{retain}\uparrow$",
         ),
     )
 }
@@ -233,7 +237,7 @@ def _register() -> None:
 
         register_cross_model_metric(
             CrossModelMetric(
-                name=name,
+                info=MetricInfo(name, Direction.HIGHER, name.capitalize(), accuracy.latex),
                 needs=(accuracy.rouge_metric,),
                 compute=compute,
                 needs_eval_sets=True,

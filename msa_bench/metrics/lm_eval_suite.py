@@ -53,9 +53,9 @@ import torch
 
 from msa_bench.data.formatting import format_prompt, prompt_format_of, prompt_text
 from msa_bench.errors import LmEvalTaskError  # noqa: F401  (re-exported)
-from msa_bench.metrics.registry import Suite, register_suite
-from msa_bench.metrics.scoring import evaluation_mode
-from msa_bench.metrics.suite import EvalResult
+from msa_bench.metrics.core.batches import evaluation_mode
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.registry import Direction, MetricInfo, Suite, register_suite
 
 logger = logging.getLogger(__name__)
 
@@ -413,5 +413,12 @@ def evaluate_lm_eval(
 
 
 register_suite(
-    Suite(name=SUITE_NAME, metric_names=(SUITE_NAME,), evaluate=evaluate_lm_eval, required_sets=required_sets)
+    Suite(
+        name=SUITE_NAME,
+        # The mean acc over the configured tasks; its breakdown lm_eval/<task>/<metric> takes this metadata too
+        # (registry.metric_info), acc being lm-eval's higher-is-better.
+        metrics=(MetricInfo(SUITE_NAME, Direction.HIGHER, "lm-eval mean acc"),),
+        evaluate=evaluate_lm_eval,
+        required_sets=required_sets,
+    )
 )

@@ -18,6 +18,10 @@ Metrics (eval sets from `msa_bench.data.muse`):
   predicted by argmax.
 - `muse_privleak` (cross-model): `privacy.privleak` of this model's muse_mia_min_k AUC against the oracle's.
 
+Model passes go through the evaluation core: `core/decoding.greedy_decode` (with the knowmem stop strings),
+`core/scoring.token_statistics` (row by row, as the texts run to thousands of tokens) and `core/attacks.attack_scores`
+(every scored token: MUSE's texts carry no eos).
+
 Tokenization follows the rest of the project rather than one tokenizer's quirks: a prompt and what the model should
 produce after it are tokenized separately (bos + prompt, then the continuation with its leading space), so a BPE merge
 cannot move continuation characters into the prompt. Hence the knowmem prompt is encoded without the trailing space
@@ -38,16 +42,13 @@ suffix, so an item with no matching suffix gets 1/L there and 0 here (see `memor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
 
-from msa_bench.data.batching import pad_left
 from msa_bench.data.muse import (
     KNOWMEM_FORGET,
     KNOWMEM_FORGET_ICL,
@@ -59,20 +60,31 @@ from msa_bench.data.muse import (
     VERBMEM_FORGET,
 )
 from msa_bench.metrics import privacy, tofu
-from msa_bench.metrics.memorization import AnswerTokenStatistics, exact_memorization, extraction_strength
-from msa_bench.metrics.mia import MIN_VOCAB_VARIANCE, lowest_k_mean, zlib_compressed_length
-from msa_bench.metrics.registry import CrossModelMetric, Suite, register_cross_model_metric, register_suite
-from msa_bench.metrics.scoring import IGNORE_INDEX, evaluation_mode, length_sorted_batches, model_device
-from msa_bench.metrics.suite import EvalResult
+from msa_bench.metrics.core.attacks import TOKEN_ATTACKS, attack_scores
+from msa_bench.metrics.core.batches import model_context_length
+from msa_bench.metrics.core.decoding import greedy_decode
+from msa_bench.metrics.core.oracle import privleak_metric
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.core.scoring import ScoredSequence, token_statistics
+from msa_bench.metrics.memorization import exact_memorization, extraction_strength
+from msa_bench.metrics.registry import (
+    Direction,
+    MetricInfo,
+    Suite,
+    register_cross_model_metric,
+    register_suite,
+    validate_metric_names,
+)
 
 logger = logging.getLogger(__name__)
 
+SUITE_NAME = "muse"
 VERBMEM_ROUGE = "forget_verbmem_ROUGE"
 FORGET_KNOWMEM_ROUGE = "forget_knowmem_ROUGE"
 RETAIN_KNOWMEM_ROUGE = "retain_knowmem_ROUGE"
 EXTRACTION_STRENGTH = "muse_extraction_strength"
 EXACT_MEMORIZATION = "muse_exact_memorization"
-MIA_ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus")
+MIA_ATTACKS: tuple[str, ...] = TOKEN_ATTACKS
 MIA_METRICS: Mapping[str, str] = MappingProxyType({f"muse_mia_{attack}": attack for attack in MIA_ATTACKS})
 PRIVLEAK = "muse_privleak"
 PRIVLEAK_ATTACK_METRIC = "muse_mia_min_k"  # MUSE's privleak is defined on the min-k% AUC
@@ -110,28 +122,11 @@ _KNOWMEM: Mapping[str, tuple[str, str, str]] = MappingProxyType(
 KNOWMEM_STOP_STRINGS: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
 # open-unlearning's max_length for privleak texts and verbmem continuations.
 MAX_TEXT_TOKENS = 2048
-# tokenizer.model_max_length is set to a huge sentinel (1e30) when a tokenizer declares no limit.
-_NO_TOKENIZER_LIMIT = 1_000_000
-
-
-def validate_metric_names(names: Sequence[str]) -> None:
-    if isinstance(names, str):
-        raise TypeError(f"metric names must be a sequence of names, not the string {names!r}")
-    unknown = [name for name in names if name not in REQUIRED_SETS]
-    if unknown:
-        hint = (
-            f" ({PRIVLEAK} is a cross-model metric, computed from two evaluations)"
-            if PRIVLEAK in unknown
-            else ""
-        )
-        raise ValueError(
-            f"unknown MUSE metric(s) {unknown}{hint}; valid names are: {', '.join(MUSE_METRIC_NAMES)}"
-        )
 
 
 def required_sets(metric_names: Sequence[str]) -> set[str]:
     """The MUSE eval sets the given metrics read."""
-    validate_metric_names(metric_names)
+    validate_metric_names(metric_names, suite=SUITE_NAME)
     return {eval_set for name in metric_names for eval_set in REQUIRED_SETS[name]}
 
 
@@ -144,20 +139,6 @@ def knowmem_prompt(icl_examples: Sequence[Mapping], question: str) -> str:
         f"Question: {example['question']}\nAnswer: {example['answer']}\n\n" for example in icl_examples
     )
     return f"{shots}Question: {question}\nAnswer: "
-
-
-def model_context_length(model: torch.nn.Module, tokenizer) -> int:
-    """The longest token sequence the model (and its tokenizer) are meant for."""
-    limits = [
-        getattr(model.config, "max_position_embeddings", None),
-        getattr(tokenizer, "model_max_length", None),
-    ]
-    limits = [int(limit) for limit in limits if limit is not None and limit < _NO_TOKENIZER_LIMIT]
-    if not limits:
-        raise ValueError(
-            "cannot tell the model's context length: no max_position_embeddings or model_max_length"
-        )
-    return min(limits)
 
 
 def _tokens(tokenizer, text: str) -> list[int]:
@@ -212,146 +193,7 @@ def knowmem_prompt_ids(
     return _keep_end(tokenizer, ids, max_tokens), 0
 
 
-# --- generation -----------------------------------------------------------------------------------------------------
-
-
-class _StopOnStrings(StoppingCriteria):
-    """Marks a row finished once its new text contains a stop string (per row, so a batch behaves like single rows)."""
-
-    def __init__(self, tokenizer, stop_strings: Sequence[str], prompt_width: int) -> None:
-        self.tokenizer, self.stop_strings, self.prompt_width = tokenizer, tuple(stop_strings), prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stop_strings) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def _cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
-    for stop in stop_strings:
-        text = text.split(stop, 1)[0]
-    return text
-
-
-def generate_continuations(
-    model: torch.nn.Module,
-    tokenizer,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int,
-    batch_size: int = 32,
-    stop_strings: Sequence[str] = (),
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[str], int]:
-    """Greedy continuation of each prompt (token ids), cut at eos and at the first stop string, stripped; and the
-    non-padding tokens processed. Batches are left-padded so every prompt ends where generation starts."""
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer needs pad and eos tokens for batched generation")
-    texts: list[str] = [""] * len(prompts)
-    tokens_processed = 0
-    device = model_device(model)
-    with evaluation_mode(model):
-        for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
-            batch = [prompts[index] for index in batch_indices]
-            input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id)
-            width = input_ids.shape[1]
-            stopping = (
-                StoppingCriteriaList([_StopOnStrings(tokenizer, stop_strings, width)])
-                if stop_strings
-                else None
-            )
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                stopping_criteria=stopping,
-            )
-            for row, index in enumerate(batch_indices):
-                new_ids = output[row, width:].tolist()
-                if tokenizer.eos_token_id in new_ids:
-                    new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id) + 1]
-                # Rows that stopped early are filled with pads; those were never fed through the model.
-                tokens_processed += len(batch[row]) + sum(
-                    token != tokenizer.pad_token_id for token in new_ids
-                )
-                text = tokenizer.decode(new_ids, skip_special_tokens=True)
-                texts[index] = _cut_at_stop_strings(text, stop_strings).strip()
-            if on_batch is not None:
-                on_batch(len(batch))
-    return texts, tokens_processed
-
-
-# --- teacher forcing ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoredSequence:
-    context_ids: list[int]  # read but not scored (bos, prompt); at least one token
-    target_ids: list[int]  # scored: each predicted from everything before it
-
-
-def target_token_statistics(
-    model: torch.nn.Module,
-    pad_token_id: int,
-    sequences: Sequence[ScoredSequence],
-    batch_size: int = 32,
-    with_vocab_moments: bool = False,
-    on_batch: Callable[[int], None] | None = None,
-) -> AnswerTokenStatistics:
-    """Per sequence, teacher-forced statistics of its target tokens (label log-probs, argmax matches and, with
-    `with_vocab_moments`, the mean and variance of the vocabulary log-probs), one right-padded pass per batch."""
-    for index, sequence in enumerate(sequences):
-        if not sequence.context_ids or not sequence.target_ids:
-            raise ValueError(f"sequence {index} needs at least one context and one target token")
-    label_log_probs: list = [None] * len(sequences)
-    argmax_matches: list = [None] * len(sequences)
-    means: list = [None] * len(sequences)
-    variances: list = [None] * len(sequences)
-    lengths = [len(sequence.context_ids) + len(sequence.target_ids) for sequence in sequences]
-    device = model_device(model)
-    with evaluation_mode(model):
-        for batch_indices in length_sorted_batches(lengths, batch_size):
-            width = max(lengths[index] for index in batch_indices)
-            input_ids = torch.full((len(batch_indices), width), pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch_indices), width), IGNORE_INDEX, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch_indices), width), dtype=torch.long)
-            for row, index in enumerate(batch_indices):
-                sequence = sequences[index]
-                ids = sequence.context_ids + sequence.target_ids
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                labels[row, len(sequence.context_ids) : len(ids)] = torch.tensor(sequence.target_ids)
-                attention_mask[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            shifted_labels = labels[:, 1:].to(device)
-            for row, index in enumerate(batch_indices):
-                # Row by row, so the fp32 (length, vocab) log-softmax of one article is the largest copy made.
-                scored = shifted_labels[row] != IGNORE_INDEX
-                row_logits = logits[row, :-1][scored].float()
-                targets = shifted_labels[row][scored]
-                log_probs = torch.log_softmax(row_logits, dim=-1)
-                label_log_probs[index] = (
-                    log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu().numpy()
-                )
-                argmax_matches[index] = (row_logits.argmax(dim=-1) == targets).cpu().numpy()
-                if with_vocab_moments:
-                    probs = log_probs.exp()
-                    mean = (probs * log_probs).sum(dim=-1)
-                    means[index] = mean.double().cpu().numpy()
-                    variances[index] = (
-                        ((probs * log_probs.square()).sum(dim=-1) - mean.square()).double().cpu().numpy()
-                    )
-            if on_batch is not None:
-                on_batch(len(batch_indices))
-    return AnswerTokenStatistics(
-        label_log_probs=label_log_probs,
-        argmax_matches=argmax_matches,
-        vocab_log_prob_means=means if with_vocab_moments else None,
-        vocab_log_prob_variances=variances if with_vocab_moments else None,
-        tokens_processed=sum(lengths),
-    )
+# --- scored sequences ----------------------------------------------------------------------------------------------
 
 
 def text_sequences(tokenizer, texts: Sequence[str], max_tokens: int, eval_set: str) -> list[ScoredSequence]:
@@ -384,37 +226,6 @@ def verbmem_sequences(tokenizer, items: Sequence[Mapping], max_tokens: int) -> l
         sequences.append(ScoredSequence(context_ids=context_ids, target_ids=target_ids))
     truncation.report()
     return sequences
-
-
-# --- attack scores --------------------------------------------------------------------------------------------------
-
-
-def text_attack_scores(
-    attack: str, statistics: AnswerTokenStatistics, scored_texts: Sequence[str], k: float
-) -> np.ndarray:
-    """Per text, the loss-like score of one attack ("loss", "zlib", "min_k", "min_k_plus_plus") over every scored
-    token; `scored_texts` are the texts of the scored tokens (for zlib)."""
-    if attack == "loss":
-        return np.array([-log_probs.mean() for log_probs in statistics.label_log_probs], dtype=np.float64)
-    if attack == "zlib":
-        losses = text_attack_scores("loss", statistics, scored_texts, k)
-        return losses / np.array([zlib_compressed_length(text) for text in scored_texts], dtype=np.float64)
-    if attack == "min_k":
-        return np.array([-lowest_k_mean(lp, k) for lp in statistics.label_log_probs], dtype=np.float64)
-    if attack == "min_k_plus_plus":
-        if statistics.vocab_log_prob_means is None or statistics.vocab_log_prob_variances is None:
-            raise ValueError("min-k%++ needs token statistics computed with vocabulary moments")
-        standardised = [
-            (log_probs - mean) / np.sqrt(np.maximum(variance, MIN_VOCAB_VARIANCE))
-            for log_probs, mean, variance in zip(
-                statistics.label_log_probs,
-                statistics.vocab_log_prob_means,
-                statistics.vocab_log_prob_variances,
-                strict=True,
-            )
-        ]
-        return np.array([-lowest_k_mean(scores, k) for scores in standardised], dtype=np.float64)
-    raise ValueError(f"unknown attack {attack!r}; known: {', '.join(MIA_ATTACKS)}")
 
 
 # --- the suite ------------------------------------------------------------------------------------------------------
@@ -461,7 +272,7 @@ def evaluate_muse(
     teacher forcing on verbmem (ES, EM) and on the privleak texts (all attacks share one pass per set).
     """
     metric_names = list(dict.fromkeys(metric_names))
-    validate_metric_names(metric_names)
+    validate_metric_names(metric_names, suite=SUITE_NAME)
     _check_eval_sets(eval_sets, metric_names)
     batch_size = int(settings.batch_size)
     muse_settings = settings.muse
@@ -494,10 +305,11 @@ def evaluate_muse(
                 truncation.record(len(prompt_ids) > budget)
                 prompts.append(_keep_end(tokenizer, prompt_ids, budget))
             truncation.report()
-            generations, tokens = generate_continuations(
+            generated = greedy_decode(
                 model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=progress_bar.update
             )
-            result.tokens_processed += tokens
+            generations = generated.texts
+            result.tokens_processed += generated.tokens_processed
             result.generations[VERBMEM_FORGET] = generations
             _rouge_into(result, VERBMEM_ROUGE, "forget_verbmem", generations, [item["gt"] for item in items])
 
@@ -524,7 +336,7 @@ def evaluate_muse(
                 truncation.record(n_shots < len(shots))
                 prompts.append(prompt_ids)
             truncation.report()
-            generations, tokens = generate_continuations(
+            generated = greedy_decode(
                 model,
                 tokenizer,
                 prompts,
@@ -533,15 +345,21 @@ def evaluate_muse(
                 KNOWMEM_STOP_STRINGS,
                 progress_bar.update,
             )
-            result.tokens_processed += tokens
+            generations = generated.texts
+            result.tokens_processed += generated.tokens_processed
             result.generations[qa_set] = generations
             _rouge_into(result, name, prefix, generations, [item["answer"] for item in eval_sets[qa_set]])
 
         if memorisation:
             progress_bar.set_postfix_str("verbmem teacher forcing")
             sequences = verbmem_sequences(tokenizer, eval_sets[VERBMEM_FORGET], context_length)
-            statistics = target_token_statistics(
-                model, tokenizer.pad_token_id, sequences, batch_size, on_batch=progress_bar.update
+            statistics = token_statistics(
+                model,
+                tokenizer.pad_token_id,
+                sequences,
+                batch_size,
+                on_batch=progress_bar.update,
+                row_by_row=True,
             )
             result.tokens_processed += statistics.tokens_processed
             for name, per_item_metric, aggregate in (
@@ -562,13 +380,14 @@ def evaluate_muse(
                 sequences = text_sequences(
                     tokenizer, [item["text"] for item in eval_sets[eval_set]], max_tokens, eval_set
                 )
-                statistics = target_token_statistics(
+                statistics = token_statistics(
                     model,
                     tokenizer.pad_token_id,
                     sequences,
                     batch_size,
                     with_vocab_moments="min_k_plus_plus" in attacks,
                     on_batch=progress_bar.update,
+                    row_by_row=True,
                 )
                 result.tokens_processed += statistics.tokens_processed
                 scored_texts = (
@@ -580,7 +399,10 @@ def evaluate_muse(
                     else []
                 )
                 for attack in attacks:
-                    scores[attack][side] = text_attack_scores(attack, statistics, scored_texts, k)
+                    # MUSE's texts have no eos: every attack reads every scored token.
+                    scores[attack][side] = attack_scores(
+                        attack, statistics, k, texts=scored_texts, drop_eos=False
+                    )
                     result.per_item[f"muse_mia_{attack}_{side}"] = scores[attack][side].tolist()
             for attack in attacks:
                 result.metrics[f"muse_mia_{attack}"] = privacy.mia_auc(
@@ -590,22 +412,26 @@ def evaluate_muse(
     return result
 
 
-def privleak_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, settings=None) -> float:
-    """MUSE privleak (percent) of a model's min-k% AUC against the oracle's, from two EvalResult dicts."""
-    aucs = []
-    for label, result in (("model", evaluation), ("oracle", oracle_evaluation)):
-        metrics = result.get("metrics") or {}
-        if PRIVLEAK_ATTACK_METRIC not in metrics:
-            raise ValueError(
-                f"{PRIVLEAK} needs the {label}'s {PRIVLEAK_ATTACK_METRIC}, which its evaluation lacks"
-            )
-        aucs.append(float(metrics[PRIVLEAK_ATTACK_METRIC]))
-    return privacy.privleak(aucs[0], reference_auc=aucs[1])
-
+# MUSE's tables (paper and open-unlearning): lower is better for memorisation and for the membership attacks' AUCs,
+# higher for retained knowledge, and privleak's goal is the oracle's 0.
+MUSE_METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo(VERBMEM_ROUGE, Direction.LOWER, "VerbMem", r"VerbMem$\downarrow$"),
+    MetricInfo(FORGET_KNOWMEM_ROUGE, Direction.LOWER, "KnowMem_f", r"KnowMem$_f\downarrow$"),
+    MetricInfo(RETAIN_KNOWMEM_ROUGE, Direction.HIGHER, "KnowMem_r", r"KnowMem$_r\uparrow$"),
+    MetricInfo("muse_mia_loss", Direction.LOWER, "LOSS AUC"),
+    MetricInfo("muse_mia_zlib", Direction.LOWER, "zlib AUC"),
+    MetricInfo("muse_mia_min_k", Direction.LOWER, "Min-k%", r"Min-k\%$\downarrow$"),
+    MetricInfo("muse_mia_min_k_plus_plus", Direction.LOWER, "Min-k%++", r"Min-k\%++$\downarrow$"),
+    MetricInfo(EXTRACTION_STRENGTH, Direction.LOWER, "Ext. str.", r"Ext.Str.$\downarrow$"),
+    MetricInfo(EXACT_MEMORIZATION, Direction.LOWER, "Exact mem.", r"ExactMem$\downarrow$"),
+)
 
 MUSE_SUITE = register_suite(
-    Suite(name="muse", metric_names=MUSE_METRIC_NAMES, evaluate=evaluate_muse, required_sets=required_sets)
+    Suite(name=SUITE_NAME, metrics=MUSE_METRICS, evaluate=evaluate_muse, required_sets=required_sets)
 )
 register_cross_model_metric(
-    CrossModelMetric(name=PRIVLEAK, needs=(PRIVLEAK_ATTACK_METRIC,), compute=privleak_against_oracle)
+    privleak_metric(
+        MetricInfo(PRIVLEAK, Direction.TOWARD_ORACLE, "PrivLeak", r"PrivLeak$\to 0$"),
+        attack_metric=PRIVLEAK_ATTACK_METRIC,
+    )
 )

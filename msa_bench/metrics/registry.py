@@ -1,37 +1,63 @@
-"""One registry over every metric suite (TOFU, MUSE, judged accuracies, lm-eval).
+"""One registry over every metric suite (TOFU, MUSE, RESTOR, lm-eval) and every cross-model metric, with the
+metadata of each metric.
 
 A *suite* computes metrics of one model from its eval sets (`evaluate`). A *cross-model* metric is computed afterwards
-from two cached evaluations, the model's and the oracle's (forget quality, privleak, the reference-model attack,
-Acc_recover), so that the oracle is evaluated once and reused by every later run.
+from two cached evaluations, the model's and the oracle's (forget quality, privleak, the reference-model attack, the
+judged accuracies), so that the oracle is evaluated once and reused by every later run.
 
-Suites register themselves with `register_suite` when their module is imported; `discover_suites` imports them.
+Every metric a suite or a cross-model metric provides comes with a `MetricInfo`: which way is better, and how a table
+labels it. Reporting reads nothing else, so a metric without metadata is an error, not a guess.
+
+Suites register themselves with `register_suite` when their module is imported; `discover_suites` imports every
+module of msa_bench.metrics (the way `msa_bench.methods.registry.discover_methods` finds methods), so a new suite is
+one module there and a YAML in conf/metrics/.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
-from collections.abc import Callable, Sequence
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-# Modules that define suites or cross-model metrics (imported lazily: some pull heavy libraries).
-SUITE_MODULES = (
-    "msa_bench.metrics.suite",  # TOFU
-    "msa_bench.metrics.muse",
-    "msa_bench.metrics.judged",
-    "msa_bench.metrics.restor",
-    "msa_bench.metrics.lm_eval_suite",
-)
+from msa_bench.errors import ConfigError, MetricError
+
+
+class Direction(enum.StrEnum):
+    """Which values of a metric are better, for tables scored relative to the ideal (oracle) model."""
+
+    HIGHER = "higher"  # higher is better
+    LOWER = "lower"  # lower is better
+    TOWARD_ORACLE = (
+        "toward_oracle"  # the oracle's value is the goal, overshooting it in either direction is not
+    )
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    direction: Direction
+    label: str  # a table's column header
+    latex: str | None = None  # the LaTeX column header; None: the label, escaped
 
 
 @dataclass(frozen=True)
 class Suite:
-    """metric_names: what it provides. evaluate(model, tokenizer, eval_sets, names, settings) -> EvalResult,
-    where settings is the MetricsConfig. required_sets(names) -> the eval set names it needs."""
+    """metrics: what it provides. evaluate(model, tokenizer, eval_sets, names, settings, progress=) -> EvalResult,
+    where settings is the MetricsConfig. required_sets(names) -> the eval set names it needs.
+    cache_spec(names, settings) -> what else, beyond the MetricsConfig's values that every evaluation's cache key
+    holds, changes this suite's numbers (e.g. a judge that is only read in some configurations); {} when nothing."""
 
     name: str
-    metric_names: tuple[str, ...]
+    metrics: tuple[MetricInfo, ...]
     evaluate: Callable
     required_sets: Callable[[Sequence[str]], set[str]]
+    cache_spec: Callable[[Sequence[str], object], dict] = lambda names, settings: {}
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.metrics)
 
 
 @dataclass(frozen=True)
@@ -41,15 +67,21 @@ class CrossModelMetric:
     needs_eval_sets: compute also receives `eval_sets=` (the items), e.g. for judges that need the candidates.
     provenance: optional settings -> str saying what produced the number (e.g. which judge), kept in results.json."""
 
-    name: str
+    info: MetricInfo
     needs: tuple[str, ...]
     compute: Callable[..., float]
     needs_eval_sets: bool = False
     provenance: Callable[[object], str] | None = None
 
+    @property
+    def name(self) -> str:
+        return self.info.name
+
 
 SUITES: dict[str, Suite] = {}
 CROSS_MODEL_METRICS: dict[str, CrossModelMetric] = {}
+# Modules of msa_bench.metrics that cannot hold a suite.
+_NOT_SUITES = frozenset({"registry"})
 
 
 def register_suite(suite: Suite) -> Suite:
@@ -62,13 +94,14 @@ def register_cross_model_metric(metric: CrossModelMetric) -> CrossModelMetric:
     return metric
 
 
-def discover_suites() -> None:
-    for module in SUITE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:  # a missing dependency inside an existing module is a real error
-                raise
+def discover_suites() -> dict[str, Suite]:
+    """Import every module of msa_bench.metrics, so that their `register_suite` calls run."""
+    import msa_bench.metrics as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _NOT_SUITES:
+            importlib.import_module(f"msa_bench.metrics.{module.name}")
+    return SUITES
 
 
 def all_metric_names() -> list[str]:
@@ -77,11 +110,24 @@ def all_metric_names() -> list[str]:
     return names + [n for n in CROSS_MODEL_METRICS if n not in names]
 
 
-def validate_metric_names(names: Sequence[str]) -> None:
-    valid = all_metric_names()
-    unknown = [n for n in names if n not in valid]
+def validate_metric_names(names: Sequence[str], suite: str | None = None) -> None:
+    """Raise ConfigError naming every name that is not a metric: of any suite or cross-model metric, or with `suite`,
+    a per-model metric of that suite (a cross-model metric is then named as such: it is computed from two
+    evaluations, not by the suite)."""
+    if isinstance(names, str):
+        raise TypeError(f"metric names must be a sequence of names, not the string {names!r}")
+    valid = all_metric_names() if suite is None else list(discover_suites()[suite].metric_names)
+    cross_model = [name for name in names if suite is not None and name in CROSS_MODEL_METRICS]
+    if cross_model:
+        needs = sorted({need for name in cross_model for need in CROSS_MODEL_METRICS[name].needs})
+        raise ConfigError(
+            f"{cross_model} compare this model with the oracle: they are cross-model metrics, computed from both "
+            f"evaluations with msa_bench.metrics.registry.CROSS_MODEL_METRICS, evaluating {needs} here"
+        )
+    unknown = [name for name in names if name not in valid]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid names are: {', '.join(valid)}")
+        whose = "" if suite is None else f"{suite} "
+        raise ConfigError(f"unknown {whose}metric(s) {unknown}; valid names are: {', '.join(valid)}")
 
 
 def suite_of(name: str) -> Suite:
@@ -90,3 +136,25 @@ def suite_of(name: str) -> Suite:
         if name in suite.metric_names:
             return suite
     raise KeyError(name)
+
+
+def _registered_info() -> Mapping[str, MetricInfo]:
+    discover_suites()
+    infos = {info.name: info for suite in SUITES.values() for info in suite.metrics}
+    infos.update({name: metric.info for name, metric in CROSS_MODEL_METRICS.items()})
+    return infos
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The metadata of a metric. A suite's breakdown of one of its metrics, "<metric>/<part>" (lm-eval's
+    lm_eval/<task>/<metric>), takes that metric's direction and is labelled by its full name."""
+    infos = _registered_info()
+    if name in infos:
+        return infos[name]
+    family = name.split("/", 1)[0]
+    if "/" in name and family in infos:
+        return MetricInfo(name=name, direction=infos[family].direction, label=name)
+    raise MetricError(
+        f"metric {name!r} has no metadata: the suite that computes it must list a MetricInfo for it "
+        "(msa_bench/metrics/registry.py)"
+    )

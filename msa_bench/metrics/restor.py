@@ -14,14 +14,16 @@ import logging
 import re
 import string
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 import torch
 from tqdm.auto import tqdm
 
 from msa_bench.data.restor import RestorData
-from msa_bench.metrics.muse import generate_continuations, model_context_length
-from msa_bench.metrics.registry import Suite, register_suite
-from msa_bench.metrics.suite import EvalResult
+from msa_bench.metrics.core.batches import model_context_length
+from msa_bench.metrics.core.decoding import greedy_decode
+from msa_bench.metrics.core.result import EvalResult
+from msa_bench.metrics.registry import Direction, MetricInfo, Suite, register_suite
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ def evaluate_restor(
         )
 
     with tqdm(total=len(items), desc="RESTOR eval", unit="q", disable=not progress) as progress_bar:
-        generations, tokens = generate_continuations(
+        generated = greedy_decode(
             model,
             tokenizer,
             [ids for ids, _ in encoded],
@@ -167,11 +169,12 @@ def evaluate_restor(
             stop_strings=RESTOR_STOP_STRINGS,
             on_batch=progress_bar.update,
         )
+    generations = generated.texts
     correct = _verdicts(generations, items, getattr(settings, "judge", None))
     result.metrics[RESTOR_ACCURACY] = 100.0 * sum(correct) / len(correct)
     result.per_item[RESTOR_ACCURACY] = correct
     result.generations[RESTOR_QUESTIONS] = generations
-    result.tokens_processed = tokens
+    result.tokens_processed = generated.tokens_processed
     return result
 
 
@@ -204,11 +207,19 @@ def required_sets(metric_names: Sequence[str]) -> set[str]:
     return {RESTOR_QUESTIONS}
 
 
+def cache_spec(metric_names: Sequence[str], settings) -> dict:
+    """An LLM judge decides the accuracy per model (alias matching needs no settings), so then it is part of the
+    evaluation's cache key; the MetricsConfig's judge is otherwise left out of it (judged.py's judge only enters
+    cross-model metrics, which are never cached)."""
+    return {"restor_judge": asdict(settings.judge)} if uses_llm_judge(settings.judge) else {}
+
+
 register_suite(
     Suite(
         name="restor",
-        metric_names=RESTOR_METRIC_NAMES,
+        metrics=(MetricInfo(RESTOR_ACCURACY, Direction.HIGHER, "RESTOR acc. (%)", r"Acc. (\%)$\uparrow$"),),
         evaluate=evaluate_restor,
         required_sets=required_sets,
+        cache_spec=cache_spec,
     )
 )

@@ -1,7 +1,8 @@
 """The TOFU metrics as pure functions of per-answer NLLs and generated text.
 
-Nothing here touches a model: `scoring.py` and `generation.py` produce the NLLs and generations, `suite.py` wires them
-to these functions. Keeping the arithmetic separate lets it be checked against hand-computed numbers.
+Nothing here touches a model: the evaluation core (`core/scoring.py`, `core/decoding.py`) produces the NLLs and
+generations, `tofu_suite.py` wires them to these functions. Keeping the arithmetic separate lets it be checked against
+hand-computed numbers.
 
 Conventions: an NLL is the mean per-token negative log-likelihood of one answer given its question, so the
 length-normalised probability of an answer is exp(-NLL). A truth ratio is P(wrong) / P(correct), where P(wrong) is the

@@ -1,5 +1,6 @@
 """Evaluation as a cached stage: a model's metrics, per-item values and generations are computed once per
-configuration, by whichever suites (TOFU, MUSE, lm-eval) the requested metric names belong to.
+configuration, by whichever suites the requested metric names belong to (msa_bench/metrics/registry.py); this module
+names none of them.
 
 Cross-model metrics (forget quality, privleak, the reference-model attack, the judged accuracies) compare a model's
 cached evaluation with the oracle's, so the oracle is evaluated once and reused by every later run.
@@ -44,20 +45,19 @@ def _settings_spec(settings) -> dict:
     spec = asdict(settings)
     spec.pop("names", None)
     spec.pop("name", None)
-    spec.pop("judge", None)  # judges only enter cross-model metrics, which are never cached
+    # The judge enters cross-model metrics, which are never cached; a suite whose own numbers depend on it says so
+    # in its cache_spec.
+    spec.pop("judge", None)
     spec.pop("batch_size", None)  # batching does not change the values
     return spec
 
 
-def _per_model_judge_spec(plan, settings) -> dict:
-    """RESTOR's accuracy is judged per model when an LLM judge is configured, so then the judge is part of the key."""
-    from msa_bench.metrics.restor import uses_llm_judge
-
-    return (
-        {"restor_judge": asdict(settings.judge)}
-        if "restor" in plan and uses_llm_judge(settings.judge)
-        else {}
-    )
+def _suite_cache_specs(plan: Mapping[str, Sequence[str]], settings) -> dict:
+    """What each planned suite adds to the cache key beyond the settings (`Suite.cache_spec`)."""
+    spec: dict = {}
+    for suite_name, names in plan.items():
+        spec.update(SUITES[suite_name].cache_spec(names, settings))
+    return spec
 
 
 def evaluate_model(pipeline, model_ref) -> dict:
@@ -68,7 +68,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
         "model": model_ref.key,
         "plan": plan,
         "settings": _settings_spec(settings),
-        **_per_model_judge_spec(plan, settings),
+        **_suite_cache_specs(plan, settings),
         "benchmark": pipeline.benchmark_source()[1],
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,

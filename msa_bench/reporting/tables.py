@@ -8,9 +8,10 @@ with the sample standard deviation and the number of runs n.
 that matches or beats the ideal (oracle) model gets 100%; otherwise its value is given as a percentage of a reference,
 which is the ideal's value when at least one method beats the ideal, and the best method's value when none does.
 For metrics where lower is better the ratio is inverted (reference / value). Metrics that should *equal* the oracle's
-value rather than beat it (privleak, truth ratio, answer probability on the forget set) get 100% minus the remaining
-distance to the oracle as a percentage of the target's distance to it (100% = at the oracle, 0% = no closer than the
-target); the paper does not say how it treats such columns.
+value rather than beat it (privleak, truth ratio, answer probability and membership-attack AUCs on the forget set) get
+100% minus the remaining distance to the oracle as a percentage of the target's distance to it (100% = at the oracle,
+0% = no closer than the target); the paper does not say how it treats such columns. Each metric's direction is the
+one its suite registers (msa_bench/metrics/registry.py::metric_info).
 """
 
 from __future__ import annotations
@@ -23,48 +24,11 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from msa_bench.metrics.registry import Direction, metric_info
 from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
 
-HIGHER, LOWER, TOWARD_ORACLE = "higher", "lower", "toward_oracle"
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    label: str
-    direction: str  # higher | lower | toward_oracle
-    latex: str | None = None
-
-
-METRICS: dict[str, MetricInfo] = {
-    # TOFU
-    "forget_quality": MetricInfo("Forget quality", HIGHER, r"FQ$\uparrow$"),
-    "model_utility": MetricInfo("Model utility", HIGHER, r"MU$\uparrow$"),
-    "acc_forget": MetricInfo("Acc_forget", HIGHER, r"Acc$_\text{forget}\uparrow$"),
-    "acc_recover": MetricInfo("Acc_recover", HIGHER, r"Acc$_\text{recover}\uparrow$"),
-    "acc_retain": MetricInfo("Acc_retain", HIGHER, r"Acc$_\text{retain}\uparrow$"),
-    "forget_Q_A_Prob": MetricInfo("Forget prob.", TOWARD_ORACLE),
-    "forget_Q_A_ROUGE": MetricInfo("Forget ROUGE-L", TOWARD_ORACLE),
-    "forget_truth_ratio": MetricInfo("Forget truth ratio", TOWARD_ORACLE),
-    "retain_Q_A_Prob": MetricInfo("Retain prob.", HIGHER),
-    "retain_Q_A_ROUGE": MetricInfo("Retain ROUGE-L", HIGHER),
-    "retain_Truth_Ratio": MetricInfo("Retain truth ratio", HIGHER),
-    "extraction_strength": MetricInfo("Ext. str.", LOWER),
-    "exact_memorization": MetricInfo("Exact mem.", LOWER),
-    "privleak": MetricInfo("PrivLeak", TOWARD_ORACLE),
-    # RESTOR
-    "restor_accuracy": MetricInfo("RESTOR acc. (%)", HIGHER, r"Acc. (\%)$\uparrow$"),
-    # MUSE (msa_bench/metrics/muse.py)
-    "muse_extraction_strength": MetricInfo("Ext. str.", LOWER, r"Ext.Str.$\downarrow$"),
-    "muse_exact_memorization": MetricInfo("Exact mem.", LOWER, r"ExactMem$\downarrow$"),
-    "forget_verbmem_ROUGE": MetricInfo("VerbMem", LOWER, r"VerbMem$\downarrow$"),
-    "forget_knowmem_ROUGE": MetricInfo("KnowMem_f", LOWER, r"KnowMem$_f\downarrow$"),
-    "muse_mia_min_k": MetricInfo("Min-k%", LOWER, r"Min-k\%$\downarrow$"),
-    "muse_mia_min_k_plus_plus": MetricInfo("Min-k%++", LOWER, r"Min-k\%++$\downarrow$"),
-    "muse_mia_loss": MetricInfo("LOSS AUC", LOWER),
-    "muse_mia_zlib": MetricInfo("zlib AUC", LOWER),
-    "retain_knowmem_ROUGE": MetricInfo("KnowMem_r", HIGHER, r"KnowMem$_r\uparrow$"),
-    "muse_privleak": MetricInfo("PrivLeak", TOWARD_ORACLE, r"PrivLeak$\to 0$"),
-}
+# Short names for the directions, as `relative_score` takes them.
+HIGHER, LOWER, TOWARD_ORACLE = Direction.HIGHER, Direction.LOWER, Direction.TOWARD_ORACLE
 
 # The paper's columns per table family, in its order; a column shows when any row has the metric.
 FAMILY_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -87,13 +51,12 @@ ABLATION_METHOD = "msa"  # the method whose θ0 is the checkpoint
 
 
 def metric_label(name: str) -> str:
-    info = METRICS.get(name)
-    return info.label if info else name
+    """The column header of a metric, from the metadata its suite registers (an unknown metric is an error)."""
+    return metric_info(name).label
 
 
-def metric_direction(name: str) -> str:
-    info = METRICS.get(name)
-    return info.direction if info else HIGHER
+def metric_direction(name: str) -> Direction:
+    return metric_info(name).direction
 
 
 @dataclass
@@ -243,7 +206,7 @@ def build_tables(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> l
 
 
 def relative_score(
-    value: float, ideal: float, reference: float, direction: str, target: float | None = None
+    value: float, ideal: float, reference: float, direction: Direction, target: float | None = None
 ) -> float | None:
     """One cell relative to the ideal, in percent (see the module docstring)."""
     if direction == TOWARD_ORACLE:
@@ -375,10 +338,7 @@ def latex_cell(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    headers = [
-        METRICS[c].latex if c in METRICS and METRICS[c].latex else latex_escape(metric_label(c))
-        for c in table.columns
-    ]
+    headers = [metric_info(c).latex or latex_escape(metric_label(c)) for c in table.columns]
     lines = [
         r"\begin{table}[t]",
         r"\centering",

@@ -1,13 +1,13 @@
-"""Per-item scores of the membership-inference attacks of open-unlearning's TOFU suite.
+"""Per-item scores of the membership-inference attacks, and the one dispatch from an attack's name to its score.
 
-The attacked text is the question prompt plus the answer, tokenized with `encode_qa`; only the answer tokens are
-scored. Every score here is loss-like: higher means "looks less like training data". `privacy.mia_auc(forget,
-holdout)` then gives an AUC near 1 for a model that memorised the forget set and near 0.5 for one that never saw it
-(open-unlearning's convention: forget labelled 0, holdout labelled 1).
+Every score is loss-like: higher means "looks less like training data". `privacy.mia_auc(forget, holdout)` then gives
+an AUC near 1 for a model that memorised the forget set and near 0.5 for one that never saw it (open-unlearning's
+convention: forget labelled 0, holdout labelled 1).
 
-Which tokens each attack reads, as in open-unlearning: loss and zlib use the mean NLL over every labelled token (the
-answer and the closing eos, i.e. TOFU's answer NLL); min-k%, min-k%++ and gradient norm read the answer tokens
-without the eos.
+Which target tokens an attack reads is the suite's choice, given as `drop_eos`. On TOFU's answers (open-unlearning's
+TOFU suite), loss and zlib use the mean NLL over every labelled token (the answer and the closing eos, i.e. TOFU's
+answer NLL), while min-k%, min-k%++ and gradient norm read the answer tokens without the eos (`drop_eos=True`).
+MUSE's texts end without an eos, so there every attack reads every token (`drop_eos=False`).
 """
 
 from __future__ import annotations
@@ -19,20 +19,27 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from msa_bench.data.batching import IGNORE_INDEX
 from msa_bench.data.formatting import encode_qa
-from msa_bench.metrics.memorization import AnswerTokenStatistics, without_eos
-from msa_bench.metrics.scoring import IGNORE_INDEX, model_device
+from msa_bench.metrics.core.batches import model_device
+from msa_bench.metrics.core.scoring import AnswerTokenStatistics, without_eos
 
-# The attacks computed from one model's token statistics or gradients (mia_reference needs a second model).
-ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
+# The attacks computed from one model's token statistics (mia_reference needs a second model's).
+TOKEN_ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus")
+# ... and the one that needs per-item gradients.
+ATTACKS: tuple[str, ...] = (*TOKEN_ATTACKS, "gradnorm")
 
 # Floor on the vocabulary log-prob variance before dividing by its square root (open-unlearning's value): a
 # near-deterministic position would otherwise divide by zero.
 MIN_VOCAB_VARIANCE = 1e-6
 
 
+def _tokens(per_token: np.ndarray, drop_eos: bool) -> np.ndarray:
+    return without_eos(per_token) if drop_eos else per_token
+
+
 def loss_scores(statistics: AnswerTokenStatistics) -> np.ndarray:
-    """Mean answer NLL (eos included) per item."""
+    """Mean NLL over every target token (an answer's eos included) per item."""
     return statistics.answer_nlls()
 
 
@@ -40,15 +47,13 @@ def zlib_compressed_length(text: str) -> int:
     return len(zlib.compress(text.encode("utf-8")))
 
 
-def zlib_scores(statistics: AnswerTokenStatistics, answers: Sequence[str]) -> np.ndarray:
-    """Mean answer NLL divided by the zlib-compressed byte length of the answer text.
-
-    The text is the answer as written (stripped), which is what open-unlearning gets by decoding the labelled tokens
-    without special tokens.
-    """
-    if len(answers) != len(statistics):
-        raise ValueError(f"{len(statistics)} items scored but {len(answers)} answers given")
-    lengths = np.array([zlib_compressed_length(answer.strip()) for answer in answers], dtype=np.float64)
+def zlib_scores(statistics: AnswerTokenStatistics, texts: Sequence[str]) -> np.ndarray:
+    """Mean NLL divided by the zlib-compressed byte length of the scored text, as given. For a TOFU answer that is
+    the answer as written, stripped: what open-unlearning gets by decoding the labelled tokens without special
+    tokens; for a MUSE text, the decoded target tokens."""
+    if len(texts) != len(statistics):
+        raise ValueError(f"{len(statistics)} items scored but {len(texts)} texts given")
+    lengths = np.array([zlib_compressed_length(text) for text in texts], dtype=np.float64)
     return loss_scores(statistics) / lengths
 
 
@@ -64,17 +69,17 @@ def lowest_k_mean(values: np.ndarray, k: float) -> float:
     return float(np.sort(values)[:n_lowest].mean())
 
 
-def min_k_scores(statistics: AnswerTokenStatistics, k: float) -> np.ndarray:
-    """-(mean of the lowest k share of answer-token log-probs) per item: high when some tokens were surprising."""
+def min_k_scores(statistics: AnswerTokenStatistics, k: float, drop_eos: bool = True) -> np.ndarray:
+    """-(mean of the lowest k share of token log-probs) per item: high when some tokens were surprising."""
     _check_k(k)
     return np.array(
-        [-lowest_k_mean(without_eos(log_probs), k) for log_probs in statistics.label_log_probs],
+        [-lowest_k_mean(_tokens(log_probs, drop_eos), k) for log_probs in statistics.label_log_probs],
         dtype=np.float64,
     )
 
 
 def standardised_log_probs(statistics: AnswerTokenStatistics) -> list[np.ndarray]:
-    """Per item, each answer token's log-prob standardised by the mean and std of the vocabulary log-probs there."""
+    """Per item, each token's log-prob standardised by the mean and std of the vocabulary log-probs there."""
     if statistics.vocab_log_prob_means is None or statistics.vocab_log_prob_variances is None:
         raise ValueError("min-k%++ needs token statistics computed with_vocab_moments=True")
     return [
@@ -88,13 +93,39 @@ def standardised_log_probs(statistics: AnswerTokenStatistics) -> list[np.ndarray
     ]
 
 
-def min_k_plus_plus_scores(statistics: AnswerTokenStatistics, k: float) -> np.ndarray:
-    """min-k% on standardised token log-probs (eos excluded), negated like min-k%."""
+def min_k_plus_plus_scores(statistics: AnswerTokenStatistics, k: float, drop_eos: bool = True) -> np.ndarray:
+    """min-k% on standardised token log-probs, negated like min-k%."""
     _check_k(k)
     return np.array(
-        [-lowest_k_mean(without_eos(scores), k) for scores in standardised_log_probs(statistics)],
+        [-lowest_k_mean(_tokens(scores, drop_eos), k) for scores in standardised_log_probs(statistics)],
         dtype=np.float64,
     )
+
+
+def attack_scores(
+    attack: str,
+    statistics: AnswerTokenStatistics | None,
+    k: float,
+    *,
+    texts: Sequence[str],
+    drop_eos: bool,
+    gradient_norms: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-item scores of one attack. `texts` are the scored texts (zlib reads them); `gradient_norms` are the
+    per-item gradient norms, for "gradnorm" (see `gradnorm_scores`)."""
+    if attack == "loss":
+        return loss_scores(statistics)
+    if attack == "zlib":
+        return zlib_scores(statistics, texts)
+    if attack == "min_k":
+        return min_k_scores(statistics, k, drop_eos)
+    if attack == "min_k_plus_plus":
+        return min_k_plus_plus_scores(statistics, k, drop_eos)
+    if attack == "gradnorm":
+        if gradient_norms is None:
+            raise ValueError("the gradnorm attack needs per-item gradient norms")
+        return gradient_norms
+    raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
 
 
 @contextlib.contextmanager
@@ -143,9 +174,8 @@ def gradnorm_scores(
             input_ids = torch.tensor([encoded.input_ids], device=device)
             labels = torch.tensor(encoded.labels[1:], device=device)
             logits = model(input_ids=input_ids).logits[0, :-1, :].float()
-            answer_positions = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)[
-                :-1
-            ]  # drop the eos prediction
+            # Every labelled position but the last, which predicts the eos.
+            answer_positions = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)[:-1]
             log_probs = torch.log_softmax(logits[answer_positions], dim=-1)
             loss = -log_probs.gather(1, labels[answer_positions].unsqueeze(1)).mean()
             gradients = torch.autograd.grad(loss, parameters, allow_unused=True)

@@ -1,0 +1,130 @@
+"""The one batched greedy decoder: prompts (token ids) in, stripped continuations out.
+
+Prompts are padded on the left here rather than through `tokenizer.padding_side`, so that every prompt ends where
+generation starts and the result does not depend on how a tokenizer was saved. A continuation ends at the tokenizer's
+eos (an instruct tokenizer's end-of-turn token, e.g. Llama-3's "<|eot_id|>") or, when stop strings are given, once its
+text contains one of them; it is then cut before the first stop string. Rows are judged one by one, so a batch gives
+the same texts as single prompts would.
+
+`generate_answers` is the question-answering front end (TOFU, the judged accuracies): the prompt is `encode_prompt`,
+the same prefix that scoring and training use (msa_bench/data/formatting.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from msa_bench.data.batching import pad_left
+from msa_bench.data.formatting import encode_prompt
+from msa_bench.metrics.core.batches import evaluation_mode, length_sorted_batches, model_device
+
+
+@dataclass(frozen=True)
+class Generations:
+    texts: list[
+        str
+    ]  # decoded new tokens (special tokens skipped, cut at a stop string, stripped); in input order
+    # Prompt tokens plus generated tokens (up to and including eos, or up to the stop string), padding excluded.
+    tokens_processed: int
+
+
+class StopOnStrings(StoppingCriteria):
+    """Marks a row finished once its new text contains a stop string, and remembers after how many new tokens, so
+    that the padding `generate` appends to finished rows is not counted as processed."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], prompt_width: int, n_rows: int) -> None:
+        self.tokenizer, self.stop_strings, self.prompt_width = tokenizer, tuple(stop_strings), prompt_width
+        self.new_tokens_at_stop: list[float] = [math.inf] * n_rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stop_strings) for text in texts]
+        n_new = input_ids.shape[1] - self.prompt_width
+        for row, finished in enumerate(done):
+            if finished and self.new_tokens_at_stop[row] == math.inf:
+                self.new_tokens_at_stop[row] = n_new
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    for stop in stop_strings:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def greedy_decode(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    stop_strings: Sequence[str] = (),
+    on_batch: Callable[[int], None] | None = None,
+) -> Generations:
+    """Greedy continuation of each prompt (token ids), batched by length; `on_batch(n_items)` after every batch."""
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer needs pad and eos tokens for batched generation")
+    texts: list[str] = [""] * len(prompts)
+    tokens_processed = 0
+    device = model_device(model)
+    with evaluation_mode(model):
+        for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
+            batch = [prompts[index] for index in batch_indices]
+            input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id)
+            width = input_ids.shape[1]
+            stop = StopOnStrings(tokenizer, stop_strings, width, len(batch)) if stop_strings else None
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
+            )
+            # generate() returns the prompt columns too; only what follows them is the continuation.
+            new_tokens = output[:, width:].tolist()
+            for row, index in enumerate(batch_indices):
+                continuation = new_tokens[row]
+                ended = tokenizer.eos_token_id in continuation
+                if ended:
+                    continuation = continuation[: continuation.index(tokenizer.eos_token_id)]
+                n_generated = len(continuation) + int(ended)
+                if stop is not None:
+                    n_generated = min(n_generated, stop.new_tokens_at_stop[row])
+                tokens_processed += len(batch[row]) + int(n_generated)
+                text = tokenizer.decode(continuation, skip_special_tokens=True)
+                texts[index] = cut_at_stop_strings(text, stop_strings).strip()
+            if on_batch is not None:
+                on_batch(len(batch))
+    return Generations(texts=texts, tokens_processed=tokens_processed)
+
+
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> Generations:
+    """Greedy answer to each question, prompted in the tokenizer's format (plain or chat), with token counts."""
+    prompts = [encode_prompt(tokenizer, question) for question in questions]
+    return greedy_decode(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=on_batch)
+
+
+def greedy_generate(
+    model: torch.nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answer text for each question, in input order."""
+    return generate_answers(model, tokenizer, questions, max_new_tokens, batch_size).texts
