@@ -420,5 +420,11 @@ register_suite(
         metrics=(MetricInfo(SUITE_NAME, Direction.HIGHER, "lm-eval mean acc"),),
         evaluate=evaluate_lm_eval,
         required_sets=required_sets,
+        # A local task's values follow the eval set it is built from; a built-in task's documents are no eval set.
+        item_eval_set=lambda key: (
+            LOCAL_TASKS.get(key.removeprefix(METRIC_PREFIX).split("/")[0])
+            if key.startswith(METRIC_PREFIX)
+            else None
+        ),
     )
 )

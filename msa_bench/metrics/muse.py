@@ -67,6 +67,7 @@ from msa_bench.metrics.core.oracle import privleak_metric
 from msa_bench.metrics.core.result import EvalResult
 from msa_bench.metrics.core.scoring import ScoredSequence, token_statistics
 from msa_bench.metrics.memorization import exact_memorization, extraction_strength
+from msa_bench.metrics.muse_items import muse_item_eval_set
 from msa_bench.metrics.registry import (
     Direction,
     MetricInfo,
@@ -427,7 +428,13 @@ MUSE_METRICS: tuple[MetricInfo, ...] = (
 )
 
 MUSE_SUITE = register_suite(
-    Suite(name=SUITE_NAME, metrics=MUSE_METRICS, evaluate=evaluate_muse, required_sets=required_sets)
+    Suite(
+        name=SUITE_NAME,
+        metrics=MUSE_METRICS,
+        evaluate=evaluate_muse,
+        required_sets=required_sets,
+        item_eval_set=lambda key: muse_item_eval_set(key, REQUIRED_SETS, MIA_METRICS),
+    )
 )
 register_cross_model_metric(
     privleak_metric(

@@ -47,13 +47,16 @@ class Suite:
     """metrics: what it provides. evaluate(model, tokenizer, eval_sets, names, settings, progress=) -> EvalResult,
     where settings is the MetricsConfig. required_sets(names) -> the eval set names it needs.
     cache_spec(names, settings) -> what else, beyond the MetricsConfig's values that every evaluation's cache key
-    holds, changes this suite's numbers (e.g. a judge that is only read in some configurations); {} when nothing."""
+    holds, changes this suite's numbers (e.g. a judge that is only read in some configurations); {} when nothing.
+    item_eval_set(key) -> the eval set whose items a per-item value list `key` of this suite's results follows, in
+    order, or None when it follows none (per_item.json then keeps it apart instead of guessing)."""
 
     name: str
     metrics: tuple[MetricInfo, ...]
     evaluate: Callable
     required_sets: Callable[[Sequence[str]], set[str]]
     cache_spec: Callable[[Sequence[str], object], dict] = lambda names, settings: {}
+    item_eval_set: Callable[[str], str | None] = lambda key: None
 
     @property
     def metric_names(self) -> tuple[str, ...]:

@@ -221,5 +221,6 @@ register_suite(
         evaluate=evaluate_restor,
         required_sets=required_sets,
         cache_spec=cache_spec,
+        item_eval_set=lambda key: RESTOR_QUESTIONS if key in RESTOR_METRIC_NAMES else None,
     )
 )

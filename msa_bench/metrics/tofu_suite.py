@@ -392,12 +392,26 @@ TOFU_CROSS_MODEL_METRICS: Mapping[str, CrossModelMetric] = MappingProxyType(
     }
 )
 
+
+def item_eval_set(key: str) -> str | None:
+    """A metric's values follow its one eval set; an attack keeps one list per set, `<metric>_<eval set>`."""
+    spec = TOFU_METRICS.get(key)
+    if spec is not None:
+        return spec.eval_set if len(spec.eval_sets) == 1 else None
+    for spec in TOFU_METRICS.values():
+        for eval_set in spec.eval_sets if spec.extra_sets else ():
+            if key == f"{spec.name}_{eval_set}":
+                return eval_set
+    return None
+
+
 register_suite(
     Suite(
         name=SUITE_NAME,
         metrics=tuple(spec.info for spec in TOFU_METRICS.values()),
         evaluate=evaluate_tofu_suite,
         required_sets=required_eval_sets,
+        item_eval_set=item_eval_set,
     )
 )
 for _metric in TOFU_CROSS_MODEL_METRICS.values():
