@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from msa_bench.config.validate import validate_config
 from msa_bench.errors import ConfigError, MSABenchError
 from msa_bench.plugins import register_schemas
 from msa_bench.sweeps import silence_launcher_schema_warning
+from msa_bench.validation import validate_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"

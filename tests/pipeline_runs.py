@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msa_bench.config.validate import validate_config
 from msa_bench.runner import resolved_container, run
+from msa_bench.validation import validate_config
 from tests.conftest import compose_config
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from msa_bench.config.validate import validate_config
 from msa_bench.data.sources import DataSourceError, download_tofu, local_data_source, tofu_hub_configs
 from msa_bench.runner import resolved_container, run
+from msa_bench.validation import validate_config
 from tests.conftest import compose_config
 
 SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"

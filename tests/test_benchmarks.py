@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msa_bench.config.validate import ConfigError, validate_config
 from msa_bench.errors import DataSourceError, MuseDataNotFoundError
 from msa_bench.pipeline.stages import StageError
 from msa_bench.results import PerItemRecords
+from msa_bench.validation import ConfigError, validate_config
 from tests.benchmark_fixtures import write_tiny_muse, write_tiny_restor
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from msa_bench.config.validate import ConfigError, validate_config
 from msa_bench.methods.registry import discover_methods
+from msa_bench.validation import ConfigError, validate_config
 from tests.conftest import CONFIG_DIR, compose_config
 
 
@@ -206,7 +206,6 @@ def test_the_report_families_come_from_the_benchmark_registry():
     ("module", "forbidden"),
     [
         ("msa_bench.config.schema", "msa_bench."),  # config sits at the bottom
-        ("msa_bench.config.validate", "msa_bench."),
         ("msa_bench.benchmarks.tofu", "msa_bench.pipeline"),  # benchmarks never import the pipeline
         ("msa_bench.benchmarks.restor", "msa_bench.pipeline"),
         ("msa_bench.benchmarks.muse", "msa_bench.pipeline"),

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from msa_bench.config.validate import validate_config
 from msa_bench.errors import ModelSourceError
 from msa_bench.pipeline.stages import StageError
 from msa_bench.runner import resolved_container, run
+from msa_bench.validation import validate_config
 from tests.benchmark_fixtures import write_tiny_muse, write_tiny_restor, write_tiny_tofu
 from tests.conftest import CONFIG_DIR, compose_config
 from tests.stand_in_models import build_stand_in_revisions

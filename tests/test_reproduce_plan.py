@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 
-from msa_bench.config.validate import validate_config
+from msa_bench.validation import validate_config
 from tests.conftest import CONFIG_DIR
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_cpu.py"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from msa_bench.config.validate import validate_config
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.results import PER_ITEM_SCHEMA_VERSION, SCHEMA_VERSION, PerItemRecords, RunResults
+from msa_bench.validation import validate_config
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job
 

@@ -1,13 +1,19 @@
-"""Checks on the composed config that Hydra's type system cannot express, run before any model is loaded."""
+"""Checks on the composed config that Hydra's type system cannot express, run before any model is loaded.
+
+It sits above msa_bench/config (the schemas, which import nothing else from msa_bench) because it asks the plug-in
+registries: the method, metric and benchmark names a config may use are theirs to say."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from msa_bench.benchmarks.base import benchmark_class, forget_split_error
 from msa_bench.config.checkpoint_rules import checkpoint_problem
 from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, MSABenchConfig
 from msa_bench.errors import ConfigError  # noqa: F401  (re-exported)
+from msa_bench.methods.registry import discover_methods
+from msa_bench.metrics.registry import validate_metric_names
 
 
 def _dotted(config, dotted_key: str):
@@ -24,10 +30,6 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_config(cfg: DictConfig) -> MSABenchConfig:
     """Resolve the whole config, convert it to typed objects and check cross-field rules."""
-    from msa_bench.benchmarks.base import benchmark_class, forget_split_error
-    from msa_bench.methods.registry import discover_methods
-    from msa_bench.metrics.registry import validate_metric_names
-
     methods = discover_methods()
     method_name = OmegaConf.select(cfg, "method.name", default=None)
     _require(
