@@ -112,6 +112,12 @@ def main() -> None:
         from msa_bench.reporting.command import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        # Our page instead of Hydra's generic one (which lists the internal schema/* groups); --hydra-help is Hydra's.
+        from msa_bench.cli_help import help_text
+
+        print(help_text(CONFIG_DIR))
+        return
     hydra_entry()
     from msa_bench.sweeps.callbacks import last_sweep_failed
 
