@@ -58,9 +58,11 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
 
 
 def _execute(config, resolved: dict, output_dir: Path) -> dict:
+    from msa_bench.progress import quiet_console_logging
     from msa_bench.runner import run
 
-    return run(config, resolved, output_dir)
+    with quiet_console_logging(config.progress):
+        return run(config, resolved, output_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
