@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -73,11 +73,11 @@ class RunProgress:
         self._built: list[str] = []  # what the current stage built (empty: everything came from the cache)
         self._requested = 0
         self._building: list[str] = []  # the artifacts being built now, outermost first
-        self._training: tuple[int, int, float] | None = (
-            None  # steps done, steps total, when the first step began
-        )
+        # While training: steps done, steps total, and when the first step ended (the time-left estimate's origin).
+        self._training: tuple[int, int, float] | None = None
         self._method_stages: list[str] | None = None
         self._seen: set[tuple[str, str]] = set()  # (kind, key) of every artifact this job has fetched
+        self._close: Callable[[], None] = lambda: None
         self._last_draw = 0.0
 
     # ------------------------------------------------------------------ the runner's stages
@@ -103,6 +103,10 @@ class RunProgress:
                 for title in remaining:  # planned, but the method needed no artifact for them
                     self._begin(title)
                     self._end()
+
+    def close(self) -> None:
+        """End the display of a job opened with `start_run_progress`: the console is given back."""
+        self._close()
 
     def message(self, text: str) -> None:
         """A line of its own (a warning), above the stage line being drawn."""
@@ -320,7 +324,7 @@ def start_run_progress(
     (also after an error: it gives the console back)."""
     stack = ExitStack()
     display = stack.enter_context(run_progress(mode, stages, output_dir, label))
-    display.close = stack.close
+    display._close = stack.close
     return display
 
 
