@@ -203,14 +203,18 @@ class RunProgress:
 
 
 class _WarningsToConsole(logging.Handler):
-    """While library output goes to the log file, warnings and errors still reach the person at the console."""
+    """While library output goes to the log file, msa_bench's warnings and everyone's errors still reach the person
+    at the console."""
 
     def __init__(self, display: RunProgress) -> None:
         super().__init__(level=logging.WARNING)
         self._display = display
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._display.message(f"{record.levelname.lower()}: {record.getMessage()}")
+        # A library's warnings are library output (the log file has them); its errors and our warnings are news.
+        ours = record.name == "msa_bench" or record.name.startswith("msa_bench.")
+        if ours or record.levelno >= logging.ERROR:
+            self._display.message(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
 def run_log_file(output_dir: Path) -> Path:
