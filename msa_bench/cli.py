@@ -58,9 +58,11 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
 
 
 def _execute(config, resolved: dict, output_dir: Path) -> dict:
+    from msa_bench.progress import quiet_console_logging
     from msa_bench.runner import run
 
-    return run(config, resolved, output_dir)
+    with quiet_console_logging(config.progress):
+        return run(config, resolved, output_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -112,6 +114,12 @@ def main() -> None:
         from msa_bench.reporting.command import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        # Our page instead of Hydra's generic one (which lists the internal schema/* groups); --hydra-help is Hydra's.
+        from msa_bench.cli_help import help_text
+
+        print(help_text(CONFIG_DIR))
+        return
     hydra_entry()
     from msa_bench.sweeps.callbacks import last_sweep_failed
 

@@ -20,6 +20,7 @@ from msa_bench.methods.registry import get_method
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.evaluation import evaluate_model, evaluation_plan, final_metrics, required_eval_sets
 from msa_bench.pipeline.stages import Pipeline
+from msa_bench.progress import job_label, start_run_progress
 from msa_bench.reporting.run_logger import make_run_logger
 from msa_bench.reporting.table import comparison_table
 from msa_bench.results import (
@@ -84,13 +85,35 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
-    run_logger = make_run_logger(cfg.logger, output_dir, run_name=_run_name(cfg), config=resolved_config)
+    # The console display (msa_bench/progress.py): one line per stage while library output goes to the run's log
+    # file, from here until `progress.close()` below (the W&B banner and summary included).
+    stages = [
+        "target θ_D (fine-tune on the benchmark)",
+        "oracle (fine-tune without the forget set)",
+        *method.planned_stages(),
+        "evaluate the oracle",
+        "evaluate the target",
+        f"evaluate {cfg.method.name}",
+    ]
+    progress = start_run_progress(cfg.progress, stages, output_dir, label=job_label())
     try:
-        target, oracle = pipeline.target(), pipeline.oracle()
-        unlearned = method.produce(pipeline)
-        oracle_eval = evaluate_model(pipeline, oracle)
-        target_eval = evaluate_model(pipeline, target)
-        method_eval = evaluate_model(pipeline, unlearned)
+        run_logger = make_run_logger(cfg.logger, output_dir, run_name=_run_name(cfg), config=resolved_config)
+    except BaseException:
+        progress.close()
+        raise
+    try:
+        with progress.stage():
+            target = pipeline.target()
+        with progress.stage():
+            oracle = pipeline.oracle()
+        with progress.method_stages(method.planned_stages()):
+            unlearned = method.produce(pipeline)
+        with progress.stage():
+            oracle_eval = evaluate_model(pipeline, oracle)
+        with progress.stage():
+            target_eval = evaluate_model(pipeline, target)
+        with progress.stage():
+            method_eval = evaluate_model(pipeline, unlearned)
         plan = evaluation_plan(metric_names)
         all_sets = required_eval_sets(plan)
 
@@ -134,6 +157,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         run_logger.log_results(results, columns)
     finally:
         run_logger.finish()
+        progress.close()
 
     table = comparison_table(columns, list(method_metrics))
     print(

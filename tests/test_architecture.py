@@ -104,7 +104,9 @@ def test_packages_import_each_other_without_a_cycle():
 @pytest.mark.parametrize("unit", FOUNDATION)
 def test_the_foundation_imports_nothing_else_from_msa_bench(unit):
     allowed = set(FOUNDATION[: FOUNDATION.index(unit)])
-    assert import_graph()[unit] <= allowed, f"msa_bench.{unit} imports {sorted(import_graph()[unit] - allowed)}"
+    assert import_graph()[unit] <= allowed, (
+        f"msa_bench.{unit} imports {sorted(import_graph()[unit] - allowed)}"
+    )
 
 
 def test_benchmarks_do_not_import_the_pipeline():

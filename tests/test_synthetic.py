@@ -11,8 +11,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from msa_bench.data.synthetic import (
-    AUTHOR_TEMPLATES,
-    COUNTRY_TEMPLATES,
     FORGET_PERCENTS,
     QA_FIELDS,
     UNIQUE_AUTHOR_ATTRIBUTES,
@@ -22,6 +20,7 @@ from msa_bench.data.synthetic import (
     load_benchmark_split,
     write_benchmark,
 )
+from msa_bench.data.synthetic_vocabulary import AUTHOR_TEMPLATES, COUNTRY_TEMPLATES
 from msa_bench.data.tokenizer import train_bpe_tokenizer
 
 SMALL_SPEC = SyntheticWorldSpec(

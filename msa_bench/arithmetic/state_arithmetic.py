@@ -13,11 +13,9 @@ models. :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -30,26 +28,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from msa_bench.arithmetic.checkpoint_files import (
+    SHARDED_INDEX_NAME,
+    CheckpointLayout,
+    check_compatible,
+    check_tokenizers_match,
+    copy_non_weight_files,
+    key_mismatch_message,
+    read_layout,
+    remove_stale_weights,
+)
 from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-SINGLE_WEIGHTS_NAME = "model.safetensors"
-SHARDED_INDEX_NAME = "model.safetensors.index.json"
-
-# Files that hold weights (or describe where weights are) are never copied from the target: the
-# output gets freshly computed weights, and a stale copy would be loaded instead of (or beside) them.
-_WEIGHT_FILE_PATTERNS = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model*.bin",
-    "*.bin.index.json",
-)
-# ``_artifact.json`` marks a finished entry of the artifact cache; copying it would make ``out_dir``
-# look like a completed cache entry for the target's key.
-_NEVER_COPIED_NAMES = frozenset({"_artifact.json"})
-
-_MAX_NAMES_IN_MESSAGE = 5
 
 
 @dataclass(frozen=True)
@@ -121,125 +112,6 @@ def _validate_compute_dtype(compute_dtype: torch.dtype) -> None:
         raise StateArithmeticError(f"compute_dtype must be a floating dtype, got {compute_dtype}")
 
 
-def _preview_names(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(name) for name in names[:_MAX_NAMES_IN_MESSAGE])
-    more = f", ... ({len(names)} in total)" if len(names) > _MAX_NAMES_IN_MESSAGE else ""
-    return f"[{shown}{more}]"
-
-
-def _key_mismatch_message(
-    source: str, reference: str, missing: Sequence[str], unexpected: Sequence[str]
-) -> str:
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} tensor(s) {_preview_names(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} tensor(s) {_preview_names(unexpected)}")
-    return f"{source}: tensor names differ from {reference}: " + "; ".join(parts)
-
-
-# --------------------------------------------------------------------------------------------------
-# On-disk checkpoints
-
-
-@dataclass(frozen=True)
-class _TensorInfo:
-    file_name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-@dataclass
-class _CheckpointLayout:
-    """Where every tensor of a safetensors checkpoint lives, read from the file headers only."""
-
-    directory: Path
-    tensors: dict[str, _TensorInfo]
-    keys_by_file: dict[str, list[str]]
-    metadata_by_file: dict[str, dict[str, str] | None]
-    index: dict[str, Any] | None
-
-    @property
-    def is_sharded(self) -> bool:
-        return self.index is not None
-
-
-def _read_file_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str] | None]:
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"weights file not found: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        entries = {}
-        for name in handle.keys():
-            tensor_slice = handle.get_slice(name)
-            entries[name] = (tensor_slice.get_dtype(), tuple(tensor_slice.get_shape()))
-        return entries, handle.metadata()
-
-
-def _read_layout(directory: Path) -> _CheckpointLayout:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointNotFoundError(f"checkpoint directory not found: {directory}")
-    single_file = directory / SINGLE_WEIGHTS_NAME
-    index_file = directory / SHARDED_INDEX_NAME
-    # Same precedence as transformers' from_pretrained: a single weights file wins over an index.
-    if single_file.is_file():
-        entries, metadata = _read_file_header(single_file)
-        tensors = {
-            name: _TensorInfo(SINGLE_WEIGHTS_NAME, dtype, shape) for name, (dtype, shape) in entries.items()
-        }
-        return _CheckpointLayout(
-            directory, tensors, {SINGLE_WEIGHTS_NAME: list(entries)}, {SINGLE_WEIGHTS_NAME: metadata}, None
-        )
-    if not index_file.is_file():
-        raise CheckpointNotFoundError(
-            f"no safetensors weights in {directory} (expected {SINGLE_WEIGHTS_NAME} or {SHARDED_INDEX_NAME})"
-        )
-
-    index = json.loads(index_file.read_text())
-    weight_map: dict[str, str] = index.get("weight_map", {})
-    tensors: dict[str, _TensorInfo] = {}
-    keys_by_file: dict[str, list[str]] = {}
-    metadata_by_file: dict[str, dict[str, str] | None] = {}
-    for file_name in sorted(set(weight_map.values())):
-        entries, metadata = _read_file_header(directory / file_name)
-        listed = {name for name, listed_file in weight_map.items() if listed_file == file_name}
-        if listed != set(entries):
-            raise StateArithmeticError(
-                _key_mismatch_message(
-                    str(directory / file_name),
-                    f"its index {index_file}",
-                    sorted(listed - set(entries)),
-                    sorted(set(entries) - listed),
-                )
-            )
-        keys_by_file[file_name] = list(entries)
-        metadata_by_file[file_name] = metadata
-        for name, (dtype, shape) in entries.items():
-            tensors[name] = _TensorInfo(file_name, dtype, shape)
-    return _CheckpointLayout(directory, tensors, keys_by_file, metadata_by_file, index)
-
-
-def _check_compatible(target: _CheckpointLayout, other: _CheckpointLayout) -> None:
-    missing = sorted(set(target.tensors) - set(other.tensors))
-    unexpected = sorted(set(other.tensors) - set(target.tensors))
-    if missing or unexpected:
-        raise StateArithmeticError(
-            _key_mismatch_message(str(other.directory), f"target {target.directory}", missing, unexpected)
-        )
-    for name, expected in target.tensors.items():
-        found = other.tensors[name]
-        if found.shape != expected.shape:
-            raise StateArithmeticError(
-                f"shape mismatch for tensor {name!r}: {other.directory} has {list(found.shape)}, "
-                f"target {target.directory} has {list(expected.shape)}"
-            )
-        if found.dtype != expected.dtype:
-            raise StateArithmeticError(
-                f"dtype mismatch for tensor {name!r}: {other.directory} has {found.dtype}, "
-                f"target {target.directory} has {expected.dtype}"
-            )
-
-
 class _TensorReader:
     """Reads single tensors from checkpoints, keeping one open (memory-mapped) handle per file."""
 
@@ -247,85 +119,13 @@ class _TensorReader:
         self._exit_stack = exit_stack
         self._handles: dict[Path, Any] = {}
 
-    def read(self, layout: _CheckpointLayout, name: str) -> Tensor:
+    def read(self, layout: CheckpointLayout, name: str) -> Tensor:
         path = layout.directory / layout.tensors[name].file_name
         handle = self._handles.get(path)
         if handle is None:
             handle = self._exit_stack.enter_context(safe_open(str(path), framework="pt"))
             self._handles[path] = handle
         return handle.get_tensor(name)
-
-
-def _is_weight_file(path: Path) -> bool:
-    return any(path.match(pattern) for pattern in _WEIGHT_FILE_PATTERNS)
-
-
-def _copy_non_weight_files(source: Path, destination: Path) -> None:
-    for entry in sorted(source.iterdir()):
-        # Hidden entries are tool caches and lock files (e.g. huggingface_hub's .cache), not model files.
-        if entry.name.startswith(".") or entry.name in _NEVER_COPIED_NAMES or _is_weight_file(entry):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, destination / entry.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, destination / entry.name)
-
-
-def _remove_stale_weights(directory: Path) -> None:
-    # A previous run may have used another shard layout; leftover shards or an index would otherwise
-    # be picked up next to the new weights.
-    for entry in directory.iterdir():
-        if entry.is_file() and _is_weight_file(entry):
-            logger.info("removing stale weights file %s", entry)
-            entry.unlink()
-
-
-# Files that define a tokenizer's vocabulary, whichever format a checkpoint saved it in.
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model")
-
-
-def _vocabulary_digest(path: Path) -> str:
-    """A digest of what maps token strings to embedding rows, not of the file's bytes: save_pretrained re-serialises
-    tokenizer.json, and a base and an instruct release may differ in templates or post-processing while sharing
-    every row."""
-    if path.name == "tokenizer.json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        model = data.get("model", {})
-        payload = {
-            "type": model.get("type"),
-            "vocab": model.get("vocab"),
-            "merges": model.get("merges"),
-            "added": sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens", [])),
-        }
-        content = json.dumps(payload, sort_keys=True).encode()
-    elif path.name == "vocab.json":
-        content = json.dumps(json.loads(path.read_text(encoding="utf-8")), sort_keys=True).encode()
-    else:
-        content = path.read_bytes()
-    return hashlib.sha256(content).hexdigest()
-
-
-def _tokenizer_fingerprint(model_dir: Path) -> dict[str, str]:
-    return {
-        name: _vocabulary_digest(model_dir / name)
-        for name in _TOKENIZER_FILES
-        if (model_dir / name).is_file()
-    }
-
-
-def check_tokenizers_match(target: Path, others: Sequence[Path]) -> None:
-    """Refuse arithmetic between checkpoints whose tokenizers differ: the same embedding row would then stand for
-    different tokens. Checkpoints that saved no tokenizer files are not compared."""
-    reference = _tokenizer_fingerprint(Path(target))
-    for other in others:
-        fingerprint = _tokenizer_fingerprint(Path(other))
-        shared = set(reference) & set(fingerprint)
-        differing = sorted(name for name in shared if reference[name] != fingerprint[name])
-        if differing:
-            raise StateArithmeticError(
-                f"the tokenizer of {other} differs from that of the target {target} ({', '.join(differing)}); "
-                "model states with different vocabularies cannot be combined"
-            )
 
 
 def combine_checkpoints(
@@ -366,23 +166,23 @@ def combine_checkpoints(
     ]
 
     check_tokenizers_match(target, [path for _, _, ft, base in active for path in (ft, base)])
-    target_layout = _read_layout(target)
+    target_layout = read_layout(target)
     resolved_target = target.resolve()
-    layouts: dict[Path, _CheckpointLayout] = {resolved_target: target_layout}
+    layouts: dict[Path, CheckpointLayout] = {resolved_target: target_layout}
     for i, _, resolved_finetuned, resolved_base in active:
         # Read from the given path so that error messages name what the caller passed.
         for given, resolved in ((deltas[i].finetuned, resolved_finetuned), (deltas[i].base, resolved_base)):
             if resolved not in layouts:
-                layouts[resolved] = _read_layout(Path(given))
-                _check_compatible(target_layout, layouts[resolved])
+                layouts[resolved] = read_layout(Path(given))
+                check_compatible(target_layout, layouts[resolved])
     if out_dir.resolve() in layouts:
         raise StateArithmeticError(
             f"out_dir {out_dir} is one of the input checkpoints; it would be overwritten"
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_weights(out_dir)
-    _copy_non_weight_files(target, out_dir)
+    remove_stale_weights(out_dir)
+    copy_non_weight_files(target, out_dir)
 
     squared_norms = {i: 0.0 for i, *_ in active}
     for file_name, names in target_layout.keys_by_file.items():
@@ -481,7 +281,7 @@ def _resolve_state(
         resolved[owner] = tensor
     missing = sorted(set(updatable) - set(resolved))
     if missing or unexpected:
-        raise StateArithmeticError(_key_mismatch_message(label, "the model", missing, unexpected))
+        raise StateArithmeticError(key_mismatch_message(label, "the model", missing, unexpected))
     for name, expected in updatable.items():
         found = resolved[name]
         if found.shape != expected.shape:
@@ -555,7 +355,7 @@ class StateVector(Mapping[str, Tensor]):
         unexpected = sorted(set(base) - set(finetuned))
         if missing or unexpected:
             raise StateArithmeticError(
-                _key_mismatch_message("base state", "finetuned state", missing, unexpected)
+                key_mismatch_message("base state", "finetuned state", missing, unexpected)
             )
         differences = {}
         for name, tensor in finetuned.items():
@@ -580,7 +380,7 @@ class StateVector(Mapping[str, Tensor]):
     def _check_same_names(self, other: StateVector) -> None:
         if set(self) != set(other):
             raise StateArithmeticError(
-                _key_mismatch_message(
+                key_mismatch_message(
                     "other state vector",
                     "this state vector",
                     sorted(set(self) - set(other)),
@@ -620,7 +420,7 @@ class StateVector(Mapping[str, Tensor]):
         floating = {name for name, tensor in state_dict.items() if tensor.is_floating_point()}
         if floating != set(self):
             raise StateArithmeticError(
-                _key_mismatch_message(
+                key_mismatch_message(
                     "state dict", "state vector", sorted(set(self) - floating), sorted(floating - set(self))
                 )
             )

@@ -9,6 +9,7 @@ one: config imports nothing else from msa_bench.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -242,6 +243,34 @@ class PathsConfig:
     output_dir: str = MISSING
 
 
+class ProgressMode(Enum):
+    """`progress=`: auto (one line per stage; library output to the run's log file), verbose (everything on the
+    console), off (only the table). `true` and `false`, the former on/off switch, mean auto and off.
+
+    bool(mode) says whether libraries draw their own progress bars (verbose only): that is what the `progress: bool`
+    parameters of the trainer and the metric suites mean, so `progress=cfg.progress` passes on the right switch.
+    """
+
+    auto = "auto"
+    verbose = "verbose"
+    off = "off"
+
+    def __bool__(self) -> bool:
+        return self is ProgressMode.verbose
+
+    @classmethod
+    def parse(cls, value: object) -> ProgressMode:
+        if isinstance(value, cls):
+            return value
+        legacy = {"true": cls.auto, "false": cls.off}
+        text = str(value).lower()
+        if text in legacy:
+            return legacy[text]
+        if text in cls.__members__:
+            return cls[text]
+        raise ValueError(f"progress={value} must be one of {', '.join(cls.__members__)}")
+
+
 @dataclass
 class MSABenchConfig:
     # An EmbeddedModelConfig or a PretrainedModelConfig, as the model YAML's defaults name.
@@ -257,7 +286,12 @@ class MSABenchConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 2
-    progress: bool = True
+    progress: str = (
+        "auto"  # a ProgressMode after validation (a string here so that progress=false still parses)
+    )
+
+    def __post_init__(self):
+        self.progress = ProgressMode.parse(self.progress)
 
 
 def register_config_schemas() -> None:

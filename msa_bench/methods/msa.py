@@ -67,6 +67,14 @@ class ModelStateArithmetic(UnlearningMethod):
     name = "msa"
     config_class = MSAConfig
 
+    def planned_stages(self) -> list[str]:
+        cfg: MSAConfig = self.config
+        vectors = [
+            *(["forget vector θ1 (fine-tune θ0 on the forget set)"] if cfg.alpha != 0 else []),
+            *(["retain vector θ2 (fine-tune θ0 on retain data)"] if cfg.beta != 0 else []),
+        ]
+        return [*vectors, "arithmetic (msa)"]
+
     def produce(self, pipeline):
         cfg: MSAConfig = self.config
         target = pipeline.target()

@@ -25,6 +25,9 @@ class Target(UnlearningMethod):
     name = "target"
     config_class = TargetConfig
 
+    def planned_stages(self) -> list[str]:
+        return []  # the runner builds the target anyway
+
     def produce(self, pipeline):
         return pipeline.target()
 
@@ -35,6 +38,9 @@ class Oracle(UnlearningMethod):
 
     name = "oracle"
     config_class = OracleConfig
+
+    def planned_stages(self) -> list[str]:
+        return []  # the runner builds the oracle anyway
 
     def produce(self, pipeline):
         return pipeline.oracle()

@@ -38,6 +38,14 @@ class UnlearningMethod(ABC):
     def produce(self, pipeline: Pipeline) -> ModelRef:
         """Build (or fetch from the cache) the model this method evaluates."""
 
+    def planned_stages(self) -> list[str]:
+        """Titles of the stages `produce` runs, one per model it builds, for the console's "stage k of N".
+
+        The default is one stage: the method builds one model. Override it when `produce` builds several (a
+        fine-tuned vector, then the arithmetic) or none (it evaluates a model the runner built anyway).
+        """
+        return [f"unlearning ({self.name})"]
+
 
 METHODS: dict[str, type[UnlearningMethod]] = {}
 

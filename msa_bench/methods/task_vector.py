@@ -30,6 +30,11 @@ class TaskVector(UnlearningMethod):
     name = "task_vector"
     config_class = TaskVectorConfig
 
+    def planned_stages(self) -> list[str]:
+        cfg: TaskVectorConfig = self.config
+        finetune = ["task vector (fine-tune θ_D on the forget set)"] if cfg.alpha != 0 else []
+        return [*finetune, "arithmetic (task_vector)"]
+
     def produce(self, pipeline):
         cfg: TaskVectorConfig = self.config
         target = pipeline.target()

@@ -26,6 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from msa_bench import __version__
+from msa_bench.progress import current_progress
 
 logger = logging.getLogger("msa_bench.artifacts")
 
@@ -123,7 +124,14 @@ class ArtifactStore:
         ``RESERVED_META_KEYS``. The directory is renamed afterwards, so ``build`` must not record absolute
         paths inside it. If ``build`` raises, nothing is kept and the error propagates.
         """
+        # The console shows a build inside the stage that needed it (msa_bench/progress.py); nothing else changes.
         key = self.fingerprint(spec)
+        with current_progress().artifact(kind, key):
+            return self._get_or_build(kind, key, spec, build)
+
+    def _get_or_build(
+        self, kind: str, key: str, spec: Mapping, build: Callable[[Path], Mapping | None]
+    ) -> Artifact:
         existing = self._load(kind, key, reused=True)
         if existing is not None:
             logger.info("reusing %s %s", kind, key)
@@ -145,6 +153,7 @@ class ArtifactStore:
                 return existing
             self._remove_leftovers(kind_dir, key)
             logger.info("building %s %s", kind, key)
+            current_progress().building(kind)
             return self._build(kind, key, spec, build)
         finally:
             lock.release()

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.errors import DivergenceError  # noqa: F401  (re-exported)
+from msa_bench.progress import current_progress
 from msa_bench.training.data import ExampleDataset, PaddingCollator
 from msa_bench.training.losses import mean_token_kl, mean_token_nll, sequence_nll_from_logits
 
@@ -152,6 +153,13 @@ class _SaveAtSteps(TrainerCallback):
             self.save_fn(state.global_step)
 
 
+class _ReportSteps(TrainerCallback):
+    """Tells the run's console display how many optimizer steps are done (it estimates the time left from them)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        current_progress().training_step(state.global_step, state.max_steps)
+
+
 def steps_per_epoch(n_examples: int, recipe: TrainRecipe) -> int:
     return max(1, math.ceil(n_examples / (recipe.batch_size * recipe.gradient_accumulation_steps)))
 
@@ -204,7 +212,9 @@ def run_training(
             remove_unused_columns=False,
             train_sampling_strategy="group_by_length" if group_by_length else "random",
         )
-        callbacks = [_SaveAtSteps(save_at_steps, save_fn)] if save_at_steps else []
+        callbacks: list[TrainerCallback] = [_ReportSteps()]
+        if save_at_steps:
+            callbacks.append(_SaveAtSteps(save_at_steps, save_fn))
         trainer = trainer_class(
             model=model,
             args=args,
