@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from msa_bench.config.validate import validate_config
 
 from msa_bench.config.schema import ProgressMode
 from msa_bench.errors import ConfigError
 from msa_bench.progress import RunProgress, current_progress, run_progress
+from msa_bench.validation import validate_config
 from tests.conftest import compose_config
 
 
@@ -32,7 +32,7 @@ def test_progress_values_and_the_former_true_false_switch(value, mode):
 
 
 def test_only_verbose_turns_library_progress_bars_on():
-    assert [bool(mode) for mode in ProgressMode] == [False, True, False]
+    assert [mode.library_bars for mode in ProgressMode] == [False, True, False]
 
 
 def test_progress_is_checked_when_the_config_is_validated():

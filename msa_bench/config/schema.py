@@ -247,15 +247,16 @@ class ProgressMode(Enum):
     """`progress=`: auto (one line per stage; library output to the run's log file), verbose (everything on the
     console), off (only the table). `true` and `false`, the former on/off switch, mean auto and off.
 
-    bool(mode) says whether libraries draw their own progress bars (verbose only): that is what the `progress: bool`
-    parameters of the trainer and the metric suites mean, so `progress=cfg.progress` passes on the right switch.
+    `library_bars` says whether libraries draw their own progress bars (verbose only): that is what the
+    `progress: bool` parameters of the trainer and the metric suites mean.
     """
 
     auto = "auto"
     verbose = "verbose"
     off = "off"
 
-    def __bool__(self) -> bool:
+    @property
+    def library_bars(self) -> bool:
         return self is ProgressMode.verbose
 
     @classmethod

@@ -115,7 +115,7 @@ def unlearn_with_loss(
                 pad_token_id=tokenizer.pad_token_id,
                 seed=pipeline.cfg.seed,
                 device=pipeline.device,
-                progress=pipeline.cfg.progress,
+                progress=pipeline.cfg.progress.library_bars,
                 trainer_class=LossOverrideTrainer,
                 trainer_kwargs=kwargs,
             )

@@ -49,7 +49,7 @@ class BenchmarkModels:
                     pad_token_id=tokenizer.pad_token_id,
                     seed=self.cfg.seed,
                     device=self.device,
-                    progress=self.cfg.progress,
+                    progress=self.cfg.progress.library_bars,
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
                 save_model(model, tokenizer, out)

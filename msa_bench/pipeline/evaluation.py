@@ -96,7 +96,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
                         eval_sets,
                         names,
                         settings,
-                        progress=pipeline.cfg.progress,
+                        progress=pipeline.cfg.progress.library_bars,
                     )
                     .to_dict()
                 )

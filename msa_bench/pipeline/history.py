@@ -166,7 +166,7 @@ class EmbeddedHistory:
                     pad_token_id=tokenizer.pad_token_id,
                     seed=self.cfg.seed,
                     device=self.device,
-                    progress=self.cfg.progress,
+                    progress=self.cfg.progress.library_bars,
                     save_at_steps=saved,
                     save_fn=lambda step: save_model(model, tokenizer, out / "pretrain" / f"step-{step:06d}"),
                 )
