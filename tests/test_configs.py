@@ -206,9 +206,9 @@ def test_the_report_families_come_from_the_benchmark_registry():
     ("module", "forbidden"),
     [
         ("msa_bench.config.schema", "msa_bench."),  # config sits at the bottom
-        ("msa_bench.benchmarks.tofu", "msa_bench.pipeline"),  # benchmarks never import the pipeline
-        ("msa_bench.benchmarks.restor", "msa_bench.pipeline"),
-        ("msa_bench.benchmarks.muse", "msa_bench.pipeline"),
+        # Benchmarks never import the pipeline. One benchmark module here, as it is run: tests/test_architecture.py
+        # checks every module's imports, function-level ones included, without starting a process for each.
+        ("msa_bench.benchmarks.tofu", "msa_bench.pipeline"),
     ],
 )
 def test_layers_import_nothing_above_them(module, forbidden):
