@@ -144,17 +144,22 @@ def check_compatible(target: CheckpointLayout, other: CheckpointLayout) -> None:
             key_mismatch_message(str(other.directory), f"target {target.directory}", missing, unexpected)
         )
     for name, expected in target.tensors.items():
-        found = other.tensors[name]
-        if found.shape != expected.shape:
-            raise StateArithmeticError(
-                f"shape mismatch for tensor {name!r}: {other.directory} has {list(found.shape)}, "
-                f"target {target.directory} has {list(expected.shape)}"
-            )
-        if found.dtype != expected.dtype:
-            raise StateArithmeticError(
-                f"dtype mismatch for tensor {name!r}: {other.directory} has {found.dtype}, "
-                f"target {target.directory} has {expected.dtype}"
-            )
+        check_same_tensor_kind(
+            name, other.tensors[name], str(other.directory), expected, f"target {target.directory}"
+        )
+
+
+def check_same_tensor_kind(name: str, found: Any, where: str, expected: Any, against: str) -> None:
+    """`found` (a tensor, or a header's shape/dtype record, in `where`) has the shape and dtype of `expected` (in
+    `against`); else a StateArithmeticError naming the tensor and both places."""
+    if tuple(found.shape) != tuple(expected.shape):
+        raise StateArithmeticError(
+            f"shape mismatch for tensor {name!r}: {where} has {list(found.shape)}, {against} has {list(expected.shape)}"
+        )
+    if found.dtype != expected.dtype:
+        raise StateArithmeticError(
+            f"dtype mismatch for tensor {name!r}: {where} has {found.dtype}, {against} has {expected.dtype}"
+        )
 
 
 def _is_weight_file(path: Path) -> bool:

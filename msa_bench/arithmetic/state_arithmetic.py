@@ -32,6 +32,7 @@ from msa_bench.arithmetic.checkpoint_files import (
     SHARDED_INDEX_NAME,
     CheckpointLayout,
     check_compatible,
+    check_same_tensor_kind,
     check_tokenizers_match,
     copy_non_weight_files,
     key_mismatch_message,
@@ -283,16 +284,7 @@ def _resolve_state(
     if missing or unexpected:
         raise StateArithmeticError(key_mismatch_message(label, "the model", missing, unexpected))
     for name, expected in updatable.items():
-        found = resolved[name]
-        if found.shape != expected.shape:
-            raise StateArithmeticError(
-                f"shape mismatch for tensor {name!r}: {label} has {list(found.shape)}, "
-                f"the model has {list(expected.shape)}"
-            )
-        if found.dtype != expected.dtype:
-            raise StateArithmeticError(
-                f"dtype mismatch for tensor {name!r}: {label} has {found.dtype}, the model has {expected.dtype}"
-            )
+        check_same_tensor_kind(name, resolved[name], label, expected, "the model")
     return resolved
 
 
