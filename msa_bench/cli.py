@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from msa_bench.errors import ConfigError, MSABenchError
+from msa_bench.errors import ConfigError, MSABenchError, RunFolderInUseError, RunInterrupted
+from msa_bench.interrupts import signals_raise_run_interrupted
 from msa_bench.plugins import register_schemas
 from msa_bench.sweeps import silence_launcher_schema_warning
 from msa_bench.validation import validate_config
@@ -67,6 +68,12 @@ def _execute(config, resolved: dict, output_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_entry(cfg: DictConfig) -> float | None:
+    # SIGTERM/SIGINT unwind the job (its finally blocks run, status.json says interrupted); main() sets the exit code.
+    with signals_raise_run_interrupted():
+        return _job(cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -83,10 +90,30 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
     from msa_bench.runner import resolved_container
-    from msa_bench.sweeps.status import JobStatus, config_hash
+    from msa_bench.sweeps.run_folder import check_run_folder, remove_replaced_results
+    from msa_bench.sweeps.status import JobStatus, config_hash, mark_if_crashed
 
     resolved = resolved_container(cfg)
+    try:  # the Hydra callback (msa_bench.sweeps.run_folder) refused already, unless it is not registered
+        replaced = check_run_folder(output_dir, resolved, overwrite=config.overwrite)
+    except RunFolderInUseError as error:
+        print(f"msa-bench: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if replaced is not None:
+        remove_replaced_results(output_dir, replaced)
     status = JobStatus(output_dir, overrides=[str(o) for o in hydra_cfg.overrides.task])
+    crashed = mark_if_crashed(output_dir)
+    if crashed is not None:
+        log.warning(
+            "the previous run in %s (pid %s, started %s) died without recording an end: marked crashed; completed "
+            "stages come from the cache",
+            output_dir,
+            crashed.get("pid"),
+            crashed.get("started_at"),
+        )
+        status.update(
+            previous_attempt={k: crashed.get(k) for k in ("state", "pid", "started_at", "crashed_found_at")}
+        )
     status.running(config_hash=config_hash(resolved))
     try:
         results = _execute(config, resolved, output_dir)
@@ -97,6 +124,9 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         _remove_empty_run_dir(output_dir)
         print(f"msa-bench: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as interrupt:
+        status.interrupted(interrupt.signal_name)
+        raise
     except BaseException as error:
         status.failed(error)
         raise
@@ -120,7 +150,14 @@ def main() -> None:
 
         print(help_text(CONFIG_DIR))
         return
-    hydra_entry()
+    try:
+        hydra_entry()
+    except RunInterrupted as interrupt:
+        print(
+            f"msa-bench: {interrupt}. Run the same command again to go on: completed stages come from the cache.",
+            file=sys.stderr,
+        )
+        sys.exit(interrupt.exit_code)
     from msa_bench.sweeps.callbacks import last_sweep_failed
 
     if last_sweep_failed():  # a multirun with failed jobs: the summary above lists them

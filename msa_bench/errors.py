@@ -11,6 +11,8 @@ and tests that caught the built-in keep working. Raise the most specific class; 
 
 from __future__ import annotations
 
+import signal
+
 
 class MSABenchError(Exception):
     """The base of every error msa_bench raises deliberately; the message says what to change."""
@@ -86,3 +88,28 @@ class DataSourceError(DataError):
 
 class MuseDataNotFoundError(DataError):
     """A file a MUSE run reads is missing; the message names every full path looked for and how to fix it."""
+
+
+class RunFolderInUseError(MSABenchError, FileExistsError):
+    """A run folder holds the finished results of another configuration; the message says how to keep or replace them."""
+
+
+class RunLoggerError(MSABenchError, RuntimeError):
+    """The run logger (W&B) cannot start and the configuration forbids the local fallback."""
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived: raised in the main thread so that every `finally` runs (the W&B run closes,
+    temporaries are removed) before msa-bench exits with 128 + the signal number.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` blocks on the way do not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from msa_bench.sweeps import jobs
+from msa_bench.sweeps.run_folder import RunFolderCallback
 from msa_bench.sweeps.status import (
     JobStatus,
     completed_run,
@@ -98,6 +100,48 @@ def test_summary_counts_states_and_flags_incomplete_jobs(tmp_path):
     assert failed["error"]["traceback"].strip().endswith("ValueError: boom")
 
 
+def test_summary_shows_a_dead_running_job_as_crashed_and_counts_interrupted_jobs(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    JobStatus(tmp_path / "0", job_num=0, sweep_run="x").done()
+    JobStatus(tmp_path / "1", job_num=1, sweep_run="x").running()  # this process: alive, so incomplete
+    JobStatus(tmp_path / "2", job_num=2, sweep_run="x", pid=gone.pid).running()
+    JobStatus(tmp_path / "3", job_num=3, sweep_run="x").interrupted("SIGTERM")
+    summary = build_summary(tmp_path, sweep_run="x")
+    assert [j["state"] for j in summary["jobs"]] == ["done", "incomplete", "crashed", "interrupted"]
+    assert f"pid {gone.pid}" in summary["jobs"][2]["error"]
+    assert summary["jobs"][3]["error"] == "interrupted by SIGTERM"
+    assert not summary["ok"]
+    assert status_of(tmp_path / "2")["state"] == "running"  # a reader computes it without writing
+
+    RunFolderCallback().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert status_of(tmp_path / "2")["state"] == "crashed" and status_of(tmp_path / "2")["crashed_found_at"]
+    assert status_of(tmp_path / "1")["state"] == "running"
+
+
+def test_interrupted_sweep_job_records_the_signal_and_stops_the_sweep(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    from msa_bench.errors import RunInterrupted
+
+    HydraConfig.instance().cfg = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 0}, "overrides": {"task": ["seed=1"]}}}
+    )
+
+    def killed(config, resolved, output_dir):
+        raise RunInterrupted(signal.SIGTERM)
+
+    try:
+        with pytest.raises(RunInterrupted):
+            jobs.run_sweep_job(
+                OmegaConf.create({"seed": 1}), tmp_path / "0", lambda c: c, killed, (ValueError,)
+            )
+    finally:
+        HydraConfig.instance().cfg = None
+    status = status_of(tmp_path / "0")
+    assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
+
+
 def test_sweep_group_name_keeps_the_date_of_default_sweep_dirs():
     assert sweep_group_name("multirun/2026-11-29/10-31-00") == "2026-11-29_10-31-00"
     assert sweep_group_name("/somewhere/alpha_sweep") == "alpha_sweep"
@@ -154,25 +198,31 @@ def test_saved_hydra_config_records_the_adjusted_thread_count(tmp_path):
 @pytest.mark.slow
 def test_failing_job_is_isolated_visible_and_skipped_on_rerun(tmp_path, sweep_cache):
     sweep = tmp_path / "sweep"
-    args = ["-m", *SMOKE, "num_threads=1", "method.alpha=0.5,-1", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", *SMOKE, "num_threads=1", "method.alpha=0.5,-1,-2", f"hydra.sweep.dir={sweep}"]
     first = msa_bench(args, tmp_path, sweep_cache)
 
     assert first.returncode != 0, first.stdout[-2000:]
     assert (sweep / "0" / "results.json").is_file(), first.stderr[-3000:]
-    assert not (sweep / "1" / "results.json").exists()
     assert status_of(sweep / "0")["state"] == "done"
-    failed = status_of(sweep / "1")
-    assert failed["state"] == "failed" and failed["error"]["type"] == "ConfigError"
-    assert "method.alpha" in failed["error"]["message"] and failed["overrides"][-1] == "method.alpha=-1"
-    assert "config error" in first.stderr
+    for job, alpha in (
+        ("1", "-1"),
+        ("2", "-2"),
+    ):  # both failures are visible, not only the first (Hydra 1.3.8)
+        assert not (sweep / job / "results.json").exists()
+        failed = status_of(sweep / job)
+        assert failed["state"] == "failed" and failed["error"]["type"] == "ConfigError"
+        assert (
+            "method.alpha" in failed["error"]["message"]
+            and failed["overrides"][-1] == f"method.alpha={alpha}"
+        )
+        assert "method.alpha" in (sweep / job / "msa_bench.log").read_text()  # each job's own log says why
+    assert first.stderr.count("config error") == 2
     summary = summary_of(sweep)
-    assert [(j["job"], j["state"]) for j in summary["jobs"]] == [(0, "done"), (1, "failed")]
+    assert [(j["job"], j["state"]) for j in summary["jobs"]] == [(0, "done"), (1, "failed"), (2, "failed")]
     assert not summary["ok"]
-    assert (sweep / "sweep_summary.md").read_text().count("| failed |") == 1
-    assert "sweep summary" in first.stdout and "1 done, 1 failed" in first.stdout
-    # Each job has its own, non-empty log; the failed job's says why.
+    assert (sweep / "sweep_summary.md").read_text().count("| failed |") == 2
+    assert "sweep summary" in first.stdout and "1 done, 2 failed" in first.stdout
     assert "method=msa" in (sweep / "0" / "msa_bench.log").read_text()
-    assert "method.alpha" in (sweep / "1" / "msa_bench.log").read_text()
 
     results_before = (sweep / "0" / "results.json").read_text()
     done_hash = status_of(sweep / "0")["config_hash"]
@@ -182,7 +232,11 @@ def test_failing_job_is_isolated_visible_and_skipped_on_rerun(tmp_path, sweep_ca
     assert skipped["state"] == "skipped" and skipped["done_in"] == "0"
     assert skipped["config_hash"] == done_hash and skipped["completed"]["wall_seconds"] > 0
     assert (sweep / "0" / "results.json").read_text() == results_before  # not re-run, not duplicated
-    assert [(j["job"], j["state"]) for j in summary_of(sweep)["jobs"]] == [(0, "skipped"), (1, "failed")]
+    assert [(j["job"], j["state"]) for j in summary_of(sweep)["jobs"]] == [
+        (0, "skipped"),
+        (1, "failed"),
+        (2, "failed"),
+    ]
     assert len(list(sweep.rglob("results.json"))) == 1
 
 

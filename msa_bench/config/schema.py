@@ -234,6 +234,9 @@ class LoggerConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    # When an online wandb.init fails, the run logs to <run dir>/metrics.jsonl and says how to upload later; true
+    # makes that failure an error instead.
+    require_online: bool = False
 
 
 @dataclass
@@ -290,6 +293,9 @@ class MSABenchConfig:
     progress: str = (
         "auto"  # a ProgressMode after validation (a string here so that progress=false still parses)
     )
+    # A single run into a folder holding another config's finished results.json is refused unless this is true;
+    # then those results are replaced. Not part of the config hash.
+    overwrite: bool = False
 
     def __post_init__(self):
         self.progress = ProgressMode.parse(self.progress)

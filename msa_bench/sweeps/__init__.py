@@ -3,6 +3,8 @@
 - `status.py`: status.json in every run directory, the config hash, finding a job that already completed.
 - `jobs.py`: the wrapper a multirun job runs in; it records a failure instead of raising, so the other jobs go on.
 - `summary.py`: sweep_summary.json / sweep_summary.md from the jobs' status files.
+- `run_folder.py`: the Hydra callback that refuses a single run into a folder holding another config's results
+  (`overwrite=true` replaces them) and marks a sweep's dead `running` jobs `crashed` at its start.
 - `callbacks.py`: the Hydra callback (registered in conf/hydra/default.yaml) that writes the summary at the end of a
   multirun, with any launcher.
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from msa_bench.errors import RunInterrupted
 from msa_bench.sweeps.status import (
     RESULTS_FILE,
     SKIPPED,
@@ -176,6 +177,9 @@ def run_sweep_job(
         status.failed(error)
         print(f"msa-bench: {label}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return None
+    except RunInterrupted as interrupt:  # SIGTERM/SIGINT: record, let it stop the sweep
+        status.interrupted(interrupt.signal_name)
+        raise
     except BaseException as error:  # KeyboardInterrupt, SystemExit: record, then let it stop the sweep
         status.failed(error)
         raise

@@ -1,9 +1,19 @@
 """status.json: what became of one job, written in its run directory.
 
-    {"state": "running" | "done" | "failed" | "skipped", "overrides": [...], "config_hash": "...",
-     "wall_seconds": ..., "started_at": ..., "finished_at": ..., "job_num": ..., "log_file": ...,
+    {"state": "running" | "done" | "failed" | "skipped" | "interrupted" | "crashed", "overrides": [...],
+     "config_hash": "...", "wall_seconds": ..., "started_at": ..., "finished_at": ..., "job_num": ...,
+     "log_file": ..., "host": ..., "pid": ...,
      "error": {"type": ..., "message": ..., "traceback": ...}        # failed only
+     "signal": "SIGTERM" | "SIGINT"                                  # interrupted only
+     "crashed_found_at": ...                                         # crashed only
+     "previous_attempt": {"state": ..., "pid": ..., "started_at": ...}   # a reused folder's last run
      "done_in": "<run dir of the completed twin, relative to the sweep dir>"}   # skipped only
+
+`interrupted`: the run got SIGTERM or SIGINT, ran its cleanup and exited with 128 + the signal number.
+`crashed`: the status said `running`, but its process (same host, same pid) no longer exists: it was killed
+(SIGKILL, out of memory) before it could record anything. A later run in the folder, a sweep at its start and the
+sweep summary find such runs (`liveness`); a status written on another host is left as it is, since its process
+cannot be checked from here.
 
 The config hash identifies what a job computes: the SHA-256 of its resolved config without the keys that only say
 where files go or how a run is displayed and logged (`paths`, `logger`, `progress`; Hydra's own `hydra` node is never
@@ -30,10 +40,12 @@ STATUS_FILE = "status.json"
 SWEEP_RUN_FILE = ".sweep_run.json"  # written by the callback at the start of a multirun
 
 RUNNING, DONE, FAILED, SKIPPED = "running", "done", "failed", "skipped"
-STATES = (RUNNING, DONE, FAILED, SKIPPED)
+INTERRUPTED, CRASHED = "interrupted", "crashed"
+STATES = (RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, CRASHED)
 
-# Top-level config keys that do not change what a job computes.
-HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra")
+# Top-level config keys that do not change what a job computes (`overwrite` only says whether a run may replace
+# another config's results in its folder).
+HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra", "overwrite")
 # Folders under a sweep directory that never hold jobs.
 _NOT_JOB_FOLDERS = {".submitit", "wandb", ".hydra", "report"}
 
@@ -123,8 +135,53 @@ class JobStatus:
     def skipped(self, done_in: str, **fields: Any) -> dict:
         return self._write(SKIPPED, done_in=done_in, **fields)
 
+    def interrupted(self, signal_name: str, **fields: Any) -> dict:
+        return self._write(INTERRUPTED, signal=signal_name, **fields)
+
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
+
+
+def liveness(status: Mapping) -> str:
+    """Whether the process that wrote a `running` status still exists: alive, dead, or unknown (another host, or
+    no pid recorded). A pid reused by an unrelated process reads as alive, the safe side."""
+    if status.get("host") != platform.node() or not isinstance(status.get("pid"), int):
+        return UNKNOWN
+    try:
+        os.kill(status["pid"], 0)
+    except ProcessLookupError:
+        return DEAD
+    except PermissionError:  # it exists, under another user
+        return ALIVE
+    return ALIVE
+
+
+def effective_state(status: Mapping) -> str:
+    """The state a reader should show: `crashed` for a `running` status whose process is gone, else the state."""
+    state = status.get("state")
+    if state == RUNNING and liveness(status) == DEAD:
+        return CRASHED
+    return str(state)
+
+
+def mark_if_crashed(run_dir: Path) -> dict | None:
+    """Rewrite a status.json left `running` by a dead process of this host as `crashed`; returns the new record,
+    or None when there was nothing to mark."""
+    path = Path(run_dir) / STATUS_FILE
+    status = read_json(path)
+    if status is None or status.get("state") != RUNNING or liveness(status) != DEAD:
+        return None
+    status.update(state=CRASHED, crashed_found_at=now_iso())
+    write_json_atomically(path, status)
+    return status
+
+
+def mark_crashed_jobs(sweep_dir: Path) -> list[Path]:
+    """`mark_if_crashed` in every job folder of a sweep; returns the folders it marked."""
+    return [folder for folder in job_folders(sweep_dir) if mark_if_crashed(folder) is not None]
 
 
 def job_folders(sweep_dir: Path) -> Iterator[Path]:
@@ -147,7 +204,8 @@ def completed_run(sweep_dir: Path, wanted_hash: str) -> Path | None:
     """A run directory in the sweep whose results.json was computed from a config with this hash, or None.
 
     The hash is recomputed from results.json's own resolved config, so a folder that was reused for another config
-    never matches. A folder whose status says a later attempt is running or failed is not trusted."""
+    never matches. A folder whose status says a later attempt is running, failed, was interrupted or crashed is not
+    trusted."""
     for folder in job_folders(sweep_dir):
         try:
             record = RunResults.read(folder / RESULTS_FILE)
@@ -156,7 +214,7 @@ def completed_run(sweep_dir: Path, wanted_hash: str) -> Path | None:
         if not record.config:
             continue
         status = read_json(folder / STATUS_FILE) or {}
-        if status.get("state") in (RUNNING, FAILED):
+        if status.get("state") in (RUNNING, FAILED, INTERRUPTED, CRASHED):
             continue
         if config_hash(record.config) == wanted_hash:
             return folder

@@ -4,7 +4,8 @@ The jobs are read from their status.json files, so the summary works the same fo
 run in other processes or on other machines). A multirun is identified by the id the callback writes into
 <sweep dir>/.sweep_run.json at its start; status files of earlier invocations in the same folder are left out.
 A job whose status still says `running` at the end of the sweep died without recording why (killed, out of memory):
-it is listed as `incomplete` and counts as a failure.
+it is listed as `crashed` when its process is gone (same host), else as `incomplete`; an `interrupted` job got
+SIGTERM or SIGINT. All three count as failures.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from msa_bench.sweeps.status import (
+    CRASHED,
     DONE,
     FAILED,
+    INTERRUPTED,
     RUNNING,
     SKIPPED,
     STATUS_FILE,
+    effective_state,
     job_folders,
     now_iso,
     read_json,
@@ -27,11 +31,11 @@ from msa_bench.sweeps.status import (
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MD = "sweep_summary.md"
 INCOMPLETE = "incomplete"
-_FAILING_STATES = (FAILED, INCOMPLETE)
+_FAILING_STATES = (FAILED, INCOMPLETE, INTERRUPTED, CRASHED)
 
 
 def _job_entry(folder: Path, sweep_dir: Path, status: dict) -> dict:
-    state = status.get("state")
+    state = effective_state(status)
     if state == RUNNING:
         state = INCOMPLETE
     error = status.get("error") or {}
@@ -49,6 +53,12 @@ def _job_entry(folder: Path, sweep_dir: Path, status: dict) -> dict:
         entry["error"] = f"{error.get('type', 'Error')}: {message}".strip()
     if state == INCOMPLETE:
         entry["error"] = "the job never recorded an end (killed, or out of memory?)"
+    if state == CRASHED:
+        entry["error"] = (
+            f"its process (pid {status.get('pid')}) died without recording an end (killed, or out of memory?)"
+        )
+    if state == INTERRUPTED:
+        entry["error"] = f"interrupted by {status.get('signal', 'a signal')}"
     if state == SKIPPED:
         entry["done_in"] = status.get("done_in")
     return entry
