@@ -73,13 +73,18 @@ def _log_traceback_to_file(message: str, error: BaseException, output_dir: Path)
     record = log.makeRecord(
         log.name, logging.ERROR, __file__, 0, message, (), (type(error), error, error.__traceback__)
     )
-    file_handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    log_file = run_log_file(output_dir)
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log_file
+    ]
     try:
-        if file_handlers:
-            for handler in file_handlers:
+        if handlers:  # Hydra's job log
+            for handler in handlers:
                 handler.handle(record)
         else:
-            with run_log_file(output_dir).open("a", encoding="utf-8") as handle:
+            with log_file.open("a", encoding="utf-8") as handle:
                 handle.write(logging.Formatter().format(record) + "\n")
     except OSError:  # a full disk can refuse the log too; the console line is what must get through
         pass

@@ -113,27 +113,30 @@ def _is_corrupt_safetensors(error: BaseException) -> bool:
     )
 
 
-def _paths_in_traceback(error: BaseException) -> Iterator[Path]:
-    """File or folder paths held by the locals of the failing frames, innermost first."""
+def _paths_in_traceback(error: BaseException, suffix: str | None) -> Iterator[Path]:
+    """File or folder paths held by the locals of the failing frames, innermost first: any local naming a file
+    with `suffix`, or without one, the locals that usually hold the file being written (`_PATH_LOCALS`)."""
     frames = []
     traceback = error.__traceback__
     while traceback is not None:
         frames.append(traceback.tb_frame)
         traceback = traceback.tb_next
     for frame in reversed(frames):
-        for name in _PATH_LOCALS:
-            value = frame.f_locals.get(name)
+        if suffix is None:
+            values = [frame.f_locals.get(name) for name in _PATH_LOCALS]
+        else:
+            values = list(frame.f_locals.values())
+        for value in values:
             if isinstance(value, str | os.PathLike) and str(value):
-                yield Path(value)
+                path = Path(value)
+                if suffix is None or path.name.endswith(suffix):
+                    yield path
 
 
 def _failing_path(error: BaseException, suffix: str | None = None) -> Path | None:
     if isinstance(error, OSError) and error.filename:
         return Path(error.filename)
-    for path in _paths_in_traceback(error):
-        if suffix is None or path.name.endswith(suffix):
-            return path
-    return None
+    return next(_paths_in_traceback(error, suffix), None)
 
 
 def human_bytes(count: float) -> str:
@@ -164,22 +167,26 @@ def _stage_phrase(context: dict[str, Any]) -> str:
 
 
 def no_space_message(error: BaseException, stage: str | None, cache_dir: str | None = None) -> str:
-    """`no space left on device while <stage> writing <path> (<free>); ...`"""
+    """`no space left on device while <stage> writing <path> (<free> free); <what to do>`"""
     path = _failing_path(error)
     free = _free_space(path)
-    where = f" writing {path}" if path else ""
-    detail = f" ({free})" if free else ""
-    stage_text = f"while {stage}" if stage else "while running"
-    in_cache = (
-        cache_dir is not None and path is not None and Path(cache_dir).resolve() in path.resolve().parents
+    text = "no space left on device"
+    if stage:
+        text += f" while {stage}"
+    if path:
+        text += f"{',' if stage else ''} writing {path}"
+    if free:
+        text += f" ({free})"
+    in_run_dir = (
+        path is not None and cache_dir is not None and Path(cache_dir).resolve() not in path.resolve().parents
     )
     fix = (
-        "free space there, or point MSA_BENCH_CACHE (paths.cache_dir) at a larger disk"
-        if in_cache or path is None
-        else "free space there, or write to a larger disk (hydra.run.dir=..., or MSA_BENCH_CACHE / paths.cache_dir "
-        "for the cache)"
+        "free space there, or write the run elsewhere (hydra.run.dir=...) and keep the cache on a disk with room "
+        "(MSA_BENCH_CACHE / paths.cache_dir)"
+        if in_run_dir
+        else "free space there, or point MSA_BENCH_CACHE (paths.cache_dir) at a larger disk"
     )
-    return f"no space left on device {stage_text}{where}{detail}; {fix}"
+    return f"{text}; {fix}"
 
 
 def _batch_phrase(context: dict[str, Any], config: Any) -> tuple[str, str]:
@@ -196,7 +203,7 @@ def _batch_phrase(context: dict[str, Any], config: Any) -> tuple[str, str]:
             "history"
         )
         return size, keys
-    if stage.startswith("evaluate") and config is not None:
+    if "(evaluate" in stage and config is not None:
         return f"metrics.batch_size={config.metrics.batch_size}", "metrics.batch_size"
     return "the configured batch size", "the stage's batch_size (metrics.batch_size when evaluating)"
 
@@ -223,7 +230,12 @@ def corrupt_safetensors_message(error: BaseException, context: dict[str, Any]) -
 
 
 def describe_known_failure(error: BaseException, config: Any = None) -> str | None:
-    """The one-line message for a full disk, out-of-memory or a corrupt safetensors file; None for other errors."""
+    """The one-line message for a full disk, out-of-memory or a corrupt safetensors file; None for other errors,
+    and for msa_bench's own errors, whose message already says what happened (a ResourceError on a full disk)."""
+    from msa_bench.errors import MSABenchError
+
+    if isinstance(error, MSABenchError):
+        return None
     context = _context(error)
     found = _find(error, _is_no_space)
     if found is not None:
