@@ -3,7 +3,7 @@
 Every benchmark loader reads its JSON and JSONL files through these functions, and so does the preflight that runs
 before any training (`Benchmark.preflight`): a truncated or malformed file is found there, in one line such as
 
-    /data/tofu/forget01.jsonl line 37: not valid JSON (truncated file?): Unterminated string at column 118; ...
+    /data/tofu/forget01.jsonl line 37: not valid JSON (truncated file?): Unterminated string starting at (column 14); ...
 
 never as a bare JSONDecodeError, or hours later when the stage that reads it starts.
 
@@ -104,7 +104,7 @@ def read_jsonl(
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise MalformedDataError(
-                    f"{where}: not valid JSON (truncated file?): {error.msg} at column {error.colno}; {fix}"
+                    f"{where}: not valid JSON (truncated file?): {error.msg} (column {error.colno}); {fix}"
                 ) from error
             records.append(record if fields is None else check_record(record, fields, where, fix=fix))
     if not records and not allow_empty:
