@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -66,6 +67,66 @@ def _execute(config, resolved: dict, output_dir: Path) -> dict:
         return run(config, resolved, output_dir)
 
 
+def _log_traceback_to_file(message: str, error: BaseException, output_dir: Path) -> None:
+    """The traceback of a failure reported in one line goes to the run's msa_bench.log, not to the console."""
+    from msa_bench.progress import run_log_file
+
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, message, (), (type(error), error, error.__traceback__)
+    )
+    log_file = run_log_file(output_dir)
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log_file
+    ]
+    try:
+        if handlers:  # Hydra's job log
+            for handler in handlers:
+                handler.handle(record)
+        else:
+            with log_file.open("a", encoding="utf-8") as handle:
+                handle.write(logging.Formatter().format(record) + "\n")
+    except OSError:  # a full disk can refuse the log too; the console line is what must get through
+        pass
+
+
+def _report_failure(error: BaseException, config, status, output_dir: Path) -> NoReturn:
+    """End a failed job: one line for errors a user can fix and for known failures of the machine or the files
+    (full disk, out of memory, a corrupt weights file: msa_bench/failures.py), a traceback for anything else."""
+    from msa_bench.errors import ResourceError
+    from msa_bench.failures import describe_known_failure, forget_failure_context
+
+    try:
+        known = describe_known_failure(error, config) if isinstance(error, Exception) else None
+        if known is None and isinstance(error, ResourceError):
+            known = str(error)
+        if known is None and isinstance(error, MSABenchError | FileNotFoundError):
+            # Errors a user can fix (a config value, a path, the data): one line, no traceback. FileNotFoundError
+            # stays while some loaders still raise it unwrapped. A folder with nothing but logs is removed; one that
+            # keeps files says in status.json that the run failed, and why.
+            status.failed(error, with_traceback=False)
+            _remove_empty_run_dir(output_dir)
+            print(f"msa-bench: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        if known is None:
+            status.failed(error)
+            raise error
+        _log_traceback_to_file(known, error, output_dir)
+        print(f"msa-bench: error: {known}", file=sys.stderr)
+        try:  # best effort: on a full disk the status file may not be writable either
+            status.failed(error)
+        except OSError as status_error:
+            print(
+                f"msa-bench: also: could not mark {status.path} failed ({status_error.strerror or status_error}); "
+                "it may still say running",
+                file=sys.stderr,
+            )
+        sys.exit(2)
+    finally:
+        forget_failure_context()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_entry(cfg: DictConfig) -> float | None:
     # SIGTERM/SIGINT unwind the job (its finally blocks run, status.json says interrupted); main() sets the exit code.
@@ -117,19 +178,11 @@ def _job(cfg: DictConfig) -> float | None:
     status.running(config_hash=config_hash(resolved))
     try:
         results = _execute(config, resolved, output_dir)
-    except (MSABenchError, FileNotFoundError) as error:
-        # Errors a user can fix (a config value, a path, the data): one line, no traceback. FileNotFoundError stays
-        # while some loaders still raise it unwrapped.
-        status.discard()
-        _remove_empty_run_dir(output_dir)
-        print(f"msa-bench: error: {error}", file=sys.stderr)
-        sys.exit(2)
     except RunInterrupted as interrupt:
         status.interrupted(interrupt.signal_name)
         raise
     except BaseException as error:
-        status.failed(error)
-        raise
+        _report_failure(error, config, status, output_dir)
     status.done()
     return results["metrics"].get("forget_quality")
 

@@ -26,6 +26,11 @@ class DataError(MSABenchError, FileNotFoundError):
     """Data a run needs is missing or malformed; the message names the file or folder."""
 
 
+class MalformedDataError(DataError, ValueError):
+    """A data file is there but cannot be parsed or lacks a field; the message names the file, the line (or record)
+    and the field."""
+
+
 class ModelSourceError(DataError):
     """A model (or one of its revisions) cannot be found locally or on the hub."""
 
@@ -113,3 +118,8 @@ class RunInterrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class ResourceError(MSABenchError, OSError):
+    """The machine lacks what a stage needs (free disk space, accelerator memory); the message gives what is needed,
+    what there is, and what to change."""

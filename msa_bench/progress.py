@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from msa_bench.config.schema import ProgressMode
+from msa_bench.failures import remember_failure_context
 
 # The artifacts a method builds as its own stages (fine-tuned vectors, the unlearned model); others are prerequisites.
 METHOD_ARTIFACT_KINDS = frozenset({"finetune", "unlearned"})
@@ -85,7 +86,11 @@ class RunProgress:
     def stage(self, title: str | None = None) -> Iterator[None]:
         """One stage of the plan: the next title, unless given (a title must be one of the plan's)."""
         self._begin(title)
-        yield
+        try:
+            yield
+        except BaseException as error:  # the one-line error of a known failure names the stage (failures.py)
+            remember_failure_context(error, stage=self.position())
+            raise
         self._end()
 
     @contextmanager
@@ -96,6 +101,9 @@ class RunProgress:
             self._begin(self._method_stages.pop(0))
         try:
             yield
+        except BaseException as error:
+            remember_failure_context(error, stage=self.position())
+            raise
         finally:
             remaining, self._method_stages = self._method_stages, None
             if remaining is not None and self._index >= 0 and self._stage_started:
@@ -116,6 +124,13 @@ class RunProgress:
             self._console.flush()
             self._draw(force=True)
 
+    def position(self) -> str:
+        """Where the job is, for an error message: "stage 2 of 6 (oracle ...), building finetune"."""
+        if self._index < 0:
+            return "preparing the run"
+        text = f"stage {self._index + 1} of {len(self._stages)} ({self._stages[self._index]})"
+        return f"{text}, building {self._building[-1]}" if self._building else text
+
     # ------------------------------------------------------------------ reports from below
     @contextmanager
     def artifact(self, kind: str, key: str) -> Iterator[None]:
@@ -128,6 +143,9 @@ class RunProgress:
             self._requested += 1
         try:
             yield
+        except BaseException as error:  # the position with what was being built, before it is forgotten
+            remember_failure_context(error, stage=self.position())
+            raise
         finally:
             self._seen.add((kind, key))
             del self._building[depth:]

@@ -18,6 +18,7 @@ import msa_bench
 from msa_bench.config.schema import MSABenchConfig
 from msa_bench.methods.registry import get_method
 from msa_bench.pipeline.artifacts import ArtifactStore
+from msa_bench.pipeline.disk_space import RUN_DIR_FIX, RUN_FILES_BYTES, require_free_space
 from msa_bench.pipeline.evaluation import evaluate_model, evaluation_plan, final_metrics, required_eval_sets
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.progress import job_label, start_run_progress
@@ -85,6 +86,10 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
+    # The run's own files are written after all the training: a full output disk is refused now, not then.
+    require_free_space(
+        output_dir, RUN_FILES_BYTES, "the run's files (results.json, per_item.json)", fix=RUN_DIR_FIX
+    )
     # The console display (msa_bench/progress.py): one line per stage while library output goes to the run's log
     # file, from here until `progress.close()` below (the W&B banner and summary included).
     stages = [

@@ -74,6 +74,8 @@ class MuseBenchmark(Benchmark):
         folder = self.context.source_folder()
         key = "benchmark.data_dir" if self.cfg.data_dir else f"the hub download of {self.cfg.hub_id}"
         check_muse_folder(folder, self.cfg.forget_corpus, self.cfg.retain_corpus, key=key)
+        # Every file parsed in full and every record checked, before any training (the loads are kept).
+        self._forget, self._retain, self._eval_sets  # noqa: B018
 
     def _corpus(self, relative_path: str, key: str) -> list[dict]:
         folder = self.context.source_folder()

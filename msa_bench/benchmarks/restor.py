@@ -84,6 +84,7 @@ class RestorBenchmark(Benchmark):
                 f"RESTOR file(s) {missing} not found in {folder} (benchmark.data_dir); the corruption mixes there "
                 f"are {mixes} (benchmark.forget_split)"
             )
+        self.data  # noqa: B018  (every file parsed in full and every record checked, before any training)
 
     @cached_property
     def data(self) -> RestorData:

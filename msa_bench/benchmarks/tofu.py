@@ -12,7 +12,9 @@ from pathlib import Path
 from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
 from msa_bench.data.formatting import format_answer, format_prompt
 from msa_bench.data.muse import MUSE_EVAL_SET_NAMES, load_muse_eval_sets, muse_sets_from_tofu_items
+from msa_bench.data.records import RESTORE_HINT
 from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
+from msa_bench.errors import MalformedDataError
 
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TOFU_EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
@@ -60,15 +62,40 @@ class TofuBenchmark(Benchmark):
         return hub.path, hub.key
 
     def preflight(self) -> None:
+        """Every split the run reads is there and parsed in full (records, fields, answer lists), and the forget
+        and retain splits add up to `full` as in TOFU (a file cut at a line boundary still parses)."""
         folder = self.context.source_folder()
-        missing = [
-            name for name in tofu_hub_configs(self.forget_id) if not (folder / f"{name}.jsonl").is_file()
-        ]
+        splits = tofu_hub_configs(self.forget_id)
+        missing = [name for name in splits if not (folder / f"{name}.jsonl").is_file()]
         if missing:
             raise BenchmarkError(
                 f"TOFU split(s) {missing} not found in {folder} (benchmark.data_dir): the folder must hold one "
                 f"<hub config>.jsonl per split, e.g. {folder / f'{missing[0]}.jsonl'}"
             )
+        counts = {name: len(self.context.split(name)) for name in splits}
+        forget, retain = self.forget_id, self.retain_split
+        checks = [
+            (
+                counts[forget] + counts[retain] == counts["full"],
+                f"{forget} + {retain} must hold the rows of full",
+            ),
+            (
+                counts[f"{forget}_perturbed"] == counts[forget],
+                f"{forget}_perturbed must hold one row per {forget} row",
+            ),
+        ]
+        for holds, rule in checks:
+            if not holds:
+                sizes = ", ".join(
+                    f"{name}.jsonl {counts[name]}" for name in (forget, retain, "full", f"{forget}_perturbed")
+                )
+                raise MalformedDataError(
+                    f"TOFU files in {folder} do not fit together: {rule} (records: {sizes}); one of them is "
+                    f"probably truncated or from another copy: {RESTORE_HINT}"
+                )
+        muse_dir = self.context.cfg.metrics.muse.data_dir
+        if muse_dir:
+            load_muse_eval_sets(Path(muse_dir))
 
     def tokenizer_texts(self) -> list[str]:
         return [

@@ -20,7 +20,7 @@ from msa_bench.data.muse_eval_sets import (
     retain_qa_stems,
     split_files,
 )
-from msa_bench.errors import MuseDataNotFoundError
+from msa_bench.errors import MalformedDataError, MuseDataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _corpus_text(record: object, index: int, source: str) -> str:
     if isinstance(record, Mapping):
         record = record.get("text")
     if not isinstance(record, str):
-        raise ValueError(
+        raise MalformedDataError(
             f"document {index} of {source} must be a string or an object with a string 'text', got {record!r:.80}"
         )
     return record if record.strip() else ""
@@ -199,7 +199,9 @@ def load_muse_corpus(
     if skipped:
         logger.info("skipped %d empty document(s) of %s", skipped, source)
     if not documents:
-        raise ValueError(f"MUSE corpus {source} holds no documents; a corpus to train on needs at least one")
+        raise MalformedDataError(
+            f"MUSE corpus {source} holds no documents; a corpus to train on needs at least one"
+        )
     return documents
 
 

@@ -15,13 +15,14 @@ Every loader returns the same seven eval sets, named by `MUSE_EVAL_SET_NAMES`, w
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
 from msa_bench.data.formatting import format_answer, format_prompt
+from msa_bench.data.records import RESTORE_HINT, read_json_list, read_jsonl
+from msa_bench.errors import MalformedDataError, MuseDataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +112,22 @@ def split_files(subset_dir: Path, stem: str) -> list[Path]:
 
 
 def read_records(path: Path) -> list:
+    """The records of one MUSE file, read in full; a DataError names the file and line when it is malformed."""
+    what = "MUSE data file"
     if path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(records, list):
-            raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
-        return records
+        return read_json_list(path, what=what, allow_empty=True)
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return read_jsonl(path, what=what, allow_empty=True)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq  # a dependency of `datasets`; only needed for hub snapshots
 
-        return pq.read_table(path).to_pylist()
-    raise ValueError(f"cannot read {path}: expected .json, .jsonl or .parquet")
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            raise MalformedDataError(
+                f"{path}: not a readable parquet file ({type(error).__name__}: {error}); {RESTORE_HINT}"
+            ) from error
+    raise MalformedDataError(f"cannot read {path}: expected .json, .jsonl or .parquet")
 
 
 def _normalise_records(eval_set: str, records: Sequence, source: str) -> list[dict]:
@@ -134,19 +138,19 @@ def _normalise_records(eval_set: str, records: Sequence, source: str) -> list[di
         if isinstance(record, str) and fields == ("text",):
             record = {"text": record}
         if not isinstance(record, Mapping):
-            raise ValueError(
+            raise MalformedDataError(
                 f"record {index} of {source} must be an object with {fields}, got {record!r:.80}"
             )
         for field_name in fields:
             value = record.get(field_name)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(
+                raise MalformedDataError(
                     f"record {index} of {source} needs a non-empty string '{field_name}' "
                     f"(for {EVAL_SET_USERS[eval_set]}), got {value!r:.80}"
                 )
         normalised.append({field_name: record[field_name] for field_name in fields})
     if not normalised:
-        raise ValueError(f"{source} holds no records, but {EVAL_SET_USERS[eval_set]} need(s) them")
+        raise MalformedDataError(f"{source} holds no records, but {EVAL_SET_USERS[eval_set]} need(s) them")
     return normalised
 
 
@@ -173,7 +177,7 @@ def load_muse_eval_sets(
         if not files:
             expected = (subset_dir / f"{stems[0]}.json").resolve()
             alternatives = f" (or {', '.join(stems[1:])})" if len(stems) > 1 else ""
-            raise FileNotFoundError(
+            raise MuseDataNotFoundError(
                 f"MUSE eval set '{eval_set}' not found: {expected}{alternatives} does not exist "
                 f"(nor as .jsonl or parquet); it is needed by {EVAL_SET_USERS[eval_set]}"
             )

@@ -12,11 +12,19 @@ Read from a folder in the layout of the upstream `datasets/` directory (never co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from msa_bench.data.records import (
+    RESTORE_HINT,
+    TEXT,
+    TEXT_LIST,
+    check_record,
+    read_json,
+    read_json_list,
+)
+from msa_bench.errors import MalformedDataError
 
 FACTS_FILE = "facts.json"
 ENTITIES_FILE = "entities.json"
@@ -58,11 +66,38 @@ class RestorData:
         ]
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"RESTOR file not found: {path.resolve()}")
-    with path.open(encoding="utf-8") as file:
-        return json.load(file)
+# The fields facts.json's questions and in-context examples, and the corruption documents, must carry.
+_FACT_FIELDS = {"question": TEXT, "answers": TEXT_LIST}
+_EXAMPLE_FIELDS = {"question": TEXT, "answer": TEXT}
+_DOCUMENT_FIELDS = {"text": TEXT}
+
+
+def _read_facts(path: Path) -> tuple[dict, dict]:
+    """facts.json's "dset" (entity -> relation -> fact) and "context" (relation -> examples), every record checked."""
+    facts = read_json(path, what="RESTOR file")
+    if (
+        not isinstance(facts, dict)
+        or not isinstance(facts.get("dset"), dict)
+        or not isinstance(facts.get("context"), dict)
+    ):
+        raise MalformedDataError(
+            f'{path}: must hold an object with "dset" and "context" objects (RESTOR\'s facts.json); '
+            f"{RESTORE_HINT}"
+        )
+    dset, context = facts["dset"], facts["context"]
+    for entity, relations in dset.items():
+        if not isinstance(relations, dict):
+            raise MalformedDataError(f"{path}: dset[{entity!r}] must map relations to facts; {RESTORE_HINT}")
+        for relation, fact in relations.items():
+            check_record(fact, _FACT_FIELDS, f"{path} dset[{entity!r}][{relation!r}]")
+    for relation, examples in context.items():
+        if not isinstance(examples, list):
+            raise MalformedDataError(
+                f"{path}: context[{relation!r}] must be a list of examples; {RESTORE_HINT}"
+            )
+        for index, example in enumerate(examples):
+            check_record(example, _EXAMPLE_FIELDS, f"{path} context[{relation!r}] example {index}")
+    return dset, context
 
 
 def available_mixes(data_dir: Path) -> list[str]:
@@ -72,19 +107,27 @@ def available_mixes(data_dir: Path) -> list[str]:
 
 def load_restor(data_dir: Path, *, mix: str = "a0") -> RestorData:
     """Load the RESTOR folder: questions about the evaluation entities, in-context examples, and the corruption
-    documents of `mix_<mix>.json`. Raises FileNotFoundError naming a missing file, ValueError for an unknown mix."""
+    documents of `mix_<mix>.json`. Every file is read in full and every record checked: a DataError (a FileNotFoundError) names a missing file, a
+    MalformedDataError (a ValueError) the file, record and field of a malformed one; ValueError for an unknown mix."""
     data_dir = Path(data_dir)
     mixes = available_mixes(data_dir)
     if data_dir.is_dir() and mix not in mixes:
         raise ValueError(f"unknown RESTOR mix {mix!r}; available in {data_dir.resolve()}: {mixes}")
-    facts = _read_json(data_dir / FACTS_FILE)
-    entities = _read_json(data_dir / ENTITIES_FILE)
-    documents = _read_json(data_dir / f"{MIX_PREFIX}{mix}.json")
+    dset, context = _read_facts(data_dir / FACTS_FILE)
+    entities_path = data_dir / ENTITIES_FILE
+    entities = read_json_list(entities_path, what="RESTOR file")
+    bad = next((e for e in entities if not isinstance(e, str) or not e.strip()), None)
+    if bad is not None:
+        raise MalformedDataError(
+            f"{entities_path}: must list entity names (strings), got {bad!r:.60}; {RESTORE_HINT}"
+        )
+    documents = read_json_list(data_dir / f"{MIX_PREFIX}{mix}.json", _DOCUMENT_FIELDS, what="RESTOR file")
 
-    dset, context = facts["dset"], facts["context"]
     unknown = [entity for entity in entities if entity not in dset]
     if unknown:
-        raise ValueError(f"evaluation entities missing from {FACTS_FILE}: {unknown}")
+        raise MalformedDataError(
+            f"{entities_path}: evaluation entities missing from {data_dir / FACTS_FILE}: {unknown}; {RESTORE_HINT}"
+        )
     eval_questions = tuple(
         RestorQuestion(entity, relation, fact["question"], tuple(fact["answers"]))
         for entity in entities
@@ -92,7 +135,9 @@ def load_restor(data_dir: Path, *, mix: str = "a0") -> RestorData:
     )
     missing_context = sorted({q.relation for q in eval_questions} - set(context))
     if missing_context:
-        raise ValueError(f"relations without in-context examples in {FACTS_FILE}: {missing_context}")
+        raise MalformedDataError(
+            f"{data_dir / FACTS_FILE}: relations without in-context examples: {missing_context}; {RESTORE_HINT}"
+        )
     return RestorData(
         mix=mix,
         entities=tuple(entities),

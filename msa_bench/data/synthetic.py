@@ -65,6 +65,7 @@ from msa_bench.data.synthetic_world import (
     SyntheticWorldSpec,
     world_rng,
 )
+from msa_bench.data.tofu_splits import load_benchmark_split
 
 # The generator's public API; the data model is re-exported here because callers import it with the generator.
 __all__ = [
@@ -311,12 +312,3 @@ def write_benchmark(world: SyntheticWorld, out_dir: Path) -> dict[str, int]:
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return counts
-
-
-def load_benchmark_split(data_dir: Path, name: str) -> list[dict]:
-    """The records of <data_dir>/<name>.jsonl."""
-    path = Path(data_dir) / f"{name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark split {name!r} not found: {path.resolve()} does not exist")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -10,6 +10,7 @@ def combine_into_artifact(pipeline, method: str, target, terms):
     from msa_bench.arithmetic import StateDelta, combine_checkpoints
     from msa_bench.arithmetic.state_arithmetic import arithmetic_dtype
     from msa_bench.pipeline.cost import CostMeter
+    from msa_bench.pipeline.disk_space import require_space_for_state_like
 
     spec = {
         "method": method,
@@ -21,6 +22,7 @@ def combine_into_artifact(pipeline, method: str, target, terms):
         spec["arithmetic_dtype"] = compute_dtype
 
     def build(out: Path) -> dict:
+        require_space_for_state_like(pipeline.store.root, f"the {method} arithmetic output", target.path)
         with CostMeter("arithmetic", device="cpu") as meter:
             report = combine_checkpoints(
                 target.path,

@@ -83,6 +83,9 @@ def unlearn_with_loss(
     }
 
     def build(out: Path) -> dict:
+        from msa_bench.pipeline.disk_space import require_space_for_state_like
+
+        require_space_for_state_like(pipeline.store.root, f"the {method} unlearned model", target.path)
         tokenizer = pipeline.tokenizer()
         forget = pipeline.training_examples(pipeline.forget_items(), "the forget set")
         retain = pipeline.training_examples(pipeline.retain_items(), "the retain set") if use_retain else None

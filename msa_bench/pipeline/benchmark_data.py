@@ -83,6 +83,13 @@ class BenchmarkData:
         self.check_eval_sets(set(required))
         return self.benchmark.eval_sets(set(required))
 
+    def preflight_eval_sets(self, required: set[str]) -> None:
+        """Before any training: the benchmark has the `required` eval sets, and (for data not generated here) every
+        file they come from is parsed in full, so a malformed eval file fails now rather than after training."""
+        self.check_eval_sets(required)
+        if not self.benchmark.uses_generated_world:
+            self.benchmark.eval_sets(set(required))
+
     def check_eval_sets(self, required: set[str]) -> None:
         benchmark = self.benchmark
         unknown = required - benchmark.eval_set_names()

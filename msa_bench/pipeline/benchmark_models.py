@@ -11,6 +11,7 @@ from pathlib import Path
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.models.build import count_parameters, load_model, save_model
 from msa_bench.pipeline.cost import CostMeter
+from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
 from msa_bench.pipeline.refs import ModelRef, plain
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples, sample_examples
 from msa_bench.training.trainer import run_training
@@ -38,6 +39,10 @@ class BenchmarkModels:
         self._announce(f"finetune:{stage}", spec)
 
         def build(out: Path) -> dict:
+            n_parameters = stored_parameter_count(base.path)
+            require_space_for_states(
+                self.store.root, f"fine-tune {stage}", n_parameters, self.cfg.model.dtype
+            )
             tokenizer = self.tokenizer()
             model = load_model(base.path, self.device, self.cfg.model.dtype)
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))

@@ -16,6 +16,7 @@ from msa_bench.errors import StageError
 from msa_bench.models.build import build_embedded_model, count_parameters, load_tokenizer, save_model
 from msa_bench.pipeline.artifacts import Artifact
 from msa_bench.pipeline.cost import CostMeter
+from msa_bench.pipeline.disk_space import require_space_for_states
 from msa_bench.pipeline.refs import ModelRef, plain
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples
 from msa_bench.training.trainer import run_training, total_steps
@@ -150,6 +151,10 @@ class EmbeddedHistory:
             blocks = self.pretrain_blocks()
             saved, n_steps = self.pretrain_schedule()
             model = build_embedded_model(self.cfg.model, tokenizer, seed=self.cfg.seed)
+            # Every saved step and the base are written.
+            require_space_for_states(
+                self.store.root, "pretraining", count_parameters(model), self.cfg.model.dtype, len(saved) + 1
+            )
             log.info(
                 "pretraining %s parameters on %d blocks of %d tokens for %d steps (checkpoints at %s)",
                 f"{count_parameters(model):,}",

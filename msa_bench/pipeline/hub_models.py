@@ -8,6 +8,7 @@ from pathlib import Path
 
 from msa_bench.models.build import load_model, load_tokenizer, save_model
 from msa_bench.models.sources import model_fingerprint, resolve_model_dir
+from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
 from msa_bench.pipeline.refs import ModelRef
 
 log = logging.getLogger("msa_bench.pipeline")
@@ -33,6 +34,10 @@ class HubModels:
             return ref
 
         def build(out: Path) -> dict:
+            n_parameters = stored_parameter_count(ref.path)
+            require_space_for_states(
+                self.store.root, f"the {wanted} copy of {ref.label}", n_parameters, wanted
+            )
             log.info("converting %s from %s to %s", ref.label, stored, wanted)
             save_model(load_model(ref.path, "cpu", wanted), load_tokenizer(ref.path), out)
             return {}

@@ -97,7 +97,7 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         self.benchmark.preflight()
         from msa_bench.pipeline.evaluation import evaluation_plan, required_eval_sets
 
-        self.check_eval_sets(required_eval_sets(evaluation_plan(list(self.cfg.metrics.names))))
+        self.preflight_eval_sets(required_eval_sets(evaluation_plan(list(self.cfg.metrics.names))))
         self.check_checkpoint_choice(self.cfg.checkpoint)
         if not self.embedded:
             if self.cfg.benchmark.replay_fraction > 0:

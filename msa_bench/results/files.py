@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from msa_bench.errors import ReportError
+from msa_bench.errors import ReportError, ResourceError
+from msa_bench.failures import human_bytes
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
@@ -19,8 +23,26 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     try:
         temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise no_space_error(path, error) from error
+        raise
     finally:
-        temporary.unlink(missing_ok=True)
+        # After any failure (a full disk, an interrupt): no partial temporary is left, and `path` is untouched.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
+def no_space_error(path: Path, error: OSError) -> ResourceError:
+    """The one-line error for a results file the disk had no room for."""
+    try:
+        free = f"{human_bytes(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return ResourceError(
+        f"no space left on device while writing {path} ({free}; the previous file, if any, is unchanged); free "
+        "space there, or write the run elsewhere (hydra.run.dir=<a folder on a larger disk>)"
+    )
 
 
 def read_json_object(path: Path, what: str) -> dict:

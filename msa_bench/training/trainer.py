@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.errors import DivergenceError  # noqa: F401  (re-exported)
+from msa_bench.failures import remember_failure_context
 from msa_bench.progress import current_progress
 from msa_bench.training.data import ExampleDataset, PaddingCollator
 from msa_bench.training.losses import mean_token_kl, mean_token_nll, sequence_nll_from_logits
@@ -223,7 +224,15 @@ def run_training(
             callbacks=callbacks,
             **(trainer_kwargs or {}),
         )
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        except BaseException as error:  # an out-of-memory error names the batch size it ran at (failures.py)
+            remember_failure_context(
+                error,
+                batch_size=recipe.batch_size,
+                gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+            )
+            raise
     model.eval()
     return TrainStats(
         steps=n_steps,
