@@ -59,6 +59,14 @@ def _remove_empty_run_dir(output_dir: Path) -> None:
         parent.rmdir()
 
 
+def config_error_text(error: ConfigError) -> str:
+    """`msa-bench: config error: <problem>`, or a count and one indented line per problem when there are several."""
+    problems = error.problems or (type(error).__name__,)
+    if len(problems) == 1:
+        return f"msa-bench: config error: {problems[0]}"
+    return f"msa-bench: {len(problems)} config errors:\n" + "\n".join(f"  {problem}" for problem in problems)
+
+
 def _execute(config, resolved: dict, output_dir: Path) -> dict:
     from msa_bench.progress import quiet_console_logging
     from msa_bench.runner import run
@@ -147,7 +155,7 @@ def _job(cfg: DictConfig) -> float | None:
         config = validate_config(cfg)
     except ConfigError as error:
         _remove_empty_run_dir(output_dir)
-        print(f"msa-bench: config error: {error}", file=sys.stderr)
+        print(config_error_text(error), file=sys.stderr)
         sys.exit(2)
 
     from msa_bench.runner import resolved_container
@@ -211,6 +219,14 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(interrupt.exit_code)
+    except BaseException as stop:
+        # Hydra prints its own error and exits; a multirun stopped that way still gets its summary (and one line).
+        from msa_bench.sweeps.callbacks import close_stopped_sweep
+
+        line = close_stopped_sweep(stop.__context__ if isinstance(stop, SystemExit) else stop)
+        if line is not None:
+            print(line, file=sys.stderr)
+        raise
     from msa_bench.sweeps.callbacks import last_sweep_failed
 
     if last_sweep_failed():  # a multirun with failed jobs: the summary above lists them

@@ -19,7 +19,17 @@ class MSABenchError(Exception):
 
 
 class ConfigError(MSABenchError, ValueError):
-    """A config value is invalid; the message names the dotted key and what to do."""
+    """A config value is invalid; the message names the dotted key and what to do.
+
+    validate_config reports every problem of a config at once: one message per problem, each naming its key, as the
+    exception's args (so the error survives pickling, e.g. a sweep job run by joblib or submitit)."""
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(str(problem) for problem in self.args)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class DataError(MSABenchError, FileNotFoundError):

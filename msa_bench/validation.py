@@ -5,15 +5,22 @@ registries: the method, metric and benchmark names a config may use are theirs t
 
 from __future__ import annotations
 
+import logging
+
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from msa_bench.benchmarks.base import benchmark_class, forget_split_error
 from msa_bench.config.checkpoint_rules import checkpoint_problem
-from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, MSABenchConfig
-from msa_bench.errors import ConfigError  # noqa: F401  (re-exported)
+from msa_bench.config.required_values import unfilled_required_values
+from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, SEED_RANGE, MSABenchConfig, PretrainedModelConfig
+from msa_bench.config.strict_keys import unknown_key_problems
+from msa_bench.errors import ConfigError
 from msa_bench.methods.registry import discover_methods
 from msa_bench.metrics.registry import validate_metric_names
+
+log = logging.getLogger("msa_bench")
 
 
 def _dotted(config, dotted_key: str):
@@ -23,65 +30,125 @@ def _dotted(config, dotted_key: str):
     return value
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+def _conversion_problem(error: Exception) -> str:
+    """One line naming the key: OmegaConf's messages span several lines (full_key, object_type, ...)."""
+    if not isinstance(error, OmegaConfBaseException):
+        return str(error)  # a dataclass's __post_init__ check, which names its key itself
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    if isinstance(error, MissingMandatoryValue) and key:
+        return f"{key} is required (MISSING) and has no value; set it, e.g. {key}=<value>"
+    return f"{key}: {first_line}" if key else first_line
 
 
-def validate_config(cfg: DictConfig) -> MSABenchConfig:
-    """Resolve the whole config, convert it to typed objects and check cross-field rules."""
+def _hydra_runtime(hydra_cfg: DictConfig | None) -> DictConfig | None:
+    if hydra_cfg is not None:
+        return hydra_cfg
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _structure_problems(cfg: DictConfig, hydra_cfg: DictConfig | None) -> list[str]:
+    """What is wrong with the composed config before it is converted: unknown keys, unfilled `???`, the method."""
+    problems = unknown_key_problems(cfg)
+    if hydra_cfg is not None:
+        problems += unfilled_required_values(cfg, hydra_cfg, str(hydra_cfg.job.config_name or "config"))
     methods = discover_methods()
     method_name = OmegaConf.select(cfg, "method.name", default=None)
-    _require(
-        method_name in methods,
-        f"method.name={method_name!r} is not a registered method; valid methods: {', '.join(sorted(methods))}",
-    )
+    if method_name not in methods:
+        problems.append(
+            f"method.name={method_name!r} is not a registered method; valid methods: {', '.join(sorted(methods))}"
+        )
+    return problems
+
+
+def validate_config(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> MSABenchConfig:
+    """Resolve the whole config, convert it to typed objects and check every rule; report all problems at once.
+
+    `hydra_cfg` (default: the running job's HydraConfig, when there is one) tells which config files were composed,
+    for the check of `???` values nothing filled in.
+
+    Raises:
+        ConfigError: one message per problem, each naming its key. A config that cannot be converted (a MISSING
+            value, an unresolvable interpolation, a dataclass's own check) reports that first, with the problems
+            found before conversion; the rules that need typed values are then not checked.
+    """
+    problems = _structure_problems(cfg, _hydra_runtime(hydra_cfg))
     try:
         # to_object resolves every interpolation, fails on MISSING values (naming the key) and runs each
         # dataclass's __post_init__ checks.
         config: MSABenchConfig = OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from error
+        raise ConfigError(_conversion_problem(error), *problems) from error
+    problems += _rule_problems(config)
+    if problems:
+        raise ConfigError(*dict.fromkeys(problems))  # two rules may word one problem alike: say it once
+    if isinstance(config.model, PretrainedModelConfig) and config.model.trust_remote_code:
+        log.warning(
+            "model.trust_remote_code=true: Python code shipped with %s (and with the models made from it) runs on "
+            "this machine when a model folder names it in auto_map; keep it false unless you have read that code",
+            config.model.hub_id,
+        )
+    return config
+
+
+def _rule_problems(config: MSABenchConfig) -> list[str]:
+    """Every cross-field rule the typed config breaks, one message each."""
+    problems: list[str] = []
+
+    def require(condition: bool, message: str | None) -> None:
+        if not condition:
+            problems.append(message)
 
     try:
         validate_metric_names(list(config.metrics.names))
     except ValueError as error:
-        raise ConfigError(f"metrics.names: {error}") from error
+        problems.append(f"metrics.names: {error}")
     for dotted_key, choices in CHOICES.items():
         value = _dotted(config, dotted_key)
-        _require(value in choices, f"{dotted_key}={value!r} is not valid; choose one of {list(choices)}")
-    benchmark = benchmark_class(config.benchmark.kind)
-    _require(
-        type(config.benchmark) is benchmark.config_class,
-        f"benchmark {config.benchmark.name!r} (kind {config.benchmark.kind}) must extend its kind's schema: start "
-        f"its YAML with `defaults: [/schema/benchmark/{config.benchmark.kind}@_here_, _self_]`",
+        require(value in choices, f"{dotted_key}={value!r} is not valid; choose one of {list(choices)}")
+    low, high = SEED_RANGE
+    require(
+        isinstance(config.seed, int) and low <= config.seed <= high,
+        f"seed={config.seed} is out of range: numpy and torch take seeds from {low} to {high} (2**32 - 1); "
+        "choose one in that range",
     )
-    _require(
-        benchmark.forget_splits.accepts(config.benchmark.forget_split),
-        forget_split_error(benchmark, config.benchmark.forget_split),
-    )
-    _require(
+    try:
+        benchmark = benchmark_class(config.benchmark.kind)
+    except ConfigError as error:
+        problems.append(str(error))
+    else:
+        require(
+            type(config.benchmark) is benchmark.config_class,
+            f"benchmark {config.benchmark.name!r} (kind {config.benchmark.kind}) must extend its kind's schema: "
+            f"start its YAML with `defaults: [/schema/benchmark/{config.benchmark.kind}@_here_, _self_]`",
+        )
+        require(
+            benchmark.forget_splits.accepts(config.benchmark.forget_split),
+            forget_split_error(benchmark, config.benchmark.forget_split),
+        )
+    require(
         config.benchmark.max_documents is None or config.benchmark.max_documents >= 1,
         f"benchmark.max_documents={config.benchmark.max_documents} must be >= 1 (or null for all documents)",
     )
-    _require(
+    require(
         config.benchmark.block_size >= 2, f"benchmark.block_size={config.benchmark.block_size} must be >= 2"
     )
     model = config.model
-    _require(
-        type(model) is MODEL_SCHEMAS[model.source],
+    schema = MODEL_SCHEMAS.get(model.source)
+    require(
+        schema is None or type(model) is schema,
         f"model.source={model.source} needs a model YAML that extends /schema/model/{model.source} (model "
         f"{model.name!r} extends {type(model).__name__}); choose a model of that source instead",
     )
-    _require(
-        model.source != "pretrained" or bool(model.hub_id),
+    require(
+        model.source != "pretrained" or bool(getattr(model, "hub_id", None)),
         "model.hub_id is required when model.source=pretrained (e.g. meta-llama/Llama-3.2-1B-Instruct)",
     )
     problem = checkpoint_problem(config.checkpoint)
-    _require(problem is None, problem)
-    _require(config.num_threads >= 1, f"num_threads={config.num_threads} must be >= 1")
-    _require(
+    require(problem is None, problem)
+    require(config.num_threads >= 1, f"num_threads={config.num_threads} must be >= 1")
+    require(
         0 <= config.benchmark.replay_fraction <= 10,
         f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
     )
-    return config
+    return problems

@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import open_dict
 
 from msa_bench.methods.registry import discover_methods
 from msa_bench.validation import ConfigError, validate_config
@@ -27,10 +30,69 @@ def test_every_method_config_composes_and_validates(method):
     assert type(config.method) is discover_methods()[method].config_class
 
 
-@pytest.mark.parametrize("group", ["model", "checkpoint", "benchmark", "metrics", "logger", "experiment"])
+@pytest.mark.parametrize("group", ["model", "checkpoint", "benchmark", "metrics", "logger"])
 def test_every_option_of_every_group_validates(group):
     for option in group_options(group):
         validate_config(compose_config([f"{group}={option}"]))
+
+
+def test_every_experiment_config_composes_and_validates(monkeypatch, tmp_path):
+    # Every experiment, in subfolders too (cpu/*, paper/*), composed and fully resolved; all failures listed at once.
+    monkeypatch.setenv("MSA_BENCH_DATA", str(tmp_path))
+    root = CONFIG_DIR / "experiment"
+    experiments = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    assert {"smoke", "cpu/tofu", "paper/tofu_llama32_1b"} <= set(experiments)
+    failures = []
+    for name in experiments:
+        try:
+            validate_config(compose_config([f"experiment={name}"], output_dir=tmp_path))
+        except Exception as error:  # noqa: BLE001  (every failure is collected and listed)
+            failures.append(f"experiment={name}: {type(error).__name__}: {error}")
+    assert not failures, "\n".join(failures)
+
+
+def target_problems(node, path: str = "") -> list[str]:
+    """Every `_target_` under `node` that cannot be imported or does not accept its node's keys, by dotted key."""
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing() or node._is_interpolation():
+        return []
+    problems = []
+    if "_target_" in node:
+        kwargs = {k: v for k, v in node.items() if not str(k).startswith("_")}
+        try:
+            inspect.signature(get_object(node._target_)).bind(**kwargs)
+        except Exception as error:  # noqa: BLE001  (an import error or a TypeError from bind: both are the answer)
+            problems.append(f"{path}._target_={node._target_}: {type(error).__name__}: {error}")
+    for key in node.keys():
+        problems += target_problems(node._get_node(key), f"{path}.{key}" if path else str(key))
+    return problems
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_every_target_imports_and_accepts_its_arguments(launcher):
+    # Only Hydra's own nodes use _target_ (the sweep callback, the launchers); msa_bench's groups use registries.
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True
+        )
+    assert target_problems(cfg) == []
+    assert "_target_" in cfg.hydra.callbacks.sweep_status
+    callback = cfg.hydra.callbacks.sweep_status
+    callback._target_ = "msa_bench.sweeps.callbacks.SweepStatusCallbak"
+    (problem,) = target_problems(cfg)
+    assert problem.startswith(
+        "hydra.callbacks.sweep_status._target_=msa_bench.sweeps.callbacks.SweepStatusCallbak"
+    )
+    callback._target_ = "msa_bench.sweeps.callbacks.SweepStatusCallback"
+    with open_dict(callback):
+        callback.print_sumary = True
+    (problem,) = target_problems(cfg)
+    assert "TypeError" in problem and "print_sumary" in problem
 
 
 def test_every_yaml_method_is_registered_and_vice_versa():
@@ -118,6 +180,24 @@ def test_cli_rejects_bad_input_quickly_and_writes_nothing(tmp_path, args, expect
     assert elapsed < 30, f"took {elapsed:.1f}s to reject a bad override"
     leftovers = list(tmp_path.rglob("*"))
     assert leftovers == [], leftovers
+
+
+def test_cli_reports_every_key_hydra_lets_through_at_once_and_writes_nothing(tmp_path):
+    # `+key` adds a key even to a struct config; each of these used to run to the end and do nothing.
+    args = [
+        "+method.alhpa=1",
+        "+unknown.key=1",
+        "+benchmark.target_recipe.epoch=1",
+        "+method.lora_r=8",
+        "seed=-1",
+    ]
+    result = run_cli(args, tmp_path, tmp_path / "cache")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "msa-bench: 5 config errors:"
+    named = sorted(line.split(" ")[2].split("=")[0] for line in lines[1:])
+    assert named == ["benchmark.target_recipe.epoch", "method.alhpa", "method.lora_r", "seed", "unknown"]
+    assert list(tmp_path.rglob("*")) == []
 
 
 @pytest.mark.parametrize("benchmark", group_options("benchmark"))

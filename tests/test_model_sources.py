@@ -113,7 +113,7 @@ def test_folder_without_weights_or_config_is_incomplete(root: Path, tmp_path: Pa
     source = root / "stand-in" / "Llama-Tiny" / "main"
     no_weights = tmp_path / "org" / "model" / "no-weights"
     shutil.copytree(source, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
-    with pytest.raises(ModelSourceError, match=r"incomplete: no weights \(\*\.safetensors") as raised:
+    with pytest.raises(ModelSourceError, match=r"incomplete: no weights \(model\.safetensors") as raised:
         resolve_model_dir("org/model", "no-weights", tmp_path)
     assert str(no_weights) in str(raised.value) and "'no-weights'" in str(raised.value)
 
@@ -276,9 +276,19 @@ def test_accelerator_load_places_weights_directly(monkeypatch: pytest.MonkeyPatc
         return Loaded()
 
     monkeypatch.setattr(build.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(
+        b""
+    )  # the folder check looks for the file, from_pretrained is fake
     load_model(tmp_path, "cuda:1", "bfloat16")
     assert calls == [
-        {"dtype": torch.bfloat16, "device_map": {"": torch.device("cuda", 1)}, "local_files_only": True}
+        {
+            "dtype": torch.bfloat16,
+            "device_map": {"": torch.device("cuda", 1)},
+            "local_files_only": True,
+            "use_safetensors": True,
+            "trust_remote_code": False,
+        }
     ]
 
 

@@ -28,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arithmetic_dtype": ("float32", "bfloat16"),
     "checkpoint.stage": CHECKPOINT_STAGES,
 }
+# The seeds numpy and torch accept (inclusive): validate_config checks `seed` against it.
+SEED_RANGE = (0, 2**32 - 1)
 
 
 @dataclass
@@ -114,6 +116,10 @@ class PretrainedModelConfig(ModelConfig):
     revision: str = "main"
     # A folder holding <hub_id>/<revision>/ model folders (offline copies, test stand-ins); null: the hub and its cache.
     local_root: str | None = None
+    # Whether Python files shipped with the model (named by `auto_map` in config.json or tokenizer_config.json) may
+    # run here. false (the default): such a model is refused with an error, never an interactive prompt. true: its
+    # code runs, with a warning naming the repository; set it only for a repository whose code you have read.
+    trust_remote_code: bool = False
 
 
 # model.source -> the schema a model YAML of that source extends.

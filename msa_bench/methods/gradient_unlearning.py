@@ -66,7 +66,9 @@ def unlearn_with_loss(
     `prepare_model(model, config)`, when given, runs on the loaded θ_D before the trainer (and so the optimizer)
     is built: e.g. freezing parameters (requires_grad False) so that the optimizer never sees them.
     """
-    from msa_bench.models.build import count_parameters, load_model, save_model
+    from msa_bench.models.build import count_parameters, load_model, save_model, trusts_remote_code
+
+    trust_remote_code = trusts_remote_code(pipeline.cfg.model)
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.training.data import ForgetRetainDataset
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
@@ -90,7 +92,9 @@ def unlearn_with_loss(
         forget = pipeline.training_examples(pipeline.forget_items(), "the forget set")
         retain = pipeline.training_examples(pipeline.retain_items(), "the retain set") if use_retain else None
         with CostMeter(method, device=pipeline.device) as meter:
-            model = load_model(target.path, pipeline.device, pipeline.cfg.model.dtype)
+            model = load_model(
+                target.path, pipeline.device, pipeline.cfg.model.dtype, trust_remote_code=trust_remote_code
+            )
             if prepare_model is not None:
                 prepare_model(model, config)
             n_params = count_parameters(model)
@@ -103,7 +107,12 @@ def unlearn_with_loss(
             }
             if needs_reference:
                 reference_device = config.reference_device or pipeline.device
-                reference = load_model(target.path, reference_device, pipeline.cfg.model.dtype).eval()
+                reference = load_model(
+                    target.path,
+                    reference_device,
+                    pipeline.cfg.model.dtype,
+                    trust_remote_code=trust_remote_code,
+                ).eval()
                 reference.requires_grad_(False)
                 if config.precompute_reference and not (use_retain and config.retain_loss == "kl"):
                     kwargs["reference_forget_nll"] = _forget_nlls(reference, forget, tokenizer.pad_token_id)

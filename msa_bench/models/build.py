@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from msa_bench.config.schema import EmbeddedModelConfig
+from msa_bench.config.schema import EmbeddedModelConfig, ModelConfig, PretrainedModelConfig
+from msa_bench.models.safety import check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,10 +61,23 @@ def _placement(device: str | torch.device) -> torch.device:
     return device
 
 
+def trusts_remote_code(model_cfg: ModelConfig) -> bool:
+    """model.trust_remote_code of a pretrained model; the embedded model is built here and ships no code."""
+    return isinstance(model_cfg, PretrainedModelConfig) and model_cfg.trust_remote_code
+
+
 def load_model(
-    model_dir: Path, device: str | torch.device = "cpu", dtype: str = "float32"
+    model_dir: Path,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    *,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a Hugging Face model folder in ``dtype`` (model.dtype) onto ``device``.
+
+    Only safetensors weights are read, and the folder's own Python code (`auto_map`) only with ``trust_remote_code``
+    (model.trust_remote_code, see trusts_remote_code); anything else is refused before transformers opens a file
+    (msa_bench/models/safety.py), so loading never unpickles and never prompts.
 
     transformers 5 loads in the saved dtype by default; the dtype is always passed explicitly (bf16 on CPU is 10-20x
     slower, and a bf16 hub checkpoint must not silently set the training precision). from_pretrained builds the model
@@ -71,13 +85,15 @@ def load_model(
     that is now the only way), so a bf16 8B model takes ~16 GB, never an fp32 copy. Off the CPU, ``device_map`` puts
     each tensor straight onto the accelerator instead of first filling host memory with the whole model.
     """
+    check_model_folder(model_dir, trust_remote_code=trust_remote_code)
     torch_dtype = resolve_dtype(dtype)
     placement = _placement(device)
+    safe = dict(local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
     if placement.type == "cpu":
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **safe)
         return model.to(placement)
     return AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch_dtype, device_map={"": placement}, local_files_only=True
+        model_dir, dtype=torch_dtype, device_map={"": placement}, **safe
     )
 
 
@@ -101,11 +117,15 @@ def ensure_pad_token(tokenizer) -> bool:
     return True
 
 
-def load_tokenizer(model_dir: Path):
+def load_tokenizer(model_dir: Path, *, trust_remote_code: bool = False):
     """The tokenizer saved in ``model_dir``, with eos as pad token when it defines none (see ensure_pad_token).
 
-    The embedded model's tokenizer has its own pad token and is returned unchanged."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    The embedded model's tokenizer has its own pad token and is returned unchanged. A tokenizer folder with
+    `auto_map` is refused unless ``trust_remote_code`` (see load_model)."""
+    check_model_folder(model_dir, trust_remote_code=trust_remote_code, weights=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+    )
     ensure_pad_token(tokenizer)
     return tokenizer
 

@@ -17,11 +17,11 @@ Hugging Face format (config.json, tokenizer files, safetensors weights), which e
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from msa_bench.errors import ModelSourceError  # noqa: F401  (re-exported)
+from msa_bench.models.safety import weights_problems
 
 MODELS_ENV_VAR = "MSA_BENCH_MODELS"
 
@@ -40,12 +40,13 @@ HUB_ALLOW_PATTERNS = [
     "*.tiktoken",
     "*.safetensors",
     "*.safetensors.index.json",
+    # The Python files `auto_map` names: never run unless model.trust_remote_code=true (msa_bench/models/safety.py),
+    # but without them a trusted remote-code model could not load offline.
+    "*.py",
 ]
 # fnmatch's "*" also matches "/": without this, "*.safetensors" or "tokenizer*" would pull files from subfolders
 # (e.g. onnx/ exports) that the top-level model does not use.
 HUB_IGNORE_PATTERNS = ["*/*"]
-
-SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 
 _TRUE_VALUES = {"1", "on", "yes", "true"}
 
@@ -69,29 +70,6 @@ def _check_relative_name(value: str, what: str) -> None:
         )
 
 
-def _weights_problems(model_dir: Path) -> list[str]:
-    """What keeps ``model_dir`` from being a loadable model folder (empty: nothing)."""
-    problems = []
-    if not (model_dir / "config.json").is_file():
-        problems.append("no config.json")
-    index_file = model_dir / SAFETENSORS_INDEX_NAME
-    if index_file.is_file() and not (model_dir / "model.safetensors").is_file():
-        try:
-            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as error:
-            problems.append(f"an unreadable {SAFETENSORS_INDEX_NAME} ({type(error).__name__}: {error})")
-        else:
-            missing = [shard for shard in shards if not (model_dir / shard).is_file()]
-            if missing:
-                shown = ", ".join(missing[:5]) + (
-                    f", ... ({len(missing)} in total)" if len(missing) > 5 else ""
-                )
-                problems.append(f"weight shards listed in {SAFETENSORS_INDEX_NAME} are missing: {shown}")
-    elif not any(model_dir.glob("*.safetensors")):
-        problems.append("no weights (*.safetensors; only safetensors weights are supported)")
-    return problems
-
-
 def default_local_root() -> str | None:
     """The ``MSA_BENCH_MODELS`` environment variable, if set and not empty."""
     return os.environ.get(MODELS_ENV_VAR) or None
@@ -113,7 +91,7 @@ def _resolve_local(hub_id: str, revision: str, local_root: Path, origin: str) ->
             f"{where} not found: looked for the folder {model_dir} (local root from {origin}; {context}). "
             f"{_fix_steps()}"
         )
-    problems = _weights_problems(model_dir)
+    problems = weights_problems(model_dir)
     if problems:
         raise ModelSourceError(
             f"{where}: the folder {model_dir} (local root from {origin}) is incomplete: {'; '.join(problems)}. "
@@ -150,7 +128,7 @@ def _resolve_hub(hub_id: str, revision: str, cache_dir: str | Path | None) -> Pa
     except Exception as error:  # any failure means "not usable from the cache"
         attempts.append(f"not in the Hugging Face cache {cache} ({type(error).__name__}: {error})")
     else:
-        problems = _weights_problems(cached)
+        problems = weights_problems(cached)
         if not problems:
             return cached
         # A snapshot folder exists but lacks files (e.g. only config.json was fetched before): download the rest.
@@ -166,7 +144,7 @@ def _resolve_hub(hub_id: str, revision: str, cache_dir: str | Path | None) -> Pa
         except Exception as error:  # network, auth, missing repo or revision: all alike
             attempts.append(f"downloading from the Hugging Face hub failed ({type(error).__name__}: {error})")
         else:
-            problems = _weights_problems(downloaded)
+            problems = weights_problems(downloaded)
             if not problems:
                 return downloaded
             attempts.append(f"the downloaded snapshot {downloaded} is incomplete ({'; '.join(problems)})")
@@ -185,8 +163,9 @@ def resolve_model_dir(
     """The local Hugging Face model folder of ``hub_id`` at ``revision``.
 
     ``local_root`` (falling back to the ``MSA_BENCH_MODELS`` environment variable when None): the folder
-    ``<local_root>/<hub_id>/<revision>`` (hub ids nest as ``org/name``), which must hold config.json and safetensors
-    weights (all shards an index lists). Otherwise the hub snapshot: the Hugging Face cache (``cache_dir``, default the
+    ``<local_root>/<hub_id>/<revision>`` (hub ids nest as ``org/name``), which must hold config.json and the safetensors
+    weights transformers loads (model.safetensors, or all shards model.safetensors.index.json lists; pickle weights
+    are refused, see msa_bench/models/safety.py). Otherwise the hub snapshot: the Hugging Face cache (``cache_dir``, default the
     standard HF cache) is tried without any request, then the hub (unless HF_HUB_OFFLINE is set).
 
     Raises :class:`ModelSourceError` naming the hub id, the revision, where it looked and what to do.

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.models.build import count_parameters, load_model, save_model
+from msa_bench.models.build import count_parameters, load_model, save_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
 from msa_bench.pipeline.refs import ModelRef, plain
@@ -44,7 +44,12 @@ class BenchmarkModels:
                 self.store.root, f"fine-tune {stage}", n_parameters, self.cfg.model.dtype
             )
             tokenizer = self.tokenizer()
-            model = load_model(base.path, self.device, self.cfg.model.dtype)
+            model = load_model(
+                base.path,
+                self.device,
+                self.cfg.model.dtype,
+                trust_remote_code=trusts_remote_code(self.cfg.model),
+            )
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
             with CostMeter(stage, device=self.device) as meter:
                 stats = run_training(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from msa_bench.errors import MetricUnavailableError  # noqa: F401  (re-exported)
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, discover_suites, suite_of
-from msa_bench.models.build import count_parameters, load_model
+from msa_bench.models.build import count_parameters, load_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
 
 log = logging.getLogger("msa_bench.evaluation")
@@ -77,7 +77,12 @@ def evaluate_model(pipeline, model_ref) -> dict:
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
-        model = load_model(model_ref.path, pipeline.device, pipeline.cfg.model.dtype)
+        model = load_model(
+            model_ref.path,
+            pipeline.device,
+            pipeline.cfg.model.dtype,
+            trust_remote_code=trusts_remote_code(pipeline.cfg.model),
+        )
         eval_sets = pipeline.eval_sets(required_eval_sets(plan))
         merged: dict = {
             "metrics": {},

@@ -13,7 +13,13 @@ from msa_bench.data.formatting import PromptFormat, format_answer, format_prompt
 from msa_bench.data.synthetic import GENERATOR_VERSION, SyntheticWorldSpec, generate_world, write_benchmark
 from msa_bench.data.tokenizer import train_bpe_tokenizer
 from msa_bench.errors import StageError
-from msa_bench.models.build import build_embedded_model, count_parameters, load_tokenizer, save_model
+from msa_bench.models.build import (
+    build_embedded_model,
+    count_parameters,
+    load_tokenizer,
+    save_model,
+    trusts_remote_code,
+)
 from msa_bench.pipeline.artifacts import Artifact
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.pipeline.disk_space import require_space_for_states
@@ -103,7 +109,7 @@ class EmbeddedHistory:
     def tokenizer(self):
         if self._tokenizer is None:
             source = self.tokenizer_artifact().path if self.embedded else self.start().path
-            tokenizer = load_tokenizer(source)
+            tokenizer = load_tokenizer(source, trust_remote_code=trusts_remote_code(self.cfg.model))
             set_prompt_format(tokenizer, self.prompt_format())
             self._tokenizer = tokenizer
         return self._tokenizer

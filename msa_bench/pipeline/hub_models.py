@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from msa_bench.models.build import load_model, load_tokenizer, save_model
+from msa_bench.models.build import load_model, load_tokenizer, save_model, trusts_remote_code
 from msa_bench.models.sources import model_fingerprint, resolve_model_dir
 from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
 from msa_bench.pipeline.refs import ModelRef
@@ -39,7 +39,9 @@ class HubModels:
                 self.store.root, f"the {wanted} copy of {ref.label}", n_parameters, wanted
             )
             log.info("converting %s from %s to %s", ref.label, stored, wanted)
-            save_model(load_model(ref.path, "cpu", wanted), load_tokenizer(ref.path), out)
+            trusted = trusts_remote_code(self.cfg.model)
+            model = load_model(ref.path, "cpu", wanted, trust_remote_code=trusted)
+            save_model(model, load_tokenizer(ref.path, trust_remote_code=trusted), out)
             return {}
 
         artifact = self.store.get_or_build("hub_model", {"model": ref.key, "dtype": wanted}, build)

@@ -7,6 +7,10 @@ this only catches failures outside them), record it in the job's status.json.
 on_multirun_end (the launching process): write sweep_summary.json / .md into the sweep directory, print the summary,
 and remember whether any job failed; `msa-bench` then exits with status 1.
 
+Hydra calls no hook when the sweep itself fails: its sweeper composes every job of a batch before launching any
+(`method=msa,nosuch` fails there, before the first job). `msa-bench` then calls `close_stopped_sweep`, which writes the
+summary with that error and the jobs that did run, and gives the one-line message to print.
+
 Every launcher calls these hooks (basic, joblib, submitit local and slurm): the job hooks run in the job's process. The
 job hook acts in multiruns only; a single run reports its own errors.
 """
@@ -37,6 +41,8 @@ log = logging.getLogger("msa_bench.sweeps")
 
 # The summary of the last multirun in this process (None before any); read by msa_bench.cli.main for the exit code.
 LAST_SUMMARY: dict | None = None
+# The multirun this process started and has not ended: (sweep dir, sweep run id, start time).
+_OPEN_SWEEP: tuple[Path, str, str] | None = None
 
 
 def last_sweep_failed() -> bool:
@@ -52,9 +58,11 @@ class SweepStatusCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global LAST_SUMMARY
         LAST_SUMMARY = None
+        global _OPEN_SWEEP
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.sweep_run = uuid.uuid4().hex[:12]
         self.started_at = now_iso()
+        _OPEN_SWEEP = (sweep_dir, self.sweep_run, self.started_at)
         write_json_atomically(
             sweep_dir / SWEEP_RUN_FILE,
             {
@@ -88,7 +96,8 @@ class SweepStatusCallback(Callback):
         write_json_atomically(path, status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global LAST_SUMMARY
+        global LAST_SUMMARY, _OPEN_SWEEP
+        _OPEN_SWEEP = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
         summary = write_summary(sweep_dir, self.sweep_run, self.started_at)
         LAST_SUMMARY = summary
@@ -96,3 +105,31 @@ class SweepStatusCallback(Callback):
             print("\n" + to_text(summary) + "\n", flush=True)
         if not summary["ok"]:
             log.error("the sweep has failed jobs: see %s", sweep_dir / "sweep_summary.md")
+
+
+def _one_line(error: BaseException | None) -> str:
+    if error is None:
+        return "the sweep stopped before it finished (see the messages above)"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    options = getattr(error, "options", None)  # hydra.errors.MissingConfigException: the group's options
+    if options:
+        text += f" (options: {', '.join(options)})"
+    return text
+
+
+def close_stopped_sweep(error: BaseException | None) -> str | None:
+    """After a multirun of this process stopped without reaching on_multirun_end: write its summary, listing `error`
+    and the jobs that did run, and return the line to print (None when no multirun is open)."""
+    global LAST_SUMMARY, _OPEN_SWEEP
+    if _OPEN_SWEEP is None:
+        return None
+    sweep_dir, sweep_run, started_at = _OPEN_SWEEP
+    _OPEN_SWEEP = None
+    reason = _one_line(error)
+    LAST_SUMMARY = write_summary(sweep_dir, sweep_run, started_at, error=reason)
+    ran = LAST_SUMMARY["n_jobs"]
+    return (
+        f"msa-bench: the sweep stopped after {ran} job{'s' if ran != 1 else ''}: {reason}; "
+        f"summary: {sweep_dir / 'sweep_summary.md'}"
+    )

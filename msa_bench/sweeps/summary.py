@@ -79,7 +79,10 @@ def collect_jobs(sweep_dir: Path, sweep_run: str | None = None) -> list[dict]:
     return jobs
 
 
-def build_summary(sweep_dir: Path, sweep_run: str | None = None, started_at: str | None = None) -> dict:
+def build_summary(
+    sweep_dir: Path, sweep_run: str | None = None, started_at: str | None = None, error: str | None = None
+) -> dict:
+    """The summary of one multirun; `error`: why the whole sweep stopped (e.g. Hydra could not compose a job)."""
     jobs = collect_jobs(sweep_dir, sweep_run)
     counts = {state: 0 for state in (DONE, SKIPPED, FAILED, INCOMPLETE)}
     for job in jobs:
@@ -92,7 +95,8 @@ def build_summary(sweep_dir: Path, sweep_run: str | None = None, started_at: str
         "finished_at": now_iso(),
         "n_jobs": len(jobs),
         "counts": counts,
-        "ok": n_failed == 0 and bool(jobs),
+        "ok": n_failed == 0 and bool(jobs) and error is None,
+        "error": error,
         "jobs": jobs,
     }
 
@@ -125,7 +129,10 @@ _HEADERS = ["job", "state", "overrides", "wall s", "config hash", "note"]
 
 def headline(summary: dict) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
-    return f"{summary['n_jobs']} jobs: {counts or 'none recorded'}"
+    line = f"{summary['n_jobs']} jobs: {counts or 'none recorded'}"
+    if summary.get("error"):
+        line += f"; the sweep stopped: {summary['error']}"
+    return line
 
 
 def to_markdown(summary: dict) -> str:
@@ -160,10 +167,12 @@ def to_text(summary: dict, max_note: int = 100) -> str:
     return "\n".join(lines)
 
 
-def write_summary(sweep_dir: Path, sweep_run: str | None = None, started_at: str | None = None) -> dict:
+def write_summary(
+    sweep_dir: Path, sweep_run: str | None = None, started_at: str | None = None, error: str | None = None
+) -> dict:
     """Write sweep_summary.json and sweep_summary.md into the sweep directory; returns the summary."""
     sweep_dir = Path(sweep_dir)
-    summary = build_summary(sweep_dir, sweep_run, started_at)
+    summary = build_summary(sweep_dir, sweep_run, started_at, error)
     write_json_atomically(sweep_dir / SUMMARY_JSON, summary)
     (sweep_dir / SUMMARY_MD).write_text(to_markdown(summary))
     return summary
