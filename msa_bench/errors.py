@@ -69,12 +69,26 @@ class DivergenceError(MSABenchError, RuntimeError):
     """Training produced a non-finite or out-of-bounds loss; nothing was saved."""
 
 
+class NonFiniteWeightsError(DivergenceError):
+    """A model's weights hold NaN or inf (after training, a dtype conversion or state arithmetic); nothing was saved.
+    The message names the first bad tensor and its counts of NaN and inf values."""
+
+
 class MetricError(MSABenchError, RuntimeError):
     """A requested metric cannot be computed; the message says why (never a placeholder value)."""
 
 
 class MetricUnavailableError(MetricError):
     """The evaluation did not produce a requested metric."""
+
+
+class NonFiniteMetricError(MetricError):
+    """A metric came out NaN or inf where its definition gives a number; the message names the metric and model."""
+
+
+class MetricUndefinedError(MetricError, ValueError):
+    """A metric is undefined by its own definition for these inputs (e.g. privleak against a reference AUC of 1).
+    The evaluation records it as null, with this message as the reason in results.json's metric_provenance."""
 
 
 class JudgeError(MetricError):

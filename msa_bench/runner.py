@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,13 @@ from msa_bench.config.schema import MSABenchConfig
 from msa_bench.methods.registry import get_method
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.disk_space import RUN_DIR_FIX, RUN_FILES_BYTES, require_free_space
-from msa_bench.pipeline.evaluation import evaluate_model, evaluation_plan, final_metrics, required_eval_sets
+from msa_bench.pipeline.evaluation import (
+    evaluate_model,
+    evaluation_plan,
+    final_metrics,
+    required_eval_sets,
+    undefined_reference_reasons,
+)
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.progress import job_label, start_run_progress
 from msa_bench.reporting.run_logger import make_run_logger
@@ -31,6 +36,7 @@ from msa_bench.results import (
     RunResults,
     build_per_item_records,
 )
+from msa_bench.results.provenance import device_name, distribution_versions, git_commit
 
 log = logging.getLogger("msa_bench.runner")
 
@@ -43,28 +49,29 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+# Libraries whose versions change computed numbers or how models are read, beside torch and transformers.
+_RECORDED_DISTRIBUTIONS = {
+    "peft": "peft",
+    "lm_eval": "lm-eval",
+    "datasets": "datasets",
+    "safetensors": "safetensors",
+}
+
+
 def library_versions() -> dict[str, str]:
+    """Versions of what computed the results, and the msa_bench commit ("<sha>-dirty" with uncommitted changes)."""
     import hydra
     import transformers
 
-    versions = {
+    return {
         "msa_bench": msa_bench.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "hydra": hydra.__version__,
+        **distribution_versions(_RECORDED_DISTRIBUTIONS),
+        "git_commit": git_commit(),
     }
-    try:
-        root = Path(__file__).resolve().parent.parent
-        versions["git_commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or "unknown"
-        )
-    except (OSError, subprocess.SubprocessError):
-        versions["git_commit"] = "unknown"
-    return versions
 
 
 def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
@@ -122,13 +129,23 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         plan = evaluation_plan(metric_names)
         all_sets = required_eval_sets(plan)
 
-        def against_oracle(evaluation: dict) -> tuple[dict, dict]:
+        def against_oracle(evaluation: dict, model: str) -> tuple[dict, dict]:
             return final_metrics(
-                evaluation, oracle_eval, metric_names, cfg.metrics, lambda: pipeline.eval_sets(all_sets)
+                evaluation,
+                oracle_eval,
+                metric_names,
+                cfg.metrics,
+                lambda: pipeline.eval_sets(all_sets),
+                model=model,
             )
 
-        columns = {"target": against_oracle(target_eval)[0], "oracle": against_oracle(oracle_eval)[0]}
-        method_metrics, provenance = against_oracle(method_eval)
+        references = {
+            "target": against_oracle(target_eval, "target"),
+            "oracle": against_oracle(oracle_eval, "oracle"),
+        }
+        columns = {model: metrics for model, (metrics, _) in references.items()}
+        method_metrics, provenance = against_oracle(method_eval, cfg.method.name)
+        provenance |= undefined_reference_reasons(references)
         if cfg.method.name not in columns:
             columns[cfg.method.name] = method_metrics
 
@@ -145,6 +162,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             cost=pipeline.costs,
             seed=cfg.seed,
             device=device,
+            device_name=device_name(device),
             wall_seconds=round(time.perf_counter() - started, 2),
             versions=library_versions(),
             artifacts={"model": str(unlearned.path), "target": str(target.path), "oracle": str(oracle.path)},

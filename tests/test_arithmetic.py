@@ -320,3 +320,29 @@ def test_tokenizers_are_compared_by_vocabulary_not_bytes(tmp_path):
         paths["theta_d"], [StateDelta(-1.0, paths["theta_1"], paths["theta_0"])], tmp_path / "out"
     )
     assert (tmp_path / "out").is_dir()
+
+
+def test_alpha_has_no_effect_when_theta_1_equals_theta_0(untied: dict[str, Path], tmp_path: Path) -> None:
+    same = {**untied, "theta_1": untied["theta_0"]}
+    msa(same, tmp_path / "alpha", alpha=7.5, beta=0.3)
+    msa(untied, tmp_path / "no_alpha", alpha=0.0, beta=0.3)
+    with_alpha, without = load_weights(tmp_path / "alpha"), load_weights(tmp_path / "no_alpha")
+    assert all(torch.equal(with_alpha[name], without[name]) for name in without)
+
+
+def test_integer_tensors_are_copied_and_dtypes_kept(tmp_path: Path) -> None:
+    """A bf16 checkpoint stays bf16, and an integer buffer (e.g. a step counter) is the target's, untouched."""
+    paths = {}
+    for name, shift in (("theta_0", 0.0), ("theta_1", 0.5), ("theta_2", 0.25), ("theta_d", 1.0)):
+        paths[name] = tmp_path / name
+        paths[name].mkdir()
+        tensors = {
+            "w": torch.full((4,), 1.0 + shift, dtype=torch.bfloat16),
+            "steps": torch.tensor([3, int(shift * 4)]),
+        }
+        save_file(tensors, str(paths[name] / "model.safetensors"), metadata={"format": "pt"})
+    msa(paths, tmp_path / "out", alpha=1.0, beta=2.0)
+    result = load_weights(tmp_path / "out")
+    assert result["w"].dtype == torch.bfloat16
+    assert torch.equal(result["w"], torch.full((4,), 2.0 - 0.5 + 0.5, dtype=torch.bfloat16))
+    assert torch.equal(result["steps"], torch.tensor([3, 4]))  # θ_D's, not θ_D − (θ1 − θ0) + 2(θ2 − θ0)

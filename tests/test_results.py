@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -11,7 +13,14 @@ import pytest
 
 from msa_bench.errors import ReportError
 from msa_bench.reporting.collect import load_runs
-from msa_bench.results import SCHEMA_VERSION, ReferenceMetrics, RunResults
+from msa_bench.results import (
+    PER_ITEM_FILE,
+    SCHEMA_VERSION,
+    PerItemRecords,
+    ReferenceMetrics,
+    RunResults,
+    write_json_atomically,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = sorted((REPO / "results" / "cpu_scale").glob("*.json"))
@@ -136,3 +145,64 @@ def test_the_report_skips_unreadable_files_with_a_warning(tmp_path, caplog):
     for name in files:
         assert str(tmp_path / name / "results.json") in warnings, name
     assert "schema_version" in warnings and "not valid JSON" in warnings and "not an object" in warnings
+
+
+# --- strict JSON (issue 12, item 2): no NaN or Infinity on writing or reading ------------------------------------
+
+
+def test_a_nan_is_refused_before_anything_is_written(tmp_path):
+    path = tmp_path / "results.json"
+    full_record().write(path)
+    before = path.read_bytes()
+    broken = dataclasses.replace(full_record(), metrics={"forget_quality": math.nan, "model_utility": 0.5})
+    with pytest.raises(
+        ValueError, match=r"results\.json: not written, metrics\.forget_quality is not a finite"
+    ):
+        broken.write(path)
+    inf_reference = dataclasses.replace(
+        full_record(), reference_metrics=ReferenceMetrics(oracle={"x": math.inf})
+    )
+    with pytest.raises(ValueError, match=r"reference_metrics\.oracle\.x is not a finite"):
+        inf_reference.write(path)
+    assert path.read_bytes() == before  # the finished file stays as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # and no temporary is left
+
+
+@pytest.mark.parametrize(
+    ("value", "literal", "where"),
+    [
+        (math.nan, "NaN", "metrics.forget_quality"),
+        (-math.inf, "-Infinity", "reference_metrics.oracle.forget_quality"),
+    ],
+)
+def test_reading_refuses_nan_and_infinity_literals_naming_the_place(tmp_path, value, literal, where):
+    payload = full_record().to_json()
+    section, *_, name = where.split(".")
+    (payload[section] if section == "metrics" else payload[section]["oracle"])[name] = value
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(payload))  # Python's json writes the non-JSON literals by default
+    with pytest.raises(
+        ReportError, match=rf"results\.json: this results file holds {literal} at {where}, which is not"
+    ):
+        RunResults.read(path)
+
+
+def test_per_item_files_are_strict_json_too(tmp_path):
+    path = tmp_path / PER_ITEM_FILE
+    with pytest.raises(
+        ValueError, match=r"not written, eval_sets\.forget\[0\]\.method\.values\.tr is not a finite"
+    ):
+        write_json_atomically(path, {"eval_sets": {"forget": [{"method": {"values": {"tr": math.inf}}}]}})
+    assert not path.exists()
+    path.write_text(
+        '{"schema_version": 1, "method": "msa", "eval_sets": {}, "unaligned": {"method": {"x": NaN}}}'
+    )
+    with pytest.raises(ReportError, match=r"per-item file holds NaN at unaligned\.method\.x"):
+        PerItemRecords.read(path)
+
+
+def test_a_version_1_file_is_read_without_the_fields_version_2_added():
+    payload = full_record().to_json() | {"schema_version": 1}
+    del payload["device_name"]
+    record = RunResults.from_json(payload, "v1.json")
+    assert record.device_name is None and record.metrics == full_record().metrics

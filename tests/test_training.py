@@ -117,3 +117,26 @@ def test_divergence_stops_training_with_the_step(tokenizer):
             trainer_class=LossOverrideTrainer,
             trainer_kwargs={"loss_fn": checked},
         )
+
+
+def test_logged_losses_keep_nan_and_inf(tokenizer):
+    """transformers' logging_nan_inf_filter (True by default) would hide a non-finite loss from the logs."""
+    seen = []
+
+    class Recording(LossOverrideTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.args)
+
+    run_training(
+        tiny_model(tokenizer),
+        ForgetRetainDataset(qa_examples(tokenizer, ITEMS, 64), None),
+        TrainRecipe(epochs=1, batch_size=4),
+        pad_token_id=tokenizer.pad_token_id,
+        seed=0,
+        device="cpu",
+        progress=False,
+        trainer_class=Recording,
+        trainer_kwargs={"loss_fn": lambda trainer, model, inputs: mean_token_nll(model, inputs["forget"])},
+    )
+    assert [args.logging_nan_inf_filter for args in seen] == [False]

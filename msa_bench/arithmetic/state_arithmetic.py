@@ -39,6 +39,7 @@ from msa_bench.arithmetic.checkpoint_files import (
     read_layout,
     remove_stale_weights,
 )
+from msa_bench.arithmetic.non_finite import refuse_non_finite
 from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def combine_checkpoints(
     with coefficient 0 are skipped entirely (never opened). Float tensors are computed in
     ``compute_dtype`` (see :func:`arithmetic_dtype`) and cast back to the target's dtype; other tensors
     are copied from the target. The output keeps the target's shard layout and non-weight files
-    (config, tokenizer, ...).
+    (config, tokenizer, ...). A computed tensor holding NaN or inf raises NonFiniteWeightsError before its shard is
+    written (earlier shards of a sharded output stay: build into a temporary folder, as the artifact store does).
 
     Memory: the output is written one target shard at a time. While a shard is built, the finished
     tensors of that shard are held, plus, for the tensor being computed, that one tensor of each
@@ -195,11 +197,12 @@ def combine_checkpoints(
             output: dict[str, Tensor] = {}
             for name in names:
                 target_tensor = reader.read(target_layout, name)
-                if not target_tensor.is_floating_point() or not active:
-                    output[name] = target_tensor
-                    continue
                 # θ0 is usually the base of several deltas; read each checkpoint's tensor once.
                 loaded: dict[Path, Tensor] = {resolved_target: target_tensor}
+                if not target_tensor.is_floating_point() or not active:
+                    output[name] = target_tensor
+                    refuse_non_finite(output[name], name, loaded, coefficients, out_dir)
+                    continue
                 scaled_differences = []
                 for i, coefficient, *directories in active:
                     for directory in directories:
@@ -212,6 +215,7 @@ def combine_checkpoints(
                 output[name] = _apply_differences(
                     target_tensor, scaled_differences, compute_dtype
                 ).contiguous()
+                refuse_non_finite(output[name], name, loaded, coefficients, out_dir)
             save_file(output, str(out_dir / file_name), metadata=target_layout.metadata_by_file[file_name])
             del output
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from msa_bench.errors import MetricUndefinedError
+
 # The reference AUC open-unlearning falls back to for privleak when it has no retain model's logs: chance level.
 CHANCE_AUC = 0.5
 
@@ -61,7 +63,10 @@ def privleak(auc: float, reference_auc: float) -> float:
             raise ValueError(f"{name} must be an AUC in [0, 1], got {value}")
     reference_gap = 1.0 - reference_auc
     if reference_gap == 0.0:
-        raise ValueError("privleak is undefined for a reference AUC of 1 (it divides by 1 - reference_auc)")
+        # The reference attack separates perfectly, so there is no privacy left to leak relative to it.
+        raise MetricUndefinedError(
+            "privleak is undefined for a reference AUC of 1 (it divides by 1 - reference_auc)"
+        )
     return ((1.0 - auc) - reference_gap) / reference_gap * 100.0
 
 
@@ -104,5 +109,5 @@ def exact_memorization(per_item_scores: Sequence[float] | np.ndarray) -> float:
 def relative_difference(score: float, reference: float) -> float:
     """(score - reference) / reference * 100: open-unlearning's `rel_diff` of a statistic against a reference's."""
     if reference == 0.0:
-        raise ValueError("relative_difference is undefined for a reference of 0")
+        raise MetricUndefinedError("relative_difference is undefined for a reference of 0")
     return (score - reference) / reference * 100.0

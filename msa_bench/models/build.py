@@ -12,6 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from msa_bench.config.schema import EmbeddedModelConfig, ModelConfig, PretrainedModelConfig
+from msa_bench.errors import NonFiniteWeightsError
+from msa_bench.models.finite import first_non_finite
 from msa_bench.models.safety import check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,9 +51,31 @@ def build_embedded_model(model_cfg: EmbeddedModelConfig, tokenizer, seed: int) -
 
 
 def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
+    """Save ``model`` and ``tokenizer`` to ``out_dir`` in Hugging Face format.
+
+    Raises:
+        NonFiniteWeightsError: a weight is NaN or inf; nothing is written (see `check_finite_weights`).
+    """
+    check_finite_weights(model, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def check_finite_weights(model: torch.nn.Module, out_dir: Path) -> None:
+    """Refuse a model whose weights hold NaN or inf, naming the first bad tensor, before anything is written: a
+    cached stage built from it would be reused by every later run. Models are saved at the end of a training stage
+    or of a dtype conversion, so the advice names those."""
+    bad = first_non_finite(model.state_dict().items())
+    if bad is None:
+        return
+    raise NonFiniteWeightsError(
+        f"refusing to save the model to {out_dir}: {bad.describe()} (the first non-finite tensor; nothing was "
+        "saved). The training that produced it diverged: lower the learning_rate of its recipe "
+        "(benchmark.target_recipe for the target and oracle, method.recipe for an unlearning method, "
+        "model.pretrain.recipe or model.instruct for the embedded model's history) or set method.loss_bound; "
+        "a model converted to float16 can overflow: use model.dtype=bfloat16 or float32"
+    )
 
 
 def _placement(device: str | torch.device) -> torch.device:

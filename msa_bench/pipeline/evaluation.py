@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from msa_bench.errors import MetricUnavailableError  # noqa: F401  (re-exported)
+from msa_bench.errors import (
+    MetricUnavailableError,
+    MetricUndefinedError,
+    NonFiniteMetricError,
+)
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, discover_suites, suite_of
 from msa_bench.models.build import count_parameters, load_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
@@ -109,7 +114,8 @@ def evaluate_model(pipeline, model_ref) -> dict:
                     merged[key].update(result.get(key) or {})
                 merged["tokens_processed"] += int(result.get("tokens_processed") or 0)
             meter.add_tokens(merged["tokens_processed"], count_parameters(model), training=False)
-        (out / "eval.json").write_text(json.dumps(merged, indent=1))
+        refuse_non_finite_evaluation(merged, model_ref.label)
+        (out / "eval.json").write_text(json.dumps(merged, indent=1, allow_nan=False))
         return {"cost": meter.cost.to_dict()}
 
     artifact = pipeline.store.get_or_build("eval", spec, build)
@@ -117,19 +123,67 @@ def evaluate_model(pipeline, model_ref) -> dict:
     return json.loads((artifact.path / "eval.json").read_text())
 
 
+def _first_non_finite(value, path: str) -> tuple[str, float] | None:
+    """The dotted path and value of the first NaN or inf number in a JSON-like value, None when there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items = (
+        value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, item in items:
+        found = _first_non_finite(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_non_finite_evaluation(evaluation: Mapping, model: str) -> None:
+    """A NonFiniteMetricError for the first NaN or inf among an evaluation's metrics and per-item values, before it
+    is cached: every metric the suites compute gives a number for finite inputs (one that can be undefined says so
+    in `skipped` instead), so a non-finite value means the model's outputs are not finite."""
+    for section in ("metrics", "per_item"):
+        found = _first_non_finite(dict(evaluation.get(section) or {}), section)
+        if found is not None:
+            path, value = found
+            raise NonFiniteMetricError(
+                f"the evaluation of {model} gives {value} for {path}; nothing was cached. The model's outputs "
+                "are not finite: its weights are too large (lower method.alpha or method.beta, or the learning "
+                "rate that trained it) or the evaluation has a bug"
+            )
+
+
 def final_metrics(
-    evaluation: Mapping, oracle_evaluation: Mapping, requested: Sequence[str], settings, eval_sets_for=None
-) -> tuple[dict[str, float], dict[str, str]]:
-    """The requested metrics of one model (cross-model ones against the oracle), and what produced each number
-    where that is a choice (e.g. the judge)."""
-    metrics: dict[str, float] = {}
+    evaluation: Mapping,
+    oracle_evaluation: Mapping,
+    requested: Sequence[str],
+    settings,
+    eval_sets_for=None,
+    *,
+    model: str = "the model",
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The requested metrics of one model (`model` names it in errors; cross-model metrics against the oracle), and
+    what produced each number where that is a choice (e.g. the judge).
+
+    A metric that is undefined by its definition for these inputs (MetricUndefinedError, e.g. privleak against an
+    oracle AUC of 1; a suite's breakdown part it lists in `skipped`, e.g. lm-eval's standard error of one
+    document) is None, with "undefined: <reason>" as its provenance.
+
+    Raises:
+        MetricUnavailableError: a requested metric was not computed.
+        NonFiniteMetricError: a metric is NaN or inf where its definition gives a number.
+    """
+    metrics: dict[str, float | None] = {}
     provenance: dict[str, str] = {}
+    skipped = evaluation.get("skipped") or {}
     for name in requested:
         if name in CROSS_MODEL_METRICS:
             metric = CROSS_MODEL_METRICS[name]
             kwargs = {"eval_sets": eval_sets_for()} if metric.needs_eval_sets else {}
-            metrics[name] = float(metric.compute(evaluation, oracle_evaluation, settings, **kwargs))
-            if metric.provenance is not None:
+            try:
+                metrics[name] = float(metric.compute(evaluation, oracle_evaluation, settings, **kwargs))
+            except MetricUndefinedError as undefined:
+                metrics[name], provenance[name] = None, f"undefined: {undefined}"
+            if metric.provenance is not None and metrics[name] is not None:
                 provenance[name] = metric.provenance(settings)
         elif name in evaluation["metrics"]:
             metrics[name] = float(evaluation["metrics"][name])
@@ -137,7 +191,28 @@ def final_metrics(
             for key, value in evaluation["metrics"].items():
                 if key.startswith(f"{name}/"):
                     metrics[key] = float(value)
+            for key, reason in skipped.items():
+                if key.startswith(f"{name}/") and key not in metrics:
+                    metrics[key], provenance[key] = None, f"undefined: {reason}"
         else:
-            reason = (evaluation.get("skipped") or {}).get(name, "the evaluation did not produce it")
+            reason = skipped.get(name, "the evaluation did not produce it")
             raise MetricUnavailableError(f"metric {name!r} is unavailable: {reason}")
+    for name, value in metrics.items():
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteMetricError(
+                f"metric {name!r} of {model} is {value}, where its definition gives a number; nothing was written. "
+                "An input is not finite: the model's weights may be too large (lower method.alpha or method.beta, "
+                "or the learning rate that trained it), or the metric has a bug"
+            )
     return metrics, provenance
+
+
+def undefined_reference_reasons(provenance_by_model: Mapping[str, tuple[Mapping, Mapping]]) -> dict[str, str]:
+    """For results.json's metric_provenance: why each undefined (None) metric of a reference model (target, oracle)
+    is undefined, keyed by the value's place: "reference_metrics.<model>.<metric>"."""
+    return {
+        f"reference_metrics.{model}.{name}": provenance[name]
+        for model, (metrics, provenance) in provenance_by_model.items()
+        for name, value in metrics.items()
+        if value is None
+    }

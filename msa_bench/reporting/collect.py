@@ -58,13 +58,24 @@ def _excluded(key: str, excluded: Sequence[str]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in excluded)
 
 
+@dataclass(frozen=True)
+class UnreadableInput:
+    """A file the report could not read: a results.json, or the per_item.json a plot needed. `reason` is the
+    reader's message (it names the file)."""
+
+    path: Path
+    reason: str
+
+
 @dataclass
 class Run:
     """One results.json, read through `RunResults`. Where the config and the record both say something (the
-    benchmark, split, model), the config wins: rows and tables are made of configs."""
+    benchmark, split, model), the config wins: rows and tables are made of configs. `unreadable`: where a file of
+    the run that cannot be read is listed (shared by the runs of one report)."""
 
     path: Path
     record: RunResults
+    unreadable: list[UnreadableInput] = field(default_factory=list, repr=False)
 
     @property
     def folder(self) -> Path:
@@ -127,6 +138,12 @@ class Run:
     def reference(self, which: str) -> dict[str, float]:
         return {k: v for k, v in self.record.reference_metrics.of(which).items() if _is_number(v)}
 
+    def undefined(self, which: str = "method") -> set[str]:
+        """The metrics that are null in the run's results (undefined by their definition; the reason is in
+        metric_provenance) for the method's model, or for the reference model `which` (target, oracle)."""
+        values = self.record.metrics if which == "method" else self.record.reference_metrics.of(which)
+        return {name for name, value in values.items() if value is None}
+
     @property
     def cost(self) -> dict[str, dict]:
         return self.record.cost
@@ -136,14 +153,17 @@ class Run:
         return self.record.artifacts
 
     def per_item(self) -> PerItemRecords | None:
-        """The run's per_item.json, None when it has none or it cannot be read (a warning says why)."""
+        """The run's per_item.json, None when it has none or it cannot be read (a warning says why, and the file is
+        listed in `unreadable`)."""
         path = self.folder / PER_ITEM_FILE
         if not path.is_file():
             return None
         try:
             return PerItemRecords.read(path)
         except ReportError as error:
-            log.warning("could not read %s: %s", path, error)
+            log.warning("could not read %s", error)
+            if all(entry.path != path for entry in self.unreadable):
+                self.unreadable.append(UnreadableInput(path, str(error)))
             return None
 
     @property
@@ -178,17 +198,32 @@ def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """The runs of every results file found; a file that cannot be read as one is skipped with a warning."""
-    runs = []
+@dataclass
+class Collected:
+    """What the report read: the runs, and every input it could not read (results files here; per_item.json files
+    join as plots ask for them)."""
+
+    runs: list[Run]
+    unreadable: list[UnreadableInput]
+
+
+def collect_runs(paths: Iterable[str | Path]) -> Collected:
+    """The runs of every results file found; a file that cannot be read as one is listed, with a warning."""
+    collected = Collected(runs=[], unreadable=[])
     for path in find_result_files(paths):
         try:
             record = RunResults.read(path)
         except ReportError as error:
             log.warning("skipping %s", error)
+            collected.unreadable.append(UnreadableInput(path, str(error)))
             continue
-        runs.append(Run(path=path, record=record))
-    return runs
+        collected.runs.append(Run(path=path, record=record, unreadable=collected.unreadable))
+    return collected
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The readable runs of `collect_runs`."""
+    return collect_runs(paths).runs
 
 
 @dataclass

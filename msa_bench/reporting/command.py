@@ -1,7 +1,8 @@
 """`msa-bench report DIR... [options]`: paper-shaped tables (and plots) from every results.json under the folders.
 
 Prints the Markdown report on stdout and writes it, with LaTeX, CSV and PNG plots, into --out.
-Exit codes: 0 done, 2 unusable input (no results, a bad option or reference file; nothing written).
+Exit codes: 0 done, 2 unusable input (no results, a bad option or reference file; with --strict, any input that
+cannot be read; nothing written). Without --strict, unreadable inputs are listed in the report and on stderr.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("offline", "online", "disabled"),
         help="W&B mode (default offline; the WANDB_MODE environment variable wins)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2, nothing written) when any input cannot be read, instead of listing it in the report",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the report")
     return parser
 
@@ -113,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    if report.unreadable:
+        paths = ", ".join(str(entry.path) for entry in report.unreadable)
+        if args.strict:
+            print(
+                f"{PROG}: error: --strict: {len(report.unreadable)} input(s) cannot be read: {paths}",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"{PROG}: warning: {len(report.unreadable)} input(s) cannot be read and are left out (listed in the "
+            f"report; --strict makes this an error): {paths}",
+            file=sys.stderr,
+        )
     written = write_report(report, args.out, formats)
     if not args.quiet:
         print(to_markdown(report, relative_to=args.out))

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from msa_bench.errors import ReportError
 from msa_bench.reporting import tables as T
-from msa_bench.reporting.collect import Run, load_runs
+from msa_bench.reporting.collect import Run, UnreadableInput, collect_runs
 from msa_bench.reporting.matched import MatchedResult, matched_forgetting
 from msa_bench.reporting.matched import to_markdown as matched_markdown
 from msa_bench.reporting.matched import to_records as matched_records
@@ -54,6 +55,7 @@ class Report:
     runs: list[Run]
     sections: list[Section]
     sources: list[str]
+    unreadable: list[UnreadableInput] = field(default_factory=list)  # inputs that could not be read, with why
 
     def all_tables(self) -> list[Table]:
         tables = []
@@ -72,9 +74,16 @@ class Report:
 def build_report(
     sources: Sequence[str | Path], options: ReportOptions, plot_dir: Path | None = None
 ) -> Report:
-    runs = load_runs(sources)
+    collected = collect_runs(sources)
+    runs = collected.runs
+    where = ", ".join(str(s) for s in sources)
+    if not runs and collected.unreadable:
+        raise ReportError(
+            f"{len(collected.unreadable)} results.json under {where}, none readable: "
+            + "; ".join(entry.reason for entry in collected.unreadable)
+        )
     if not runs:
-        raise FileNotFoundError(f"no results.json under {', '.join(str(s) for s in sources)}")
+        raise FileNotFoundError(f"no results.json under {where}")
     paper_reference = None
     if options.paper_reference is not None:
         from msa_bench.reporting.paper import load_paper_reference
@@ -115,7 +124,10 @@ def build_report(
         if options.plots and plot_dir is not None:
             section.plots = make_plots(section, plot_dir, options.sweep_param)
         sections.append(section)
-    return Report(runs=runs, sections=sections, sources=[str(s) for s in sources])
+    # Plots have read the per_item.json files they needed by now, so the list is complete.
+    return Report(
+        runs=runs, sections=sections, sources=[str(s) for s in sources], unreadable=collected.unreadable
+    )
 
 
 def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> list[Path]:
@@ -163,9 +175,21 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
         "# msa_bench report",
         "",
         f"{len(report.runs)} results files from {', '.join(report.sources)}. Cells: mean ± sample std over the "
-        "row's runs (seeds); n = runs (for target and oracle: distinct models).",
+        "row's runs (seeds); n = runs (for target and oracle: distinct models). `—`: no run has the metric; "
+        "`n/a`: the metric is undefined by its definition in these runs (each results.json's metric_provenance "
+        "says why); `NaN`: a value that is not a number.",
         "",
     ]
+    if report.unreadable:
+        lines += [
+            f"## Unreadable inputs ({len(report.unreadable)}, left out of every table)",
+            "",
+            *(
+                f"- `{entry.path}`: {entry.reason.removeprefix(f'{entry.path}: ')}"
+                for entry in report.unreadable
+            ),
+            "",
+        ]
     for section in report.sections:
         lines.append(T.to_markdown(section.table))
         if section.relative:

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 
 
 def format_value(value: float | None) -> str:
-    if value is None:
-        return "-"
+    if (
+        value is None
+    ):  # undefined by the metric's definition (results.json: null, the reason in metric_provenance)
+        return "n/a"
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
         return f"{value:.3e}"
     return f"{value:.4f}"
@@ -16,7 +18,10 @@ def format_value(value: float | None) -> str:
 def comparison_table(columns: Mapping[str, Mapping[str, float]], metric_names: list[str]) -> str:
     """A fixed-width text table: one row per metric, one column per model (e.g. target, oracle, msa)."""
     headers = ["metric", *columns]
-    rows = [[name, *(format_value(col.get(name)) for col in columns.values())] for name in metric_names]
+    rows = [
+        [name, *(format_value(col[name]) if name in col else "-" for col in columns.values())]
+        for name in metric_names
+    ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells) -> str:

@@ -64,15 +64,18 @@ class Cell:
     mean: float | None
     std: float | None
     n: int
+    undefined: int = 0  # runs where the metric is undefined by its definition (null in results.json)
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Cell:
-        values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    def of(cls, values: Sequence[float], undefined: int = 0) -> Cell:
+        """Mean and std of `values`; a NaN among them makes the cell NaN (shown, never averaged away)."""
+        values = [float(v) for v in values]
         if not values:
-            return cls(None, None, 0)
-        return cls(
-            statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
-        )
+            return cls(None, None, 0, undefined)
+        if any(math.isnan(v) for v in values):
+            return cls(math.nan, None, len(values), undefined)
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values), undefined)
 
 
 @dataclass
@@ -110,20 +113,28 @@ def _safe_id(*parts: str) -> str:
 
 def _reference_row(label: str, runs: Sequence[Run], columns: Sequence[str]) -> Row:
     """Target or oracle: one value per distinct model (its artifact path, else its seed), not one per run."""
-    distinct: dict[str, dict[str, float]] = {}
+    distinct: dict[str, tuple[dict[str, float], set[str]]] = {}
     for run in runs:
-        values = run.reference(label)
-        if not values:
+        values, undefined = run.reference(label), run.undefined(label)
+        if not values and not undefined:
             continue
         artifact = run.artifacts.get(label)
         identity = str(artifact) if artifact else f"seed={run.seed}"
-        distinct.setdefault(identity, values)
-    cells = {c: Cell.of([v[c] for v in distinct.values() if c in v]) for c in columns}
+        distinct.setdefault(identity, (values, undefined))
+    cells = {
+        c: Cell.of([v[c] for v, _ in distinct.values() if c in v], sum(c in u for _, u in distinct.values()))
+        for c in columns
+    }
     return Row(label=label, kind="reference", cells=cells, n=len(distinct))
 
 
 def _method_row(group: RowGroup, columns: Sequence[str]) -> Row:
-    cells = {c: Cell.of([r.metrics[c] for r in group.runs if c in r.metrics]) for c in columns}
+    cells = {
+        c: Cell.of(
+            [r.metrics[c] for r in group.runs if c in r.metrics], sum(c in r.undefined() for r in group.runs)
+        )
+        for c in columns
+    }
     return Row(label=group.label, kind="method", cells=cells, n=len(group.runs), group=group)
 
 
@@ -131,6 +142,7 @@ def choose_columns(family: str, runs: Sequence[Run], requested: Sequence[str] | 
     available: set[str] = set()
     for run in runs:
         available |= set(run.metrics) | set(run.reference("target")) | set(run.reference("oracle"))
+        available |= run.undefined() | run.undefined("target") | run.undefined("oracle")
     if requested:
         return [m for m in requested if m in available]
     return [m for m in FAMILY_COLUMNS.get(family, ()) if m in available] or sorted(available)
@@ -234,11 +246,14 @@ def relative_to_ideal(table: Table) -> Table:
         for column in table.columns:
             ideal = oracle.cells[column].mean
             value = row.cells[column].mean
-            if ideal is None or value is None:
-                cells[column] = Cell(None, None, 0)
+            if ideal is None or value is None or math.isnan(ideal) or math.isnan(value):
+                # Nothing to score stays so (missing or undefined); a NaN on either side scores NaN.
+                unscored = None if ideal is None or value is None else math.nan
+                n = 0 if unscored is None else row.cells[column].n
+                cells[column] = Cell(unscored, None, n, row.cells[column].undefined)
                 continue
             direction = metric_direction(column)
-            values = [r.cells[column].mean for r in methods if r.cells[column].mean is not None]
+            values = [r.cells[column].mean for r in methods if _is_value(r.cells[column].mean)]
             if direction == HIGHER:
                 best = max(values, default=ideal)
                 reference = ideal if best >= ideal else best
@@ -268,9 +283,15 @@ def relative_to_ideal(table: Table) -> Table:
 # --- formatting ---------------------------------------------------------------------------------------------------
 
 
+def _is_value(mean: float | None) -> bool:
+    return mean is not None and not math.isnan(mean)
+
+
 def format_number(value: float | None, percent: bool = False) -> str:
     if value is None:
         return "—"
+    if math.isnan(value):
+        return "NaN"
     if percent:
         return f"{value:.1f}%"
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
@@ -279,9 +300,9 @@ def format_number(value: float | None, percent: bool = False) -> str:
 
 
 def format_cell(cell: Cell, row_n: int, percent: bool = False, plus_minus: str = "±") -> str:
-    text = format_number(cell.mean, percent)
     if cell.mean is None:
-        return text
+        return "n/a" if cell.undefined else "—"  # undefined by the metric's definition, or not in any run
+    text = format_number(cell.mean, percent)
     if cell.std is not None and not percent:
         text += f" {plus_minus} {format_number(cell.std)}"
     if cell.n != row_n:
@@ -402,20 +423,8 @@ def long_rows(tables: Iterable[Table]) -> list[dict]:
 def long_csv(tables: Iterable[Table]) -> str:
     rows = long_rows(tables)
     buffer = io.StringIO()
-    fields = [
-        "table",
-        "family",
-        "benchmark",
-        "forget_split",
-        "model",
-        "row",
-        "kind",
-        "metric",
-        "unit",
-        "mean",
-        "std",
-        "n",
-    ]
+    fields = ["table", "family", "benchmark", "forget_split", "model", "row", "kind", "metric", "unit"]
+    fields += ["mean", "std", "n"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)

@@ -1,18 +1,24 @@
 """results.json: the record of one run, written by the runner and by `msa-bench parity --out`, read by the report.
 
-    schema_version      1 (files without the field are version 0, converted on reading: see `_from_version_0`)
+    schema_version      2 (version 1 files are read as they are; files without the field are version 0, converted on
+                        reading: see `_from_version_0`)
     method              the method's name ("msa", "npo", ...; "open-unlearning:<run>" for a parity file)
     benchmark           the benchmark's name (config `benchmark.name`; "TOFU" / "MUSE" for a parity file)
-    metrics             {metric: value} of the method's model, the requested metrics (and their sub-metrics)
+    metrics             {metric: value} of the method's model, the requested metrics (and their sub-metrics); a
+                        value is null where the metric is undefined by its definition (since version 2; the reason
+                        is in metric_provenance), never NaN: the file is strict JSON
     benchmark_kind      config `benchmark.kind` (synthetic_tofu, tofu, restor, muse), null for a parity file
     model               config `model.name`
     forget_split        config `benchmark.forget_split`
     checkpoint          the θ0 the method starts from (config `checkpoint.name`)
-    metric_provenance   {metric: what produced it} where that is a choice (e.g. which judge)
+    metric_provenance   {metric: what produced it} where that is a choice (e.g. which judge), or "undefined: <why>"
+                        for a null metric; a null reference metric's reason is under "reference_metrics.<model>.<metric>"
     reference_metrics   {"target": {metric: value}, "oracle": {metric: value}}, the same metrics of θ_D and θ_r
     cost                {stage: {"wall_seconds", "flops", ...}} of every stage the run built or reused
     seed, device, wall_seconds
-    versions            {package: version, "git_commit": ...} of what computed the values
+    device_name         the CPU model or GPU name the run computed on (since version 2)
+    versions            {package: version, "git_commit": <sha, "-dirty" when uncommitted changes>} of what computed the
+                        values
     artifacts           {"model", "target", "oracle": the cache folder of each model}
     config              the resolved Hydra config of the run ({} for a parity file)
     missing_metrics     {metric: why it could not be computed} (parity files)
@@ -36,7 +42,9 @@ from typing import Any
 from msa_bench.errors import ReportError
 from msa_bench.results.files import newer_version_error, read_json_object, write_json_atomically
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions whose layout is the current one but for fields added since (each optional on reading).
+_CURRENT_LAYOUT_VERSIONS = (1, SCHEMA_VERSION)
 RESULTS_FILE = "results.json"
 _WHAT = "results file"
 
@@ -70,6 +78,7 @@ class RunResults:
     cost: dict[str, dict] = field(default_factory=dict)
     seed: Any = None
     device: str | None = None
+    device_name: str | None = None
     wall_seconds: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -94,7 +103,7 @@ class RunResults:
         version = payload.get("schema_version", 0)
         if version == 0:
             payload = _from_version_0(payload, source)
-        elif version != SCHEMA_VERSION:
+        elif version not in _CURRENT_LAYOUT_VERSIONS:
             raise newer_version_error(source, _WHAT, version, SCHEMA_VERSION)
         return cls._from_current(payload, source)
 
@@ -110,7 +119,8 @@ class RunResults:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known - {"schema_version"})
         if unknown:
-            raise ReportError(f"{source}: unknown field(s) {unknown} in a version {SCHEMA_VERSION} {_WHAT}")
+            version = payload.get("schema_version", SCHEMA_VERSION)
+            raise ReportError(f"{source}: unknown field(s) {unknown} in a version {version} {_WHAT}")
         for name in ("method", "benchmark", "metrics"):
             if name not in payload:
                 raise ReportError(f"{source}: the {_WHAT} lacks the required field {name!r}")
@@ -140,6 +150,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "cost": dict,
     "seed": (int, str, float),
     "device": str,
+    "device_name": str,
     "wall_seconds": (int, float),
     "versions": dict,
     "artifacts": dict,
@@ -149,7 +160,16 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "settings": dict,
 }
 _PARITY_FIELDS = ("missing_metrics", "source", "settings")
-_NULLABLE = {"benchmark_kind", "model", "forget_split", "checkpoint", "seed", "device", "wall_seconds"}
+_NULLABLE = {
+    "benchmark_kind",
+    "model",
+    "forget_split",
+    "checkpoint",
+    "seed",
+    "device",
+    "device_name",
+    "wall_seconds",
+}
 
 
 def _checked(payload: Mapping[str, Any], name: str, source: Path | str) -> Any:

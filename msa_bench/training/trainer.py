@@ -203,6 +203,8 @@ def run_training(
             max_grad_norm=recipe.max_grad_norm,
             optim="adamw_torch",
             logging_steps=max(1, n_steps // 10),
+            # The default (True) leaves NaN/inf losses out of the logged average: a diverged run would look healthy.
+            logging_nan_inf_filter=False,
             save_strategy="no",
             report_to="none",
             disable_tqdm=not progress,
