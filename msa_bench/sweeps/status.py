@@ -33,7 +33,7 @@ RUNNING, DONE, FAILED, SKIPPED = "running", "done", "failed", "skipped"
 STATES = (RUNNING, DONE, FAILED, SKIPPED)
 
 # Top-level config keys that do not change what a job computes.
-HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra")
+HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra", "cache")
 # Folders under a sweep directory that never hold jobs.
 _NOT_JOB_FOLDERS = {".submitit", "wandb", ".hydra", "report"}
 
