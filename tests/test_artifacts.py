@@ -470,3 +470,19 @@ def test_trainer_scratch_lives_in_the_cache_and_is_removed(tmp_path: Path) -> No
         f"{scratch._host()}-{os.getpid()}-"
     )
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated marker", "edited file list"])
+def test_a_damaged_marker_is_a_corrupt_entry(tmp_path: Path, damage: str) -> None:
+    store = ArtifactStore(tmp_path)
+    built = store.get_or_build("target", SPEC, _write_model)
+    marker = built.path / "_artifact.json"
+    if damage == "truncated marker":
+        marker.write_text(marker.read_text()[:50])
+    else:
+        meta = json.loads(marker.read_text())
+        meta["files"]["model.safetensors"] = {"size": len(PAYLOAD)}
+        marker.write_text(json.dumps(meta))
+    check = store.check("target", built.key)
+    assert check.artifact is None and check.problem.startswith("_artifact.json: ")
+    assert check.quarantined_to is not None and (check.quarantined_to / "model.safetensors").is_file()

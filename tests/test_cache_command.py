@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,18 @@ def test_msa_bench_dispatches_the_cache_subcommand(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("msa-bench cache: error: --cache-dir=") and result.stderr.count("\n") == 1
+
+
+def test_an_entry_of_an_older_msa_bench_is_recorded_not_counted_corrupt(cache: Path, capsys) -> None:
+    key = ArtifactStore.fingerprint({"data": "full"})
+    marker = cache / "finetune" / key / "_artifact.json"
+    meta = json.loads(marker.read_text())
+    del meta["files"], meta["content"]
+    marker.write_text(json.dumps(meta))
+    [row] = [line for line in _run(capsys, "ls", "--cache-dir", str(cache))[1].splitlines() if key in line]
+    assert row.endswith("no file list (older msa_bench)")
+
+    code, out, _ = _run(capsys, "verify", "--cache-dir", str(cache))
+    assert code == 0 and f"finetune/{key}: no file list (built by an older msa_bench): recorded it now" in out
+    assert out.splitlines()[-1] == "2 entries: 1 ok, 0 corrupt, 1 unchecked"
+    assert "files" in json.loads(marker.read_text())

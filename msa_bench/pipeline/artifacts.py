@@ -149,7 +149,11 @@ class ArtifactStore:
         files = meta.get("files")
         if files is None:
             return meta
-        if not isinstance(files, dict) or content_digest(files) != meta.get("content"):
+        try:
+            consistent = content_digest(files) == meta.get("content")
+        except (AttributeError, KeyError, TypeError):
+            consistent = False  # not a {path: {"size", "sha256"}} mapping
+        if not consistent:
             return EntryCheck(None, problem=f"{MARKER_NAME}: its file list does not match its content digest")
         memo = (str(path), meta["content"])
         hashes = self.verify or memo not in _HASHED_THIS_PROCESS
