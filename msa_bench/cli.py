@@ -201,6 +201,10 @@ def main() -> None:
         from msa_bench.parity.command import main as parity_main
 
         sys.exit(parity_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "cache":
+        from msa_bench.pipeline.cache_command import main as cache_main
+
+        sys.exit(cache_main(sys.argv[2:], default_root=PROJECT_ROOT / ".cache" / "msa_bench"))
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         from msa_bench.reporting.command import main as report_main
 

@@ -27,6 +27,7 @@ Usage:
                                                  (msa-bench report --help)
   msa-bench parity EVAL_JSON                     recompute an open-unlearning TOFU_EVAL.json / MUSE_EVAL.json
                                                  with msa_bench's metric code (msa-bench parity --help)
+  msa-bench cache ls|verify|prune                list, rehash or clean the stage cache (msa-bench cache --help)
 """
 
 _KEYS = """\
@@ -38,6 +39,7 @@ Top-level keys (KEY=VALUE):
                             verbose: everything on the console (Trainer logs, progress bars); off: only the table
   hydra.run.dir=DIR         the run directory: results.json, per_item.json, msa_bench.log (default outputs/...)
   paths.cache_dir=DIR       the stage cache shared by runs (or the MSA_BENCH_CACHE environment variable)
+  cache.verify=false        true: rehash every cached file on each read (default: sizes always, hashes once)
   GROUP.KEY=VALUE           any key of a chosen option, e.g. method.alpha=2 or benchmark.forget_split=forget05
 """
 

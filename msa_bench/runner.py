@@ -79,7 +79,15 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    store = ArtifactStore(Path(cfg.paths.cache_dir))
+    store = ArtifactStore(Path(cfg.paths.cache_dir), verify=cfg.cache.verify)
+    # What killed runs left behind: temporaries of dead builders and trainer scratch folders of dead processes.
+    temporaries, scratch = store.sweep()
+    log.info(
+        "cache sweep: removed %d stale temporaries and %d stale scratch folders from %s",
+        temporaries,
+        scratch,
+        store.root,
+    )
     pipeline = Pipeline(cfg, store, device)
     method = get_method(cfg.method.name)(cfg.method)
     metric_names = list(cfg.metrics.names)

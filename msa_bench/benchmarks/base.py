@@ -55,6 +55,8 @@ class CachedArtifact(Protocol):
 
     path: Path
     key: str
+    # The key plus a digest of the folder's bytes: what a key made from this folder must include.
+    content_key: str
 
 
 class BenchmarkContext(Protocol):

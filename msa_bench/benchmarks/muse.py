@@ -67,7 +67,7 @@ class MuseBenchmark(Benchmark):
             {"hub_id": hub_id, "layout": "muse", "files": files},
             lambda out: download_muse(hub_id, out, files=files),
         )
-        return hub.path, hub.key
+        return hub.path, hub.content_key
 
     def preflight(self) -> None:
         self.forget_id  # noqa: B018  (validates the split name)

@@ -59,7 +59,7 @@ class TofuBenchmark(Benchmark):
             {"hub_id": self.cfg.hub_id, "configs": configs},
             lambda out: download_tofu(self.cfg.hub_id, configs, out),
         )
-        return hub.path, hub.key
+        return hub.path, hub.content_key
 
     def preflight(self) -> None:
         """Every split the run reads is there and parsed in full (records, fields, answer lists), and the forget
@@ -159,7 +159,7 @@ class SyntheticTofuBenchmark(TofuBenchmark):
 
     def source(self) -> tuple[Path, str]:
         world = self.context.world_data()
-        return world.path / "data", world.key
+        return world.path / "data", world.content_key
 
     def preflight(self) -> None:
         self.forget_id  # noqa: B018  (validates the split name; the world writes every split)

@@ -252,6 +252,15 @@ class PathsConfig:
     output_dir: str = MISSING
 
 
+@dataclass
+class CacheConfig:
+    """How the artifact cache (paths.cache_dir) checks its entries; it never changes a result."""
+
+    verify: bool = False
+    """true: rehash every file of a cache entry each time it is read (a few seconds per GB). false: check every
+    file's size on each read and its sha256 on the entry's first read in a process."""
+
+
 class ProgressMode(Enum):
     """`progress=`: auto (one line per stage; library output to the run's log file), verbose (everything on the
     console), off (only the table). `true` and `false`, the former on/off switch, mean auto and off.
@@ -293,6 +302,7 @@ class MSABenchConfig:
     metrics: MetricsConfig = MISSING
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
+    cache: CacheConfig = field(default_factory=CacheConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 2

@@ -130,6 +130,7 @@ def unlearn_with_loss(
                 progress=pipeline.cfg.progress.library_bars,
                 trainer_class=LossOverrideTrainer,
                 trainer_kwargs=kwargs,
+                scratch_root=pipeline.scratch_root,
             )
             meter.add_tokens(stats.tokens, n_params, training=True)
             save_model(model, tokenizer, out)

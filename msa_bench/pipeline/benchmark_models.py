@@ -60,6 +60,7 @@ class BenchmarkModels:
                     seed=self.cfg.seed,
                     device=self.device,
                     progress=self.cfg.progress.library_bars,
+                    scratch_root=self.scratch_root,
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
                 save_model(model, tokenizer, out)

@@ -78,7 +78,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,
     }
-    if pipeline.store.lookup("eval", spec) is None:
+    if not pipeline.store.contains("eval", spec):
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:

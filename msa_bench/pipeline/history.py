@@ -70,7 +70,7 @@ class EmbeddedHistory:
 
     def tokenizer_spec(self) -> dict:
         return {
-            "world": self.world().key,
+            "world": self.world().content_key,
             "benchmark": self.benchmark_source()[1],
             "vocab_size": self.cfg.model.vocab_size,
         }
@@ -123,7 +123,7 @@ class EmbeddedHistory:
             | plain(self.cfg.model)
             | {"instruct": None}
         )
-        return {"tokenizer": self.tokenizer_artifact().key, "model": model, "seed": self.cfg.seed}
+        return {"tokenizer": self.tokenizer_artifact().content_key, "model": model, "seed": self.cfg.seed}
 
     def pretrain_blocks(self) -> list[dict]:
         if self._pretrain_blocks is None:
@@ -180,6 +180,7 @@ class EmbeddedHistory:
                     progress=self.cfg.progress.library_bars,
                     save_at_steps=saved,
                     save_fn=lambda step: save_model(model, tokenizer, out / "pretrain" / f"step-{step:06d}"),
+                    scratch_root=self.scratch_root,
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
                 save_model(model, tokenizer, out / "base")
@@ -202,8 +203,7 @@ class EmbeddedHistory:
             )
 
     def base(self) -> ModelRef:
-        h = self.history()
-        return ModelRef(h.path / "base", f"{h.key}/base", "base")
+        return ModelRef.in_artifact(self.history(), "base", "base")
 
     def check_saved_step(self, step: int | None) -> None:
         saved, total = self.pretrain_schedule()
@@ -215,10 +215,7 @@ class EmbeddedHistory:
 
     def pretrain_checkpoint(self, step: int) -> ModelRef:
         self.check_saved_step(step)
-        h = self.history()
-        return ModelRef(
-            h.path / "pretrain" / f"step-{step:06d}", f"{h.key}/step-{step}", f"pretrain step {step}"
-        )
+        return ModelRef.in_artifact(self.history(), f"pretrain step {step}", f"pretrain/step-{step:06d}")
 
     def instruct(self) -> ModelRef:
         self.require_embedded("the instruct stage")

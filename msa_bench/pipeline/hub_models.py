@@ -45,4 +45,4 @@ class HubModels:
             return {}
 
         artifact = self.store.get_or_build("hub_model", {"model": ref.key, "dtype": wanted}, build)
-        return ModelRef(artifact.path, f"{ref.key}/{wanted}", ref.label)
+        return ModelRef.in_artifact(artifact, ref.label)

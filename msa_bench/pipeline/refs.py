@@ -16,6 +16,13 @@ class ModelRef:
     key: str
     label: str
 
+    @classmethod
+    def in_artifact(cls, artifact, label: str, subfolder: str = "") -> ModelRef:
+        """The model saved in a cache entry (or in `subfolder` of it). Its key is the entry's `content_key`, so a
+        model rebuilt with other bytes gives every stage made from it another key."""
+        key = f"{artifact.content_key}/{subfolder}" if subfolder else artifact.content_key
+        return cls(artifact.path / subfolder if subfolder else artifact.path, key, label)
+
 
 def plain(node) -> dict:
     """A config dataclass (or dict) as a plain dict, the form it takes inside a cache key."""

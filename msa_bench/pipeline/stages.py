@@ -62,6 +62,11 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         self._hub_models: dict[tuple[str, str], ModelRef] = {}
 
     @property
+    def scratch_root(self) -> Path:
+        """Where the trainer keeps its scratch folders: the artifact cache (see msa_bench/training/scratch.py)."""
+        return self.store.root
+
+    @property
     def embedded(self) -> bool:
         return self.cfg.model.source == "embedded"
 
@@ -84,10 +89,10 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         recorded as `stage`, and the reference is labelled `label` (default: the stage)."""
         artifact = self.store.get_or_build(kind, spec, build)
         self.record_stage(stage, artifact)
-        return ModelRef(artifact.path, artifact.key, label or stage)
+        return ModelRef.in_artifact(artifact, label or stage)
 
     def _announce(self, stage: str, spec: dict) -> None:
-        if self.store.lookup(stage.split(":")[0], spec) is None:
+        if not self.store.contains(stage.split(":")[0], spec):
             log.info("building %s", stage)
 
     # ------------------------------------------------------------------ checks before training

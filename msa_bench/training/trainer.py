@@ -8,10 +8,10 @@ and open-unlearning do. Multi-GPU, DeepSpeed and FSDP then come from `accelerate
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -23,6 +23,7 @@ from msa_bench.failures import remember_failure_context
 from msa_bench.progress import current_progress
 from msa_bench.training.data import ExampleDataset, PaddingCollator
 from msa_bench.training.losses import mean_token_kl, mean_token_nll, sequence_nll_from_logits
+from msa_bench.training.scratch import scratch_folder
 
 
 class CausalLMTrainer(Trainer):
@@ -183,16 +184,21 @@ def run_training(
     save_at_steps: Sequence[int] = (),
     save_fn=None,
     group_by_length: bool | None = None,
+    scratch_root: Path | None = None,
 ) -> TrainStats:
-    """Train `model` in place on `dataset` with `recipe`; optionally call save_fn(step) at the given steps."""
+    """Train `model` in place on `dataset` with `recipe`; optionally call save_fn(step) at the given steps.
+
+    The Trainer's output folder is a scratch folder under `scratch_root` (the artifact cache), removed at the end
+    and swept at the next run's start if this process is killed; without `scratch_root`, a system temporary folder.
+    """
     n_steps = total_steps(len(dataset), recipe)
     if group_by_length is None:
         # Batching examples of similar length avoids padding short QA to the length of a pretraining block.
         group_by_length = isinstance(dataset, ExampleDataset)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="msa-bench-trainer-") as scratch:
+    with scratch_folder(scratch_root) as scratch:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(scratch),
             per_device_train_batch_size=recipe.batch_size,
             gradient_accumulation_steps=recipe.gradient_accumulation_steps,
             max_steps=n_steps,
