@@ -90,6 +90,7 @@ class RunProgress:
             yield
         except BaseException as error:  # the one-line error of a known failure names the stage (failures.py)
             remember_failure_context(error, stage=self.position())
+            self._end(failed=True)
             raise
         self._end()
 
@@ -103,6 +104,9 @@ class RunProgress:
             yield
         except BaseException as error:
             remember_failure_context(error, stage=self.position())
+            self._method_stages = None
+            if self._index >= 0 and self._stage_started:
+                self._end(failed=True)
             raise
         finally:
             remaining, self._method_stages = self._method_stages, None
@@ -176,9 +180,11 @@ class RunProgress:
         self._built, self._requested, self._building, self._training = [], 0, [], None
         self._draw(force=True)
 
-    def _end(self) -> None:
+    def _end(self, failed: bool = False) -> None:
         elapsed = time.perf_counter() - self._stage_started
-        if self._requested and not self._built:
+        if failed:  # the error itself is reported by the caller; the stage line must not read "done"
+            outcome = f"failed after {_seconds(elapsed)}"
+        elif self._requested and not self._built:
             outcome = "reused from the cache"
         else:
             outcome = f"done in {_seconds(elapsed)}"

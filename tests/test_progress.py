@@ -64,6 +64,25 @@ def test_one_line_per_stage_with_its_outcome_when_not_a_terminal():
     assert lines[2].startswith("stage 3 of 3: evaluate: done in ")
 
 
+def test_a_stage_that_fails_reads_failed_not_done():
+    console = io.StringIO()
+    display = RunProgress(["target", "θ1", "arithmetic", "evaluate"], console)
+    with pytest.raises(RuntimeError), display.stage():
+        with display.artifact("finetune", "a"):
+            display.building("finetune")
+            raise RuntimeError("diverged")
+    with pytest.raises(RuntimeError), display.method_stages(["θ1", "arithmetic"]):
+        with display.artifact("unlearned", "u"):
+            display.building("unlearned")
+            raise RuntimeError("non-finite")
+    lines = console.getvalue().splitlines()
+    assert len(lines) == 3  # the evaluation stage never started, so it is not shown
+    assert lines[0].startswith("stage 1 of 4: target: failed after ")
+    # The new top-level artifact closed θ1 and opened the arithmetic stage, which then failed.
+    assert lines[1].startswith("stage 2 of 4: θ1: done in ")
+    assert lines[2].startswith("stage 3 of 4: arithmetic: failed after ") and "built" not in lines[2]
+
+
 def test_each_new_top_level_method_artifact_closes_a_method_stage():
     console = io.StringIO()
     display = RunProgress(["target", "θ1", "θ2", "arithmetic", "evaluate"], console, label="#2")

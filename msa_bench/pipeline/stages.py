@@ -79,6 +79,8 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         cost = dict(artifact.meta.get("cost", {}))
         cost["reused"] = artifact.reused
         cost["artifact"] = f"{artifact.kind}/{artifact.key}"
+        # The digest of the entry's file list (each file's sha256): which bytes this run read or wrote for the stage.
+        cost["content_sha256"] = artifact.content
         self.costs[stage] = cost
         return artifact
 

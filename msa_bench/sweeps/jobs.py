@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from msa_bench.errors import RunInterrupted
+from msa_bench.failures import describe_known_failure, forget_failure_context
 from msa_bench.sweeps.status import (
     RESULTS_FILE,
     SKIPPED,
@@ -174,8 +175,17 @@ def run_sweep_job(
     except Exception as error:
         log.exception("%s failed", label)
         _close_wandb()
-        status.failed(error)
-        print(f"msa-bench: {label}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        # A full disk, out-of-memory or a corrupt weights file gets the same one line as a single run (failures.py).
+        known = describe_known_failure(error, config)
+        forget_failure_context()
+        try:
+            status.failed(error)
+        except (
+            OSError
+        ) as status_error:  # a full disk can refuse status.json too; the line below must get through
+            log.error("could not mark %s failed: %s", status.path, status_error)
+        line = known or f"{type(error).__name__}: {error}"
+        print(f"msa-bench: {label}: failed: {line}", file=sys.stderr, flush=True)
         return None
     except RunInterrupted as interrupt:  # SIGTERM/SIGINT: record, let it stop the sweep
         status.interrupted(interrupt.signal_name)
