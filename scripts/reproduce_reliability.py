@@ -189,8 +189,8 @@ if kind == "remote_code":
     (folder / "config.json").write_text(json.dumps(settings))
     (folder / "modeling_evil.py").write_text("open(__file__ + '.ran', 'w').write('ran')\\n")
 else:
-    model.save_pretrained(folder, safe_serialization=False)
-    (folder / "adapter.safetensors").write_bytes(b"stray")
+    model.save_pretrained(folder)
+    (folder / "model.safetensors").rename(folder / "adapter.safetensors")  # a stray safetensors; no model weights
     sentinel = folder / "pickle_ran"
 
     class Payload:
