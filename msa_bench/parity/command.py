@@ -11,15 +11,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import msa_bench
 from msa_bench.parity.logs import TOFU, ParityError, load_eval_log
 from msa_bench.parity.recompute import ParityResult, recompute
 from msa_bench.results import RunResults
+from msa_bench.results.provenance import distribution_versions, git_commit
 
 PROG = "msa-bench parity"
 # File names open-unlearning gives its eval logs; for them the folder, not the file, names the run.
@@ -70,25 +69,14 @@ def run_name(eval_path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """The versions of what computed the values (no torch: parity runs no model)."""
-    versions = {"msa_bench": msa_bench.__version__, "python": platform.python_version()}
-    for package in _VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    versions["git_commit"] = commit or "unknown"
-    return versions
+    """The versions of what computed the values (no torch: parity runs no model), and the commit ("-dirty" with
+    uncommitted changes)."""
+    return {
+        "msa_bench": msa_bench.__version__,
+        "python": platform.python_version(),
+        **distribution_versions({package: package for package in _VERSIONED_PACKAGES}),
+        "git_commit": git_commit(),
+    }
 
 
 def results_record(
