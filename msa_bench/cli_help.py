@@ -40,6 +40,9 @@ Top-level keys (KEY=VALUE):
   hydra.run.dir=DIR         the run directory: results.json, per_item.json, msa_bench.log (default outputs/...)
   paths.cache_dir=DIR       the stage cache shared by runs (or the MSA_BENCH_CACHE environment variable)
   cache.verify=false        true: rehash every cached file on each read (default: sizes always, hashes once)
+  overwrite=false           true: a run may replace a folder's finished results of another configuration
+  model.trust_remote_code=false  true: run a pretrained model folder's own Python code (auto_map); read it first
+  logger.require_online=false    true: a failed online wandb.init stops the run instead of logging locally
   GROUP.KEY=VALUE           any key of a chosen option, e.g. method.alpha=2 or benchmark.forget_split=forget05
 """
 
