@@ -186,6 +186,7 @@ if kind == "remote_code":
     model.save_pretrained(folder)
     settings = json.loads((folder / "config.json").read_text())
     settings["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    settings["model_type"] = "evil_architecture"  # a class transformers does not have: only the repository's code
     (folder / "config.json").write_text(json.dumps(settings))
     (folder / "modeling_evil.py").write_text("open(__file__ + '.ran', 'w').write('ran')\\n")
 else:

@@ -375,6 +375,32 @@ def test_pipeline_keys_are_made_of_content_keys(tmp_path: Path) -> None:
     assert model.key == artifact.content_key and model.path == artifact.path
 
 
+def test_an_entry_moved_aside_by_another_job_while_this_one_hashes_it_is_rebuilt(
+    tmp_path, monkeypatch
+) -> None:
+    """Sweep jobs hash an entry on first use without the lock; when another job quarantines it meanwhile, this one
+    must wait for the rebuilt entry, not fail on the file that just went away."""
+
+    def build(directory: Path) -> None:
+        (directory / "a.bin").write_bytes(b"a" * 10)
+        (directory / "b.bin").write_bytes(b"b" * 10)
+
+    store = ArtifactStore(tmp_path)
+    first = store.get_or_build("history", SPEC, build)
+    artifacts._HASHED_THIS_PROCESS.clear()  # a new process: the next read hashes every file
+    original = manifest.file_sha256
+
+    def hash_while_another_job_moves_the_entry(path: Path) -> str:
+        digest = original(path)
+        if path.name == "a.bin" and first.path.exists():
+            first.path.rename(tmp_path / "moved-by-another-job")
+        return digest
+
+    monkeypatch.setattr(manifest, "file_sha256", hash_while_another_job_moves_the_entry)
+    again = store.get_or_build("history", SPEC, build)
+    assert again.reused is False and (again.path / "b.bin").read_bytes() == b"b" * 10
+
+
 # ---------------------------------------------------------------------- what killed runs leave (Part B item 10)
 
 
@@ -400,10 +426,20 @@ def test_stale_temporaries_and_dead_scratch_are_swept_and_never_read(tmp_path: P
     other_host = tmp_path / ".scratch" / f"elsewhere-{_dead_pid()}-1111cafe"
     other_host.mkdir()
 
+    # A cache root shared with other tools: folders of theirs are never touched, and get no lock files.
+    foreign = tmp_path / "huggingface" / "hub" / "models--gpt2"
+    foreign.mkdir(parents=True)
+    (foreign / "model.safetensors").write_bytes(b"theirs")
+
     assert store.lookup("target", SPEC) is None and store.entry_keys() == []
-    assert store.sweep() == (2, 1)
-    assert not stale.exists() and not orphan.exists() and not dead_scratch.exists()
+    assert store.sweep() == (1, 1)
+    assert not stale.exists() and not dead_scratch.exists()
     assert live_scratch.exists() and other_host.exists(), "a live process's or another host's folder stays"
+    assert orphan.exists(), (
+        "a folder that lost its marker is left to `msa-bench cache prune`, never removed at start"
+    )
+    assert (foreign / "model.safetensors").read_bytes() == b"theirs"
+    assert sorted(p.name for p in (tmp_path / "huggingface").iterdir()) == ["hub"]
     assert store.get_or_build("target", SPEC, _write_model).reused is False
 
 

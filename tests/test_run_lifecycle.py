@@ -101,6 +101,10 @@ def test_run_folder_check_refuses_another_config_and_allows_the_same(tmp_path):
     assert config_hash(config) in message and config_hash(other) in message
     assert check_run_folder(tmp_path, other, overwrite=True) == config_hash(config)
 
+    # The same command after an upgrade that added a field: the old results lack the key, nothing else differs.
+    upgraded = {**config, "method": {"name": "msa", "alpha": 1.0, "new_field": False}}
+    assert check_run_folder(tmp_path, upgraded, overwrite=False) is None
+
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(RunFolderInUseError, match="cannot be read"):
         check_run_folder(tmp_path, config, overwrite=False)

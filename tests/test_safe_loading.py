@@ -99,13 +99,17 @@ def test_safetensors_weights_win_over_a_pickle_beside_them(saved_model: Path, tm
     assert not (tmp_path / "sentinel").exists()
 
 
-def _add_remote_code(folder: Path, file_name: str, sentinel: Path) -> None:
+def _add_remote_code(folder: Path, file_name: str, sentinel: Path, *, own_class: bool = True) -> None:
+    """An auto_map whose module would touch `sentinel`; with `own_class`, for an architecture (or tokenizer class)
+    transformers does not have, so that only the repository's code could load it."""
     (folder / "evil.py").write_text(f"from pathlib import Path\nPath({str(sentinel)!r}).touch()\n")
     config = json.loads((folder / file_name).read_text())
     config["auto_map"] = {
         "AutoModelForCausalLM": "evil.EvilModel",
         "AutoTokenizer": ["evil.EvilTokenizer", None],
     }
+    if own_class:
+        config["model_type" if file_name == "config.json" else "tokenizer_class"] = "EvilArchitecture"
     (folder / file_name).write_text(json.dumps(config))
 
 
@@ -121,6 +125,17 @@ def test_remote_code_is_refused_without_a_prompt(
         message = str(raised.value)
         assert str(saved_model) in message and f"auto_map in {file_name}" in message
         assert "model.trust_remote_code=true" in message
+    assert not sentinel.exists()
+
+
+def test_an_auto_map_beside_a_class_transformers_has_is_ignored_not_refused(
+    saved_model: Path, tmp_path: Path, no_prompt
+) -> None:
+    # Many hub repositories of built-in architectures still ship an auto_map; untrusted, transformers loads its own
+    # class, so refusing them would only push users to trust_remote_code=true, which runs the repository's code.
+    sentinel = tmp_path / "sentinel"
+    _add_remote_code(saved_model, "config.json", sentinel, own_class=False)
+    assert isinstance(load_model(saved_model), torch.nn.Module)
     assert not sentinel.exists()
 
 

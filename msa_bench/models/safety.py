@@ -80,8 +80,27 @@ def weights_problems(model_dir: Path) -> list[str]:
     return problems
 
 
-def remote_code(model_dir: Path) -> dict[str, object]:
-    """The `auto_map` entries of the folder's config.json and tokenizer_config.json, by file name (empty: none)."""
+def _natively_supported(name: str, content: dict) -> bool:
+    """Whether transformers has its own class for what this file describes, so that with trust_remote_code=False it
+    loads that class, ignoring the `auto_map` (and neither prompts nor runs the repository's code)."""
+    import transformers
+
+    if name == "config.json":
+        return content.get("model_type") in transformers.CONFIG_MAPPING
+    tokenizer_class = content.get("tokenizer_class")
+    if not isinstance(tokenizer_class, str):
+        return False
+    return any(
+        getattr(transformers, candidate, None) is not None
+        for candidate in (tokenizer_class, tokenizer_class.removesuffix("Fast"), f"{tokenizer_class}Fast")
+    )
+
+
+def remote_code(model_dir: Path, *, needed_only: bool = False) -> dict[str, object]:
+    """The `auto_map` entries of the folder's config.json and tokenizer_config.json, by file name (empty: none).
+
+    With ``needed_only``, only those that loading without trust_remote_code could not do without: a file whose
+    architecture or tokenizer class transformers has itself is loaded with that class, and its `auto_map` ignored."""
     found = {}
     for name in REMOTE_CODE_FILES:
         path = Path(model_dir) / name
@@ -94,6 +113,8 @@ def remote_code(model_dir: Path) -> dict[str, object]:
                 f"{path} is not valid JSON ({error}); re-download or re-save the model"
             ) from error
         if isinstance(content, dict) and content.get("auto_map"):
+            if needed_only and _natively_supported(name, content):
+                continue
             found[name] = content["auto_map"]
     return found
 
@@ -112,7 +133,9 @@ def check_model_folder(model_dir: Path, *, trust_remote_code: bool, weights: boo
     if problems:
         error = UnsafeModelError if pickle_weights(model_dir) else ModelSourceError
         raise error(f"cannot load the model folder {model_dir}: {'; '.join(problems)}")
-    code = remote_code(model_dir)
+    # Trusted, transformers prefers the repository's code wherever there is an auto_map; untrusted, it uses its own
+    # class where it has one, so only the rest must be refused.
+    code = remote_code(model_dir, needed_only=not trust_remote_code)
     if not code:
         return
     where = ", ".join(f"{name}: {entries}" for name, entries in code.items())

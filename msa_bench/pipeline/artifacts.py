@@ -16,9 +16,14 @@ so a rebuilt entry with other bytes never serves stale downstream entries.
 
 Entries built by msa_bench before file lists were recorded have no list to check. They are adopted: the
 first read records their files as they are now (the marker is rewritten atomically, under the lock) and
-logs a WARNING that they could not be checked against their build. Rebuilding them instead would throw
-away hours of training for the common case of an intact entry; refusing them would stop every run until
-the cache is cleared by hand. From then on they are checked like any other entry.
+logs a WARNING that they could not be checked against their build. Refusing them would stop every run
+until the cache is cleared by hand. From then on they are checked like any other entry. (Only entries made
+from no other entry, such as the generated world or a hub-model copy, are found again after the upgrade:
+the keys of the others now carry their inputs' content digests, so those are rebuilt once.)
+
+Cleanup only ever touches names this store writes (``.tmp-<key>-<pid>-<hex>`` temporaries; with
+``orphans``, 16-hex entry folders without a marker, which go to the quarantine), so a root shared with
+other tools loses nothing of theirs.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ RESERVED_META_KEYS = frozenset(
     {"kind", "key", "spec", "created_at", "build_seconds", "msa_bench_version", "files", "content"}
 )
 _KIND_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The names this store writes inside a kind's folder: entries (a fingerprint) and a builder's temporary directory.
+_KEY_NAME = re.compile(r"^[0-9a-f]{16}$")
+_TEMPORARY_NAME = re.compile(r"^\.tmp-([0-9a-f]{16})-\d+-[0-9a-f]+$")
 # Entries whose every hash was checked in this process, as (folder, content digest): later reads check sizes only.
 _HASHED_THIS_PROCESS: set[tuple[str, str]] = set()
 
@@ -364,20 +372,29 @@ class ArtifactStore:
             logger.info("removing leftover %s", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def stale_folders(self, *, remove: bool = False) -> list[Path]:
-        """Temporary directories of dead builders, and entry folders without a marker that no builder holds;
-        with ``remove``, they are deleted (under their key's lock, so that no builder starts on them meanwhile).
+    def stale_folders(self, *, remove: bool = False, orphans: bool = False) -> list[Path]:
+        """Temporary directories of dead builders (``.tmp-<key>-<pid>-<hex>``); with ``orphans``, also entry folders
+        (named like a key) without a marker. With ``remove``, temporaries are deleted and orphans moved to the
+        quarantine, under their key's lock so that no builder starts on them meanwhile. Returns what it found (or
+        removed).
 
-        A folder is stale when its key's lock can be taken right away: a live builder holds that lock for as long
-        as its directory exists. Works across hosts sharing ``root``.
+        Only names this store writes are considered, so a cache root shared with other tools loses nothing of
+        theirs. A folder is stale when its key's lock can be taken right away: a live builder holds that lock for as
+        long as its directory exists. Works across hosts sharing ``root``.
         """
         stale: list[Path] = []
         for kind_dir in self.kind_dirs():
             by_key: dict[str, list[Path]] = {}
             for path in sorted(kind_dir.iterdir()):
-                if path.name.startswith(_TMP_PREFIX):
-                    by_key.setdefault(path.name[len(_TMP_PREFIX) :].split("-", 1)[0], []).append(path)
-                elif path.is_dir() and not (path / MARKER_NAME).is_file():
+                temporary = _TEMPORARY_NAME.match(path.name)
+                if temporary:
+                    by_key.setdefault(temporary.group(1), []).append(path)
+                elif (
+                    orphans
+                    and _KEY_NAME.match(path.name)
+                    and path.is_dir()
+                    and not (path / MARKER_NAME).exists()
+                ):
                     by_key.setdefault(path.name, []).append(path)
             for key, paths in by_key.items():
                 lock = FileLock(str(kind_dir / f"{key}.lock"))
@@ -387,19 +404,23 @@ class ArtifactStore:
                     continue
                 try:
                     for path in paths:
-                        finished = not path.name.startswith(_TMP_PREFIX) and (path / MARKER_NAME).is_file()
-                        if finished or not path.exists():
+                        is_temporary = path.name.startswith(_TMP_PREFIX)
+                        if not path.exists() or (not is_temporary and (path / MARKER_NAME).exists()):
                             continue  # finished or removed by another process between the listing and the lock
                         stale.append(path)
-                        if remove:
+                        if remove and is_temporary:
                             logger.info("removing stale %s", path)
                             shutil.rmtree(path, ignore_errors=True)
+                        elif (
+                            remove
+                        ):  # an entry that lost its marker may still hold hours of training: keep it
+                            self._quarantine(kind_dir.name, key, f"no {MARKER_NAME}")
                 finally:
                     lock.release()
         return stale
 
     def remove_stale_temporaries(self) -> int:
-        """Delete temporary directories of dead builders (and marker-less entry folders); returns how many."""
+        """Delete temporary directories of dead builders; returns how many."""
         return len(self.stale_folders(remove=True))
 
     def sweep(self) -> tuple[int, int]:

@@ -164,23 +164,45 @@ def _quarantined(store: ArtifactStore) -> list[Path]:
 
 
 def prune(store: ArtifactStore, *, dry_run: bool, quarantine: bool) -> int:
-    # Sizes are measured before anything goes; temporaries are then removed under their key's lock by the store.
-    found = [(path, "stale temporary or orphan folder") for path in store.stale_folders()]
-    found += [(path, "scratch folder of a dead process") for path in stale_scratch_folders(store.root)]
-    if quarantine:
-        found += [(path, "quarantined entry") for path in _quarantined(store)]
-    sizes = {path: folder_bytes(path) for path, _ in found}
-    if not dry_run:
-        store.stale_folders(remove=True)
-        remove_stale_scratch(store.root)
-        for path, why in found:
-            if why == "quarantined entry":
+    """Remove what dead runs left (temporaries, trainer scratch), move orphan entry folders (no marker) to the
+    quarantine, and with ``quarantine`` delete the quarantine. What is printed is what was found (dry run) or what
+    was actually removed or moved, measured before it went."""
+    found: list[tuple[Path, str]] = []
+    sizes: dict[Path, int] = {}
+
+    def note(paths: list[Path], why: str) -> None:
+        for path in paths:
+            found.append((path, why))
+
+    def measured(paths: list[Path]) -> list[Path]:
+        sizes.update({path: folder_bytes(path) for path in paths if path.exists()})
+        return paths
+
+    # Sizes first (the store removes under each key's lock, and a folder may change in between).
+    measured(store.stale_folders(orphans=True))
+    measured(stale_scratch_folders(store.root))
+    if dry_run:
+        note(
+            store.stale_folders(orphans=True),
+            "stale temporary, or orphan folder (would go to the quarantine)",
+        )
+        note(stale_scratch_folders(store.root), "scratch folder of a dead process")
+        if quarantine:
+            note(measured(_quarantined(store)), "quarantined entry")
+    else:
+        note(store.stale_folders(remove=True, orphans=True), "stale temporary removed, or orphan quarantined")
+        note(remove_stale_scratch(store.root), "scratch folder of a dead process")
+        if quarantine:
+            entries = measured(_quarantined(store))
+            for path in entries:
                 shutil.rmtree(path, ignore_errors=True)
-    verb = "would remove" if dry_run else "removed"
+            note(entries, "quarantined entry")
+    verb = "would clean" if dry_run else "cleaned"
     for path, why in found:
-        print(f"{verb} {path} ({why}, {human_bytes(sizes[path])})")
-    note = " (dry run: nothing was removed)" if dry_run else ""
-    print(f"{verb} {len(found)} folders, {human_bytes(sum(sizes.values()))} from {store.root}{note}")
+        print(f"{verb} {path} ({why}, {human_bytes(sizes.get(path, 0))})")
+    total = sum(sizes.get(path, 0) for path, _ in found)
+    dry = " (dry run: nothing was changed)" if dry_run else ""
+    print(f"{verb} {len(found)} folders, {human_bytes(total)} in {store.root}{dry}")
     return 0
 
 

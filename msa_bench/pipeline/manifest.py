@@ -67,11 +67,20 @@ def find_mismatch(folder: Path, files: Mapping[str, Mapping], *, hashes: bool) -
             size = path.stat().st_size
         except FileNotFoundError:
             return f"{name}: missing (recorded {entry['size']} bytes)"
+        except OSError as error:
+            return f"{name}: unreadable ({error.strerror or error})"
         if size != entry["size"]:
             return f"{name}: size {size} bytes vs {entry['size']} recorded"
     if hashes:
         for name, entry in files.items():
-            actual = file_sha256(folder / name)
+            # Another process may move the entry aside (it found it corrupt) while this one hashes it: a file gone
+            # or unreadable is a mismatch too, which sends the caller to the lock and the rebuilt entry.
+            try:
+                actual = file_sha256(folder / name)
+            except FileNotFoundError:
+                return f"{name}: missing (recorded {entry['size']} bytes)"
+            except OSError as error:
+                return f"{name}: unreadable ({error.strerror or error})"
             if actual != entry["sha256"]:
                 return f"{name}: sha256 {actual[:16]}… vs {entry['sha256'][:16]}… recorded (same size)"
     return None

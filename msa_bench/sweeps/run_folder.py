@@ -56,6 +56,15 @@ def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "<config>"]
 
 
+def _has_key(config: dict, dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _describe(keys: list[str], old: dict, new: dict) -> str:
     def value(config: dict, dotted: str) -> str:
         node: Any = config
@@ -86,7 +95,12 @@ def check_run_folder(run_dir: Path, resolved: dict, overwrite: bool) -> str | No
         if old_hash == new_hash:
             return None
         old_kept, new_kept = hashable_config(old_config), hashable_config(resolved)
-        changes = _describe(differing_keys(old_kept, new_kept), old_kept, new_kept)
+        # A key the old results lack entirely is a field added to msa_bench since they were written (strict keys
+        # refuse any other): the same command rerun after an upgrade is not another configuration.
+        keys = [key for key in differing_keys(old_kept, new_kept) if _has_key(old_kept, key)]
+        if not keys:
+            return None
+        changes = _describe(keys, old_kept, new_kept)
         what = f"a finished results.json of another configuration (config hash {old_hash}; {changes})"
     else:
         old_hash = "unknown"
