@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from msa_bench.runner import resolved_container, run
@@ -23,3 +24,17 @@ def run_job(cache_dir: Path, out_dir: Path, overrides: list[str]) -> dict:
         output_dir=out_dir,
     )
     return run(validate_config(cfg), resolved_container(cfg), out_dir)
+
+
+# What a `msa-bench` subprocess in a test runs with: offline as in CI, W&B off, its own cache.
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+}
+
+
+def cli_environment(cache: Path, **extra: str) -> dict:
+    """The environment of a `msa-bench` subprocess using the cache `cache` (`extra` adds or replaces variables)."""
+    return {**os.environ, **OFFLINE_ENVIRONMENT, "MSA_BENCH_CACHE": str(cache), **extra}

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import SafetensorError
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import msa_bench.cli as cli
 from msa_bench.errors import ResourceError
@@ -28,6 +27,7 @@ from msa_bench.training.trainer import CausalLMTrainer
 from msa_bench.validation import validate_config
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job
+from tests.tiny_models import tiny_llama
 
 Usage = namedtuple("Usage", "total used free")
 NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
@@ -52,16 +52,7 @@ def little_space_under(monkeypatch, folder: Path, free: int = 1000) -> None:
 
 
 def tiny_model_dir(folder: Path) -> Path:
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=32,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(128, hidden_size=16, intermediate_size=32, tie_word_embeddings=True).save_pretrained(folder)
     return folder
 
 

@@ -37,6 +37,7 @@ from msa_bench.sweeps.status import (
 )
 from msa_bench.training.data import ExampleDataset, qa_examples
 from msa_bench.training.trainer import run_training
+from tests.pipeline_runs import cli_environment
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
 SMOKE = ["experiment=smoke", "logger=none", "num_threads=1"]
@@ -221,15 +222,7 @@ def test_same_seed_same_weights_and_another_seed_differs():
 
 
 def _env(cache: Path, tmp: Path | None = None) -> dict:
-    env = {
-        **os.environ,
-        "MSA_BENCH_CACHE": str(cache),
-        "WANDB_MODE": "disabled",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = cli_environment(cache, PYTHONUNBUFFERED="1")
     if tmp is not None:  # the trainer's scratch folders (tempfile) land here, where the test can see them
         env["TMPDIR"] = str(tmp)
     return env

@@ -7,7 +7,6 @@ W&B disabled, offline), sharing one stage cache so that only the first job train
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from msa_bench.sweeps.status import (
     write_json_atomically,
 )
 from msa_bench.sweeps.summary import build_summary, to_markdown
+from tests.pipeline_runs import cli_environment
 
 SMOKE = ["experiment=smoke", "logger=none", "progress=false"]
 
@@ -36,18 +36,10 @@ def sweep_cache(tmp_path_factory) -> Path:
 
 
 def msa_bench(args: list[str], cwd: Path, cache: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MSA_BENCH_CACHE": str(cache),
-        "WANDB_MODE": "disabled",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
     return subprocess.run(
         [sys.executable, "-m", "msa_bench.cli", *args],
         cwd=cwd,
-        env=env,
+        env=cli_environment(cache),
         capture_output=True,
         text=True,
         timeout=timeout,

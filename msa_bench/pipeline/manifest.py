@@ -56,19 +56,22 @@ def content_digest(files: Mapping[str, Mapping]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _unreadable(name: str, entry: Mapping, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"{name}: missing (recorded {entry['size']} bytes)"
+    return f"{name}: unreadable ({error.strerror or error})"
+
+
 def find_mismatch(folder: Path, files: Mapping[str, Mapping], *, hashes: bool) -> str | None:
     """What differs between `folder` and its recorded file list, as "<file>: <what>", or None when nothing does.
 
     Sizes are compared first for every file (cheap), then, with `hashes`, the sha256 of each file.
     """
     for name, entry in files.items():
-        path = folder / name
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return f"{name}: missing (recorded {entry['size']} bytes)"
+            size = (folder / name).stat().st_size
         except OSError as error:
-            return f"{name}: unreadable ({error.strerror or error})"
+            return _unreadable(name, entry, error)
         if size != entry["size"]:
             return f"{name}: size {size} bytes vs {entry['size']} recorded"
     if hashes:
@@ -77,10 +80,8 @@ def find_mismatch(folder: Path, files: Mapping[str, Mapping], *, hashes: bool) -
             # or unreadable is a mismatch too, which sends the caller to the lock and the rebuilt entry.
             try:
                 actual = file_sha256(folder / name)
-            except FileNotFoundError:
-                return f"{name}: missing (recorded {entry['size']} bytes)"
             except OSError as error:
-                return f"{name}: unreadable ({error.strerror or error})"
+                return _unreadable(name, entry, error)
             if actual != entry["sha256"]:
                 return f"{name}: sha256 {actual[:16]}… vs {entry['sha256'][:16]}… recorded (same size)"
     return None
