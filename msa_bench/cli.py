@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from msa_bench.distributed import is_main_process, rank
 from msa_bench.errors import ConfigError, MSABenchError, RunFolderInUseError, RunInterrupted
 from msa_bench.interrupts import signals_raise_run_interrupted
 from msa_bench.plugins import register_schemas
@@ -145,6 +147,8 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    if not is_main_process():
+        return _follower_job(cfg, output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # A sweep job records its failure (status.json, its log, the sweep summary) instead of stopping the sweep.
         from msa_bench.sweeps.jobs import run_sweep_job
@@ -195,6 +199,38 @@ def _job(cfg: DictConfig) -> float | None:
     return results["metrics"].get("forget_quality")
 
 
+def _follower_job(cfg: DictConfig, output_dir: Path) -> None:
+    """A rank > 0 of a launch of several processes: the same job in lockstep with rank 0, which alone checks the run
+    folder, writes status.json and the results (msa_bench/distributed.py). Errors: one line, exit 2, as on rank 0."""
+    try:
+        config = validate_config(cfg)
+    except ConfigError as error:
+        print(config_error_text(error), file=sys.stderr)
+        sys.exit(2)
+    try:
+        _execute(config, resolved_container_of(cfg), output_dir)
+    except MSABenchError as error:
+        print(f"msa-bench: error (rank {rank()}): {error}", file=sys.stderr)
+        sys.exit(2)
+    return None
+
+
+def resolved_container_of(cfg: DictConfig) -> dict:
+    from msa_bench.runner import resolved_container
+
+    return resolved_container(cfg)
+
+
+def follower_run_folder_overrides(arguments: list[str]) -> list[str]:
+    """Hydra overrides that give a rank > 0 its own scratch run folder (in the system temporary folder), so that a
+    launch of N processes makes one run folder, rank 0's, with one results.json; a rank's own log stays there."""
+    if is_main_process():
+        return arguments
+    folder = tempfile.mkdtemp(prefix=f"msa-bench-rank{rank()}-")
+    kept = [a for a in arguments if not a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    return [*kept, f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}"]
+
+
 def main() -> None:
     # Subcommands that are not Hydra jobs; everything else is a Hydra run (or sweep with -m).
     if len(sys.argv) > 1 and sys.argv[1] == "parity":
@@ -215,6 +251,7 @@ def main() -> None:
 
         print(help_text(CONFIG_DIR))
         return
+    sys.argv[1:] = follower_run_folder_overrides(sys.argv[1:])
     try:
         hydra_entry()
     except RunInterrupted as interrupt:

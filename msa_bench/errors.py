@@ -123,6 +123,11 @@ class RunFolderInUseError(MSABenchError, FileExistsError):
     """A run folder holds the finished results of another configuration; the message says how to keep or replace them."""
 
 
+class DistributedError(MSABenchError, RuntimeError):
+    """Processes launched together cannot run in lockstep: more processes than devices, ranks that disagree, or a
+    stage that failed on rank 0 while the others waited for it."""
+
+
 class RunLoggerError(MSABenchError, RuntimeError):
     """The run logger (W&B) cannot start and the configuration forbids the local fallback."""
 

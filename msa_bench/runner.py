@@ -14,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 import msa_bench
-from msa_bench.config.schema import MSABenchConfig
+from msa_bench.config.schema import MSABenchConfig, ProgressMode
+from msa_bench.distributed import broadcast_object, check_launch, init_process_group, is_main_process, rank
 from msa_bench.methods.registry import get_method
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.disk_space import RUN_DIR_FIX, RUN_FILES_BYTES, require_free_space
@@ -79,15 +80,26 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    # Several processes (torchrun, accelerate, Slurm tasks) run this job in lockstep; rank 0 alone writes the run's
+    # files (msa_bench/distributed.py). A launch they cannot split is refused before any stage.
+    check_launch(cfg, device)
+    init_process_group(device, cfg.dist_timeout_minutes)
+    main_process = is_main_process()
     store = ArtifactStore(Path(cfg.paths.cache_dir), verify=cfg.cache.verify)
-    # What killed runs left behind: temporaries of dead builders and trainer scratch folders of dead processes.
-    temporaries, scratch = store.sweep()
-    log.info(
-        "cache sweep: removed %d stale temporaries and %d stale scratch folders from %s",
-        temporaries,
-        scratch,
-        store.root,
-    )
+    if main_process:
+        # What killed runs left behind: temporaries of dead builders and trainer scratch folders of dead processes.
+        temporaries, scratch = store.sweep()
+        log.info(
+            "cache sweep: removed %d stale temporaries and %d stale scratch folders from %s",
+            temporaries,
+            scratch,
+            store.root,
+        )
+    results_dir = broadcast_object(
+        str(output_dir)
+    )  # after rank 0's sweep: no rank has scratch folders before it
+    if not main_process:
+        log.info("rank %d follows rank 0, which writes the results in %s", rank(), results_dir)
     pipeline = Pipeline(cfg, store, device)
     method = get_method(cfg.method.name)(cfg.method)
     metric_names = list(cfg.metrics.names)
@@ -101,10 +113,11 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
-    # The run's own files are written after all the training: a full output disk is refused now, not then.
-    require_free_space(
-        output_dir, RUN_FILES_BYTES, "the run's files (results.json, per_item.json)", fix=RUN_DIR_FIX
-    )
+    if main_process:
+        # The run's own files are written after all the training: a full output disk is refused now, not then.
+        require_free_space(
+            output_dir, RUN_FILES_BYTES, "the run's files (results.json, per_item.json)", fix=RUN_DIR_FIX
+        )
     # The console display (msa_bench/progress.py): one line per stage while library output goes to the run's log
     # file, from here until `progress.close()` below (the W&B banner and summary included).
     stages = [
@@ -115,7 +128,9 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         "evaluate the target",
         f"evaluate {cfg.method.name}",
     ]
-    progress = start_run_progress(cfg.progress, stages, output_dir, label=job_label())
+    # Ranks > 0 show nothing: their library output goes to their own log file.
+    progress_mode = cfg.progress if main_process else ProgressMode.off
+    progress = start_run_progress(progress_mode, stages, output_dir, label=job_label())
     try:
         run_logger = make_run_logger(cfg.logger, output_dir, run_name=_run_name(cfg), config=resolved_config)
     except BaseException:
@@ -176,20 +191,23 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             artifacts={"model": str(unlearned.path), "target": str(target.path), "oracle": str(oracle.path)},
             config=resolved_config,
         )
-        per_item = build_per_item_records(
-            cfg.method.name,
-            {"method": method_eval, "target": target_eval, "oracle": oracle_eval},
-            pipeline.eval_sets(all_sets),
-            suites=list(plan),
-        )
-        per_item.write(output_dir / PER_ITEM_FILE)
-        record.write(output_dir / RESULTS_FILE)
         results = record.to_json()
-        run_logger.log_results(results, columns)
+        if main_process:
+            per_item = build_per_item_records(
+                cfg.method.name,
+                {"method": method_eval, "target": target_eval, "oracle": oracle_eval},
+                pipeline.eval_sets(all_sets),
+                suites=list(plan),
+            )
+            per_item.write(output_dir / PER_ITEM_FILE)
+            record.write(output_dir / RESULTS_FILE)
+            run_logger.log_results(results, columns)
     finally:
         run_logger.finish()
         progress.close()
 
+    if not main_process:
+        return results
     table = comparison_table(columns, list(method_metrics))
     print(
         f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "

@@ -309,6 +309,9 @@ class MSABenchConfig:
     progress: str = (
         "auto"  # a ProgressMode after validation (a string here so that progress=false still parses)
     )
+    # With several processes (torchrun, accelerate, Slurm tasks): how long a rank waits for the others, e.g. while
+    # rank 0 evaluates alone (msa_bench/distributed.py). 12 h, the Slurm launcher's timeout_min; torch's is 30 min.
+    dist_timeout_minutes: float = 720.0
     # A single run into a folder holding another config's finished results.json is refused unless this is true;
     # then those results are replaced. Not part of the config hash.
     overwrite: bool = False

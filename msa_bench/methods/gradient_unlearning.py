@@ -136,7 +136,7 @@ def unlearn_with_loss(
             save_model(model, tokenizer, out)
         return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
 
-    return pipeline.cached_model("unlearning", "unlearned", spec, build, label=method)
+    return pipeline.cached_model("unlearning", "unlearned", spec, build, label=method, trains=True)
 
 
 def _forget_nlls(reference, forget, pad_token_id: int, batch_size: int = 32):

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from msa_bench.config.schema import EmbeddedModelConfig, ModelConfig, PretrainedModelConfig
+from msa_bench.distributed import is_main_process
 from msa_bench.errors import NonFiniteWeightsError
 from msa_bench.models.finite import first_non_finite
 from msa_bench.models.safety import check_model_folder
@@ -50,23 +51,28 @@ def build_embedded_model(model_cfg: EmbeddedModelConfig, tokenizer, seed: int) -
     return model.to(resolve_dtype(model_cfg.dtype))
 
 
-def save_model(model: PreTrainedModel, tokenizer, out_dir: Path) -> None:
+def save_model(model: PreTrainedModel, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:
     """Save ``model`` and ``tokenizer`` to ``out_dir`` in Hugging Face format.
+
+    ``state_dict``: the full weights when the model's own are sharded across ranks (FSDP, ZeRO-3: the trainer
+    gathers them, `TrainStats.state_dict`). With several processes only rank 0 writes (msa_bench/distributed.py).
 
     Raises:
         NonFiniteWeightsError: a weight is NaN or inf; nothing is written (see `check_finite_weights`).
     """
-    check_finite_weights(model, out_dir)
+    if not is_main_process():
+        return
+    check_finite_weights(model, out_dir, state_dict)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
 
 
-def check_finite_weights(model: torch.nn.Module, out_dir: Path) -> None:
+def check_finite_weights(model: torch.nn.Module, out_dir: Path, state_dict: dict | None = None) -> None:
     """Refuse a model whose weights hold NaN or inf, naming the first bad tensor, before anything is written: a
     cached stage built from it would be reused by every later run. Models are saved at the end of a training stage
     or of a dtype conversion, so the advice names those."""
-    bad = first_non_finite(model.state_dict().items())
+    bad = first_non_finite((state_dict if state_dict is not None else model.state_dict()).items())
     if bad is None:
         return
     raise NonFiniteWeightsError(

@@ -45,7 +45,9 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from msa_bench import __version__
+from msa_bench.distributed import in_lockstep, is_distributed
 from msa_bench.errors import ArtifactError, MSABenchError
+from msa_bench.pipeline.lockstep import get_or_build_in_lockstep, refuse_collective_build
 from msa_bench.pipeline.manifest import (
     MARKER_NAME,
     canonical,
@@ -173,8 +175,8 @@ class ArtifactStore:
             _HASHED_THIS_PROCESS.add(memo)
         return EntryCheck(Artifact(kind=kind, key=key, path=path, meta=meta, reused=True))
 
-    def _settle(self, kind: str, key: str) -> EntryCheck:
-        """Read an entry under its key's lock: adopt an older entry, or move a corrupt one aside."""
+    def settle_locked(self, kind: str, key: str) -> EntryCheck:
+        """Read an entry whose lock the caller holds: adopt an older entry, or move a corrupt one aside."""
         reading = self._read(kind, key)
         if isinstance(reading, dict):
             return EntryCheck(self._adopt(kind, key, reading), adopted=True)
@@ -188,8 +190,8 @@ class ArtifactStore:
         reading = self._read(kind, key)
         if isinstance(reading, EntryCheck) and reading.problem is None:
             return reading
-        with self._locked(kind, key):
-            return self._settle(kind, key)
+        with self.locked(kind, key):
+            return self.settle_locked(kind, key)
 
     def _adopt(self, kind: str, key: str, meta: dict) -> Artifact:
         path = self._kind_dir(kind) / key
@@ -227,8 +229,13 @@ class ArtifactStore:
         return self.check(kind, self.fingerprint(spec)).artifact
 
     # ------------------------------------------------------------------ building
-    def get_or_build(self, kind: str, spec: Mapping, build: Callable[[Path], Mapping | None]) -> Artifact:
+    def get_or_build(
+        self, kind: str, spec: Mapping, build: Callable[[Path], Mapping | None], *, collective: bool = False
+    ) -> Artifact:
         """Return the artifact for ``spec``, calling ``build(tmp_dir)`` only if no complete one exists.
+
+        With several ranks, rank 0 decides and writes (msa_bench/pipeline/lockstep.py): ``collective=True`` (a build
+        that calls ``run_training``) runs the build on every rank, any other build runs on rank 0 alone.
 
         ``build`` writes its files into ``tmp_dir`` and may return JSON-serialisable metadata (e.g.
         cost figures), stored at the top level of ``Artifact.meta``; its keys must not be one of
@@ -242,49 +249,63 @@ class ArtifactStore:
         # The console shows a build inside the stage that needed it (msa_bench/progress.py); nothing else changes.
         key = self.fingerprint(spec)
         with current_progress().artifact(kind, key):
-            return self._get_or_build(kind, key, spec, build)
+            if in_lockstep():
+                return get_or_build_in_lockstep(self, kind, key, spec, build, collective=collective)
+            if collective and is_distributed():  # rank 0 alone, inside another stage's build
+                build = refuse_collective_build(kind, key, build)
+            return self.get_or_build_locally(kind, key, spec, build)
 
-    def _get_or_build(
+    def cached(self, kind: str, key: str) -> Artifact | None:
+        """The complete, checked entry ``kind/key`` if there is one now (read without the lock)."""
+        reading = self._read(kind, key)
+        return reading.artifact if isinstance(reading, EntryCheck) else None
+
+    def get_or_build_locally(
         self, kind: str, key: str, spec: Mapping, build: Callable[[Path], Mapping | None]
     ) -> Artifact:
-        reading = self._read(kind, key)
-        if isinstance(reading, EntryCheck) and reading.artifact is not None:
+        """`get_or_build` in this process alone (one process, or rank 0 while the other ranks wait)."""
+        artifact = self.cached(kind, key)
+        if artifact is not None:
             logger.info("reusing %s %s", kind, key)
-            return reading.artifact
-
-        kind_dir = self._kind_dir(kind)
-        with self._locked(kind, key):
+            return artifact
+        with self.locked(kind, key):
             # Another job may have finished (or moved aside) this artifact while we waited for the lock.
-            settled = self._settle(kind, key)
+            settled = self.settle_locked(kind, key)
             if settled.artifact is not None:
                 logger.info("reusing %s %s", kind, key)
                 return settled.artifact
-            self._remove_leftovers(kind_dir, key)
-            if settled.quarantined_to is not None:
-                logger.warning(
-                    "rebuilding %s %s (the corrupt copy is in %s)", kind, key, settled.quarantined_to
-                )
-            else:
-                logger.info("building %s %s", kind, key)
-            current_progress().building(kind)
-            try:
-                return self._build(kind, key, spec, build)
-            except Exception as error:
-                if settled.quarantined_to is None:
-                    raise
-                explanation = (
-                    f"cache entry {kind}/{key} was corrupt ({settled.problem}) and was moved to "
-                    f"{settled.quarantined_to}; rebuilding it failed: {error}. Fix that and run the same command "
-                    f"again to rebuild {kind}/{key} (the moved copy is kept for inspection; "
-                    "`msa-bench cache prune --quarantine` deletes it)"
-                )
-                if isinstance(error, MSABenchError):
-                    raise ArtifactError(explanation) from error
-                error.add_note(explanation)
+            return self.build_settled(kind, key, spec, build, settled)
+
+    def build_settled(
+        self, kind: str, key: str, spec: Mapping, build: Callable[[Path], Mapping | None], settled: EntryCheck
+    ) -> Artifact:
+        """Build an entry that `settle_locked` found missing; the caller holds the key's lock."""
+        kind_dir = self._kind_dir(kind)
+        self._remove_leftovers(kind_dir, key)
+        if settled.quarantined_to is not None:
+            logger.warning("rebuilding %s %s (the corrupt copy is in %s)", kind, key, settled.quarantined_to)
+        else:
+            logger.info("building %s %s", kind, key)
+        current_progress().building(kind)
+        try:
+            return self._build(kind, key, spec, build)
+        except Exception as error:
+            if settled.quarantined_to is None:
                 raise
+            explanation = (
+                f"cache entry {kind}/{key} was corrupt ({settled.problem}) and was moved to "
+                f"{settled.quarantined_to}; rebuilding it failed: {error}. Fix that and run the same command "
+                f"again to rebuild {kind}/{key} (the moved copy is kept for inspection; "
+                "`msa-bench cache prune --quarantine` deletes it)"
+            )
+            if isinstance(error, MSABenchError):
+                raise ArtifactError(explanation) from error
+            error.add_note(explanation)
+            raise
 
     @contextmanager
-    def _locked(self, kind: str, key: str) -> Iterator[None]:
+    def locked(self, kind: str, key: str) -> Iterator[None]:
+        """The key's file lock, which makes concurrent jobs (a sweep) build each entry once."""
         kind_dir = self._kind_dir(kind)
         kind_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(kind_dir / f"{key}.lock"))

@@ -66,7 +66,7 @@ class BenchmarkModels:
                 save_model(model, tokenizer, out)
             return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
 
-        return self.cached_model(stage, "finetune", spec, build)
+        return self.cached_model(stage, "finetune", spec, build, trains=True)
 
     def start(self) -> ModelRef:
         """The model the benchmark's stages start from: the pretrained model, or the embedded instruct model."""

@@ -192,7 +192,9 @@ class EmbeddedHistory:
                 "n_parameters": count_parameters(model),
             }
 
-        self._history = self.record_stage("pretrain", self.store.get_or_build("history", spec, build))
+        self._history = self.record_stage(
+            "pretrain", self.store.get_or_build("history", spec, build, collective=True)
+        )
         return self._history
 
     def require_embedded(self, what: str) -> None:

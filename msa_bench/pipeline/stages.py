@@ -85,11 +85,19 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         return artifact
 
     def cached_model(
-        self, stage: str, kind: str, spec: dict, build: Callable[[Path], dict], label: str | None = None
+        self,
+        stage: str,
+        kind: str,
+        spec: dict,
+        build: Callable[[Path], dict],
+        label: str | None = None,
+        *,
+        trains: bool = False,
     ) -> ModelRef:
         """The model of artifact `kind` keyed by `spec`, saved by `build(folder)` the first time; its cost is
-        recorded as `stage`, and the reference is labelled `label` (default: the stage)."""
-        artifact = self.store.get_or_build(kind, spec, build)
+        recorded as `stage`, and the reference is labelled `label` (default: the stage). `trains=True` says that
+        `build` calls run_training: with several processes every rank runs it (ArtifactStore.get_or_build)."""
+        artifact = self.store.get_or_build(kind, spec, build, collective=trains)
         self.record_stage(stage, artifact)
         return ModelRef.in_artifact(artifact, label or stage)
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from msa_bench.config.schema import LoggerConfig
+from msa_bench.distributed import is_main_process
 from msa_bench.errors import RunLoggerError
 
 log = logging.getLogger("msa_bench.logger")
@@ -124,7 +125,7 @@ class WandbRunLogger:
 def make_run_logger(cfg: LoggerConfig, output_dir: Path, run_name: str, config: dict):
     """The run's logger. Raises RunLoggerError when W&B cannot start online and `logger.require_online` is true."""
     global _wandb_init_failure
-    if cfg.backend == "none":
+    if cfg.backend == "none" or not is_main_process():  # with several processes, rank 0 alone logs
         return NullRunLogger()
     mode = os.environ.get("WANDB_MODE") or cfg.mode
     if _wandb_init_failure is None:

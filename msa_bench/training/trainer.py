@@ -2,11 +2,15 @@
 
 Every stage that updates weights (pretraining, instruct, the target and oracle, the fine-tunes behind θ1 and θ2, and
 the gradient-based unlearning methods) runs through `Trainer`, with a method overriding only `compute_loss`, as TRL
-and open-unlearning do. Multi-GPU, DeepSpeed and FSDP then come from `accelerate launch` with no code of ours.
+and open-unlearning do. Several processes (torchrun, `accelerate launch` with conf/accelerate/*.yaml) train together
+through the Trainer's DDP, FSDP or DeepSpeed: `recipe.batch_size` is the global batch, shared out by the Trainer's
+sampler, and sharded weights are gathered for rank 0's save (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -16,8 +20,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from msa_bench.config.schema import TrainRecipe
+from msa_bench.distributed import in_lockstep, per_device_batch_size, require_same_on_all_ranks, world_size
 from msa_bench.errors import DivergenceError  # noqa: F401  (re-exported)
 from msa_bench.failures import remember_failure_context
 from msa_bench.progress import current_progress
@@ -36,6 +42,17 @@ class CausalLMTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_processed = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            # Group lengths over the global batch, not one rank's share: the sampler's order is then the same for
+            # N processes as for one, and accelerate deals its consecutive batches out to the ranks, so each
+            # optimizer step sees the same examples whatever the number of processes.
+            sampler.batch_size = (
+                self.args.train_batch_size * self.args.gradient_accumulation_steps * world_size()
+            )
+        return sampler
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> None:
         self.tokens_processed += int(batch["attention_mask"].sum())
@@ -140,9 +157,11 @@ class LossOverrideTrainer(CausalLMTrainer):
 @dataclass
 class TrainStats:
     steps: int
-    tokens: int
+    tokens: int  # on this rank
     seconds: float
     final_loss: float | None
+    # The full weights, gathered on rank 0, when FSDP or DeepSpeed ZeRO-3 shard the model: pass it to save_model.
+    state_dict: dict | None = None
 
 
 class _SaveAtSteps(TrainerCallback):
@@ -192,6 +211,8 @@ def run_training(
     and swept at the next run's start if this process is killed; without `scratch_root`, a system temporary folder.
     """
     n_steps = total_steps(len(dataset), recipe)
+    if in_lockstep():
+        require_same_on_all_ranks(dataset_digest(dataset), "the training data (a digest of every example)")
     if group_by_length is None:
         # Batching examples of similar length avoids padding short QA to the length of a pretraining block.
         group_by_length = isinstance(dataset, ExampleDataset)
@@ -199,7 +220,7 @@ def run_training(
     with scratch_folder(scratch_root) as scratch:
         args = TrainingArguments(
             output_dir=str(scratch),
-            per_device_train_batch_size=recipe.batch_size,
+            per_device_train_batch_size=per_device_batch_size(recipe.batch_size),
             gradient_accumulation_steps=recipe.gradient_accumulation_steps,
             max_steps=n_steps,
             learning_rate=recipe.learning_rate,
@@ -241,10 +262,34 @@ def run_training(
                 gradient_accumulation_steps=recipe.gradient_accumulation_steps,
             )
             raise
+        state_dict = gathered_state_dict(trainer)
     model.eval()
     return TrainStats(
         steps=n_steps,
         tokens=trainer.tokens_processed,
         seconds=time.perf_counter() - start,
         final_loss=float(result.training_loss) if result.training_loss is not None else None,
+        state_dict=state_dict,
     )
+
+
+def gathered_state_dict(trainer: Trainer) -> dict | None:
+    """The full state dict on rank 0 when FSDP or ZeRO-3 shard the model (every rank must call this: the gather is
+    a collective), None when the model's own parameters are whole (one process, DDP). Not run here: see
+    docs/distributed.md. FSDP needs fsdp_state_dict_type FULL_STATE_DICT and ZeRO-3
+    stage3_gather_16bit_weights_on_model_save true, as conf/accelerate/*.yaml set."""
+    if not (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """A sha256 of every example's token ids and labels, to check that all ranks train on the same data."""
+    digest = hashlib.sha256()
+    for index in range(len(dataset)):
+        digest.update(json.dumps(dataset[index], sort_keys=True, default=_tensor_as_list).encode())
+    return digest.hexdigest()
+
+
+def _tensor_as_list(value):
+    return value.tolist() if isinstance(value, torch.Tensor) else str(value)
