@@ -152,3 +152,8 @@ class RunInterrupted(BaseException):
 class ResourceError(MSABenchError, OSError):
     """The machine lacks what a stage needs (free disk space, accelerator memory); the message gives what is needed,
     what there is, and what to change."""
+
+
+class InsufficientMemoryError(ResourceError):
+    """A stage's estimated peak memory exceeds what the device has free (msa_bench/pipeline/memory_preflight.py);
+    raised before anything is loaded, with both figures and the options that would make it fit."""

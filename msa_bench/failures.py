@@ -50,6 +50,17 @@ _contexts: dict[int, dict[str, Any]] = {}
 _MAX_CONTEXTS = 8
 
 
+# The memory preflight's summary of the stage it checked last (figures and options), for an out-of-memory error:
+# stages run one after another, so the stage that runs out of memory is the one checked last.
+_latest_memory_estimate: str | None = None
+
+
+def remember_memory_estimate(summary: str | None) -> None:
+    """Called by the memory preflight (pipeline/stage_memory.py) with each stage's estimate, before it loads."""
+    global _latest_memory_estimate
+    _latest_memory_estimate = summary
+
+
 def remember_failure_context(error: BaseException, **context: Any) -> None:
     """Record what the code an error passes through knows (its `stage`, its `batch_size`); inner calls win."""
     if id(error) not in _contexts and len(_contexts) >= _MAX_CONTEXTS:
@@ -211,10 +222,12 @@ def _batch_phrase(context: dict[str, Any], config: Any) -> tuple[str, str]:
 def out_of_memory_message(error: BaseException, context: dict[str, Any], config: Any = None) -> str:
     device = "GPU" if "cuda" in _text(error) or type(error).__name__ == "OutOfMemoryError" else "device"
     size, keys = _batch_phrase(context, config)
+    estimate = f"; {_latest_memory_estimate}" if _latest_memory_estimate else ""
     return (
-        f"out of {device} memory {_stage_phrase(context)} at {size}; lower the batch size ({keys}) and raise "
-        "gradient_accumulation_steps by the same factor to keep the effective batch, or run on a GPU with more "
-        "memory or on more GPUs (accelerate launch); gradient checkpointing and LoRA have no msa_bench setting yet"
+        f"out of {device} memory {_stage_phrase(context)} at {size}{estimate}; lower the batch size ({keys}) and "
+        "raise gradient_accumulation_steps by the same factor to keep the effective batch, or set the recipe's "
+        "gradient_checkpointing=true, optimizer=adamw_8bit or peft=lora, or run on a GPU with more memory or on "
+        "more GPUs (FSDP, docs/distributed.md)"
     )
 
 

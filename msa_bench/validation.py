@@ -5,6 +5,7 @@ registries: the method, metric and benchmark names a config may use are theirs t
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from hydra.core.hydra_config import HydraConfig
@@ -13,8 +14,16 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from msa_bench.benchmarks.base import benchmark_class, forget_split_error
 from msa_bench.config.checkpoint_rules import checkpoint_problem
+from msa_bench.config.recipes import iter_recipes
 from msa_bench.config.required_values import unfilled_required_values
-from msa_bench.config.schema import CHOICES, MODEL_SCHEMAS, SEED_RANGE, MSABenchConfig, PretrainedModelConfig
+from msa_bench.config.schema import (
+    CHOICES,
+    MODEL_SCHEMAS,
+    RECIPE_CHOICES,
+    SEED_RANGE,
+    MSABenchConfig,
+    PretrainedModelConfig,
+)
 from msa_bench.config.strict_keys import unknown_key_problems
 from msa_bench.errors import ConfigError
 from msa_bench.methods.registry import discover_methods
@@ -147,8 +156,50 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     problem = checkpoint_problem(config.checkpoint)
     require(problem is None, problem)
     require(config.num_threads >= 1, f"num_threads={config.num_threads} must be >= 1")
+    problems += _recipe_problems(config)
     require(
         0 <= config.benchmark.replay_fraction <= 10,
         f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
     )
+    return problems
+
+
+def _cuda_available(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch  # only reached when a recipe asks for a CUDA-only option
+
+    return torch.cuda.is_available()
+
+
+def _recipe_problems(config: MSABenchConfig) -> list[str]:
+    """The recipes' closed value sets, and the options that need CUDA or bitsandbytes, each naming its dotted key."""
+    problems: list[str] = []
+    for key, recipe in iter_recipes(config):
+        for name, choices in RECIPE_CHOICES.items():
+            value = getattr(recipe, name)
+            if value not in choices:
+                problems.append(f"{key}.{name}={value!r} is not valid; choose one of {list(choices)}")
+        if recipe.mixed_precision == "fp16":
+            if config.model.dtype == "float16":
+                problems.append(
+                    f"{key}.mixed_precision=fp16 with model.dtype=float16 cannot train (the gradient scaler needs "
+                    "float32 or bfloat16 weights); set model.dtype=float32 or use mixed_precision=bf16"
+                )
+            elif not _cuda_available(config.device):
+                problems.append(
+                    f"{key}.mixed_precision=fp16 needs a CUDA GPU (device={config.device} has none here); use "
+                    "mixed_precision=bf16 or no"
+                )
+        if recipe.optimizer == "adamw_8bit":
+            if importlib.util.find_spec("bitsandbytes") is None:
+                problems.append(
+                    f"{key}.optimizer=adamw_8bit needs bitsandbytes, which is not installed: `pip install "
+                    "bitsandbytes`, or use optimizer=adamw_torch"
+                )
+            elif not _cuda_available(config.device):
+                problems.append(
+                    f"{key}.optimizer=adamw_8bit runs only on a CUDA GPU (device={config.device} has none here); "
+                    "use optimizer=adamw_torch"
+                )
     return problems

@@ -34,6 +34,7 @@ def test_wall_time_tokens_and_flops() -> None:
         "flops": cost.flops,
         "peak_memory_mb": cost.peak_memory_mb,
         "memory_kind": "cpu_rss",
+        "estimated_peak_memory_mb": None,  # only the pipeline's stages run the memory preflight
     }
 
 

@@ -184,7 +184,9 @@ def test_out_of_memory_names_stage_and_batch_size_and_the_run_ends_failed(tmp_pa
         "model.pretrain.recipe",
         "gradient_accumulation_steps",
         "more GPUs",
-        "gradient checkpointing",
+        "gradient_checkpointing=true",
+        "peft=lora",
+        "the memory preflight estimated",  # the figures the preflight made for this stage (issue 13)
     ):
         assert advice in line
     assert json.loads((out / "status.json").read_text())["state"] == "failed"

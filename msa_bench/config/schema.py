@@ -28,6 +28,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arithmetic_dtype": ("float32", "bfloat16"),
     "checkpoint.stage": CHECKPOINT_STAGES,
 }
+# The closed value sets of every TrainRecipe's string fields; validate_config checks them in each recipe of a config.
+RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adamw_torch", "adamw_torch_fused", "adamw_8bit"),
+    "mixed_precision": ("no", "bf16", "fp16"),
+}
+# A field with this metadata key (true) is left out of cache keys while it has its default value (cache_keys.py).
+OMIT_AT_DEFAULT = "omit_from_cache_key_at_default"
 # The seeds numpy and torch accept (inclusive): validate_config checks `seed` against it.
 SEED_RANGE = (0, 2**32 - 1)
 
@@ -44,6 +51,13 @@ class TrainRecipe:
     warmup_ratio: float = 0.1
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
+    # Memory options (docs/memory.md). At their defaults they are left out of cache keys (config/cache_keys.py), so
+    # the caches made before they existed stay valid. gradient_checkpointing recomputes each layer's activations in
+    # the backward pass (use_reentrant=False); optimizer: adamw_torch | adamw_torch_fused | adamw_8bit
+    # (bitsandbytes, CUDA only); mixed_precision: no (train in model.dtype) | bf16 | fp16 (autocast; fp16 on CUDA only).
+    gradient_checkpointing: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
+    optimizer: str = field(default="adamw_torch", metadata={OMIT_AT_DEFAULT: True})
+    mixed_precision: str = field(default="no", metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass
@@ -261,6 +275,16 @@ class CacheConfig:
     file's size on each read and its sha256 on the entry's first read in a process."""
 
 
+@dataclass
+class PreflightConfig:
+    """Checks made before a stage loads anything; none changes a result (not part of the config hash)."""
+
+    memory: bool = True
+    """true: estimate each training and evaluation stage's peak memory from the model's config.json and refuse one
+    that will not fit on the device, before loading (msa_bench/pipeline/memory_preflight.py). false: only record
+    the estimate."""
+
+
 class ProgressMode(Enum):
     """`progress=`: auto (one line per stage; library output to the run's log file), verbose (everything on the
     console), off (only the table). `true` and `false`, the former on/off switch, mean auto and off.
@@ -303,6 +327,7 @@ class MSABenchConfig:
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
     cache: CacheConfig = field(default_factory=CacheConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
+from msa_bench.config.cache_keys import without_default_options
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.methods.registry import MethodConfig
 
@@ -70,6 +71,7 @@ def unlearn_with_loss(
 
     trust_remote_code = trusts_remote_code(pipeline.cfg.model)
     from msa_bench.pipeline.cost import CostMeter
+    from msa_bench.pipeline.stage_memory import check_unlearning
     from msa_bench.training.data import ForgetRetainDataset
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
 
@@ -78,7 +80,7 @@ def unlearn_with_loss(
     needs_reference = needs_reference or (use_retain and config.retain_loss == "kl")
     spec = {
         "method": method,
-        "config": asdict(config),
+        "config": without_default_options(config, asdict(config)),
         "target": target.key,
         "forget": pipeline.forget_split,
         "seed": pipeline.cfg.seed,
@@ -91,7 +93,20 @@ def unlearn_with_loss(
         tokenizer = pipeline.tokenizer()
         forget = pipeline.training_examples(pipeline.forget_items(), "the forget set")
         retain = pipeline.training_examples(pipeline.retain_items(), "the retain set") if use_retain else None
-        with CostMeter(method, device=pipeline.device) as meter:
+        keeps_reference = needs_reference and not (
+            config.precompute_reference and not (use_retain and config.retain_loss == "kl")
+        )
+        estimated_mb = check_unlearning(  # memory preflight, before θ_D is loaded
+            pipeline,
+            method,
+            target.path,
+            config.recipe,
+            forget,
+            retain,
+            keeps_reference=keeps_reference,
+            reference_device=config.reference_device,
+        )
+        with CostMeter(method, device=pipeline.device, estimated_peak_memory_mb=estimated_mb) as meter:
             model = load_model(
                 target.path, pipeline.device, pipeline.cfg.model.dtype, trust_remote_code=trust_remote_code
             )

@@ -13,6 +13,7 @@ from msa_bench.models.build import count_parameters, load_model, save_model, tru
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
 from msa_bench.pipeline.refs import ModelRef, plain
+from msa_bench.pipeline.stage_memory import check_finetune
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples, sample_examples
 from msa_bench.training.trainer import run_training
 
@@ -44,6 +45,7 @@ class BenchmarkModels:
                 self.store.root, f"fine-tune {stage}", n_parameters, self.cfg.model.dtype
             )
             tokenizer = self.tokenizer()
+            estimated_mb = check_finetune(self, stage, base.path, recipe, examples)  # memory preflight
             model = load_model(
                 base.path,
                 self.device,
@@ -51,7 +53,7 @@ class BenchmarkModels:
                 trust_remote_code=trusts_remote_code(self.cfg.model),
             )
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
-            with CostMeter(stage, device=self.device) as meter:
+            with CostMeter(stage, device=self.device, estimated_peak_memory_mb=estimated_mb) as meter:
                 stats = run_training(
                     model,
                     ExampleDataset(examples),

@@ -32,6 +32,8 @@ class StageCost:
     flops: float
     peak_memory_mb: float
     memory_kind: str
+    # The memory preflight's estimate of the peak, made before the stage loaded its model (memory_preflight.py).
+    estimated_peak_memory_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,8 +74,16 @@ class CostMeter:
     available.
     """
 
-    def __init__(self, stage: str, *, device: str | None = None, sample_interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        stage: str,
+        *,
+        device: str | None = None,
+        sample_interval: float = 0.02,
+        estimated_peak_memory_mb: float | None = None,
+    ) -> None:
         self.stage = stage
+        self.estimated_peak_memory_mb = estimated_peak_memory_mb
         self.device = _resolve_device(device)
         self.sample_interval = sample_interval
         self.tokens = 0
@@ -154,4 +164,5 @@ class CostMeter:
             flops=self.flops,
             peak_memory_mb=peak_mb,
             memory_kind=memory_kind,
+            estimated_peak_memory_mb=self.estimated_peak_memory_mb,
         )

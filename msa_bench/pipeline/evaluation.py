@@ -23,6 +23,7 @@ from msa_bench.errors import (
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, discover_suites, suite_of
 from msa_bench.models.build import count_parameters, load_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
+from msa_bench.pipeline.stage_memory import check_evaluation
 
 log = logging.getLogger("msa_bench.evaluation")
 
@@ -82,6 +83,7 @@ def evaluate_model(pipeline, model_ref) -> dict:
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
+        estimated_mb = check_evaluation(pipeline, model_ref.label, model_ref.path, plan)  # memory preflight
         model = load_model(
             model_ref.path,
             pipeline.device,
@@ -96,7 +98,9 @@ def evaluate_model(pipeline, model_ref) -> dict:
             "skipped": {},
             "tokens_processed": 0,
         }
-        with CostMeter(f"eval:{model_ref.label}", device=pipeline.device) as meter:
+        with CostMeter(
+            f"eval:{model_ref.label}", device=pipeline.device, estimated_peak_memory_mb=estimated_mb
+        ) as meter:
             for suite_name, names in plan.items():
                 result = (
                     SUITES[suite_name]

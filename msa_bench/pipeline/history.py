@@ -24,6 +24,7 @@ from msa_bench.pipeline.artifacts import Artifact
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.pipeline.disk_space import require_space_for_states
 from msa_bench.pipeline.refs import ModelRef, plain
+from msa_bench.pipeline.stage_memory import check_built_model
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples
 from msa_bench.training.trainer import run_training, total_steps
 
@@ -169,7 +170,8 @@ class EmbeddedHistory:
                 n_steps,
                 saved,
             )
-            with CostMeter("pretrain", device=self.device) as meter:
+            estimated_mb = check_built_model(self, "pretrain", model, pre.recipe, blocks)  # memory preflight
+            with CostMeter("pretrain", device=self.device, estimated_peak_memory_mb=estimated_mb) as meter:
                 stats = run_training(
                     model,
                     ExampleDataset(blocks),

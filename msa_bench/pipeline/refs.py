@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from msa_bench.config.cache_keys import without_default_options
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -25,9 +27,8 @@ class ModelRef:
 
 
 def plain(node) -> dict:
-    """A config dataclass (or dict) as a plain dict, the form it takes inside a cache key."""
-    return (
-        OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
-        if not isinstance(node, dict)
-        else node
-    )
+    """A config dataclass (or dict) as a plain dict, the form it takes inside a cache key (options marked
+    OMIT_AT_DEFAULT are left out while at their defaults: msa_bench/config/cache_keys.py)."""
+    if isinstance(node, dict):
+        return node
+    return without_default_options(node, OmegaConf.to_container(OmegaConf.structured(node), resolve=True))

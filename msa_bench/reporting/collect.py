@@ -31,6 +31,7 @@ ROW_EXCLUDED = (
     "progress",
     "num_threads",
     "device",
+    "preflight",
     "metrics.names",
     "metrics.batch_size",
     "metrics.name",

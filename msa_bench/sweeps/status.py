@@ -44,8 +44,9 @@ INTERRUPTED, CRASHED = "interrupted", "crashed"
 STATES = (RUNNING, DONE, FAILED, SKIPPED, INTERRUPTED, CRASHED)
 
 # Top-level config keys that do not change what a job computes (`overwrite` only says whether a run may replace
-# another config's results in its folder; `cache` only how hard cached entries are checked).
-HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra", "overwrite", "cache")
+# another config's results in its folder; `cache` only how hard cached entries are checked; `preflight` only whether
+# a stage that looks too large is refused).
+HASH_EXCLUDED_KEYS = ("paths", "logger", "progress", "hydra", "overwrite", "cache", "preflight")
 # Folders under a sweep directory that never hold jobs.
 _NOT_JOB_FOLDERS = {".submitit", "wandb", ".hydra", "report"}
 

@@ -24,7 +24,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.distributed import in_lockstep, per_device_batch_size, require_same_on_all_ranks, world_size
-from msa_bench.errors import DivergenceError  # noqa: F401  (re-exported)
+from msa_bench.errors import ConfigError, DivergenceError  # noqa: F401  (re-exported)
 from msa_bench.failures import remember_failure_context
 from msa_bench.progress import current_progress
 from msa_bench.training.data import ExampleDataset, PaddingCollator
@@ -189,6 +189,45 @@ def total_steps(n_examples: int, recipe: TrainRecipe) -> int:
     return max(1, math.ceil(steps_per_epoch(n_examples, recipe) * recipe.epochs))
 
 
+# recipe.optimizer -> TrainingArguments.optim.
+OPTIMIZERS = {
+    "adamw_torch": "adamw_torch",
+    "adamw_torch_fused": "adamw_torch_fused",
+    "adamw_8bit": "adamw_bnb_8bit",
+}
+
+
+def memory_arguments(recipe: TrainRecipe, device: str) -> dict:
+    """The TrainingArguments of the recipe's memory options (docs/memory.md). At their defaults they are exactly
+    the arguments used before the options existed, so a default recipe trains bit-identically.
+
+    validate_config refuses the CUDA-only choices with the recipe's dotted key; this repeats the check for callers
+    that build a recipe in code."""
+    on_cuda = str(device).startswith("cuda")
+    if recipe.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={recipe.optimizer!r} is not valid; choose one of {sorted(OPTIMIZERS)}")
+    if recipe.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(
+            f"mixed_precision={recipe.mixed_precision!r} is not valid; choose one of no, bf16, fp16"
+        )
+    if not on_cuda and (recipe.mixed_precision == "fp16" or recipe.optimizer == "adamw_8bit"):
+        raise ConfigError(
+            f"recipe mixed_precision={recipe.mixed_precision} / optimizer={recipe.optimizer}: fp16 and adamw_8bit "
+            f"need a CUDA GPU and this stage runs on {device}; use mixed_precision=bf16 or no, optimizer=adamw_torch"
+        )
+    arguments: dict = {
+        "optim": OPTIMIZERS[recipe.optimizer],
+        "bf16": recipe.mixed_precision == "bf16",
+        "fp16": recipe.mixed_precision == "fp16",
+    }
+    if recipe.gradient_checkpointing:
+        # (transformers 5 names it activation checkpointing.) The non-reentrant variant also trains when the inputs
+        # need no gradient (frozen embeddings under LoRA: open-unlearning #178 left lora_B at zero).
+        arguments["activation_checkpointing"] = True
+        arguments["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return arguments
+
+
 def run_training(
     model,
     dataset: Dataset,
@@ -228,7 +267,7 @@ def run_training(
             warmup_steps=recipe.warmup_ratio,
             lr_scheduler_type=recipe.lr_scheduler,
             max_grad_norm=recipe.max_grad_norm,
-            optim="adamw_torch",
+            **memory_arguments(recipe, device),
             logging_steps=max(1, n_steps // 10),
             # The default (True) leaves NaN/inf losses out of the logged average: a diverged run would look healthy.
             logging_nan_inf_filter=False,
