@@ -129,7 +129,7 @@ def _fake_pipeline(cfg, tmp_path: Path, tokenizer):
         def tokenizer(self):
             return tokenizer
 
-        def cached_model(self, stage, kind, spec, build, label=None):
+        def cached_model(self, stage, kind, spec, build, label=None, trains=False):
             build(tmp_path / "out")
 
     fake = Fake()
