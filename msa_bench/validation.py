@@ -5,6 +5,7 @@ registries: the method, metric and benchmark names a config may use are theirs t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 
@@ -22,6 +23,7 @@ from msa_bench.config.schema import (
     RECIPE_CHOICES,
     SEED_RANGE,
     MSABenchConfig,
+    PeftConfig,
     PretrainedModelConfig,
 )
 from msa_bench.config.strict_keys import unknown_key_problems
@@ -161,6 +163,44 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
         0 <= config.benchmark.replay_fraction <= 10,
         f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
     )
+    problems += _peft_problems(config)
+    return problems
+
+
+def _peft_problems(config: MSABenchConfig) -> list[str]:
+    """LoRA settings that are out of range, or that would change nothing (msa_bench/training/lora.py)."""
+    peft = config.peft
+    problems = []
+    if peft.name == "none":
+        changed = [
+            f"peft.{f.name}={getattr(peft, f.name)!r}"
+            for f in dataclasses.fields(PeftConfig)
+            if f.name != "name" and getattr(peft, f.name) != getattr(PeftConfig(), f.name)
+        ]
+        if changed:
+            problems.append(
+                f"{', '.join(changed)} set with peft=none, where no fine-tune uses LoRA; add peft=lora, or drop "
+                "the setting"
+            )
+        return problems
+    if not (isinstance(peft.r, int) and peft.r >= 1):
+        problems.append(f"peft.r={peft.r!r} must be an integer >= 1 (the adapters' rank)")
+    if not peft.alpha > 0:
+        problems.append(f"peft.alpha={peft.alpha} must be > 0 (the adapters' scale is alpha / r)")
+    if not 0 <= peft.dropout < 1:
+        problems.append(f"peft.dropout={peft.dropout} must be in [0, 1)")
+    if not peft.target_modules or not all(isinstance(m, str) and m for m in peft.target_modules):
+        problems.append(
+            f"peft.target_modules={list(peft.target_modules)} must name at least one module suffix, "
+            "e.g. [q_proj,v_proj]"
+        )
+    method = discover_methods().get(config.method.name)
+    if method is not None and not method.fine_tunes and not peft.apply_to_target_oracle:
+        problems.append(
+            f"peft={peft.name} with method={config.method.name}: that method fine-tunes nothing (it evaluates the "
+            f"{config.method.name} model the benchmark defines), so LoRA would change nothing; use peft=none, or "
+            "peft.apply_to_target_oracle=true to train the target and oracle with LoRA"
+        )
     return problems
 
 

@@ -39,6 +39,7 @@ from msa_bench.arithmetic.checkpoint_files import (
     read_layout,
     remove_stale_weights,
 )
+from msa_bench.arithmetic.low_rank import LowRankDelta
 from msa_bench.arithmetic.non_finite import refuse_non_finite
 from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError  # noqa: F401  (re-exported)
 
@@ -132,7 +133,7 @@ class _TensorReader:
 
 def combine_checkpoints(
     target: Path,
-    deltas: Sequence[StateDelta],
+    deltas: Sequence[StateDelta | LowRankDelta],
     out_dir: Path,
     *,
     compute_dtype: torch.dtype = torch.float32,
@@ -172,7 +173,11 @@ def combine_checkpoints(
     target_layout = read_layout(target)
     resolved_target = target.resolve()
     layouts: dict[Path, CheckpointLayout] = {resolved_target: target_layout}
+    # LoRA seam 1 of 2 (low_rank.py): a LowRankDelta reads its adapter (checked here), no fine-tuned model.
+    low_rank = {i: deltas[i].load(target_layout) for i, *_ in active if isinstance(deltas[i], LowRankDelta)}
     for i, _, resolved_finetuned, resolved_base in active:
+        if i in low_rank:
+            continue
         # Read from the given path so that error messages name what the caller passed.
         for given, resolved in ((deltas[i].finetuned, resolved_finetuned), (deltas[i].base, resolved_base)):
             if resolved not in layouts:
@@ -205,11 +210,16 @@ def combine_checkpoints(
                     continue
                 scaled_differences = []
                 for i, coefficient, *directories in active:
-                    for directory in directories:
-                        if directory not in loaded:
-                            loaded[directory] = reader.read(layouts[directory], name)
-                    pair = [loaded[directory] for directory in directories]
-                    difference = _difference(pair[0], pair[1], compute_dtype)
+                    if i in low_rank:  # LoRA seam 2 of 2: None where the adapter leaves the tensor unchanged
+                        difference = low_rank[i].difference(name, compute_dtype)
+                        if difference is None:
+                            continue
+                    else:
+                        for directory in directories:
+                            if directory not in loaded:
+                                loaded[directory] = reader.read(layouts[directory], name)
+                        pair = [loaded[directory] for directory in directories]
+                        difference = _difference(pair[0], pair[1], compute_dtype)
                     squared_norms[i] += _squared_norm(difference)
                     scaled_differences.append((coefficient, difference))
                 output[name] = _apply_differences(

@@ -27,6 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.prompt.format": ("plain", "chat"),
     "model.arithmetic_dtype": ("float32", "bfloat16"),
     "checkpoint.stage": CHECKPOINT_STAGES,
+    "peft.name": ("none", "lora"),
+    "peft.vector_storage": ("merged", "factors"),
 }
 # The closed value sets of every TrainRecipe's string fields; validate_config checks them in each recipe of a config.
 RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
@@ -285,6 +287,29 @@ class PreflightConfig:
     the estimate."""
 
 
+@dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning (`peft=none|lora`; msa_bench/training/lora.py, docs/lora.md).
+
+    lora: every fine-tune a method makes (MSA's θ1 and θ2, task arithmetic's fine-tune, each loss-based baseline)
+    trains rank-`r` adapters on the linear modules whose names end with one of `target_modules`, through peft, and
+    is merged afterwards (θ1 = θ0 + (alpha/r)·B·A), so the arithmetic and the evaluation see ordinary weights."""
+
+    name: str = "none"  # none | lora
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Suffixes of module names (peft's matching: the name equals one or ends with "." + one).
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # The benchmark's own models (clean, target, oracle) are trained densely unless this is true.
+    apply_to_target_oracle: bool = False
+    # How MSA's and task arithmetic's fine-tuned vectors are cached: merged (a full model) or factors (only the
+    # adapter, adapter_model.safetensors + adapter_config.json, which the arithmetic reads as scale·B@A).
+    vector_storage: str = "merged"  # merged | factors
+
+
 class ProgressMode(Enum):
     """`progress=`: auto (one line per stage; library output to the run's log file), verbose (everything on the
     console), off (only the table). `true` and `false`, the former on/off switch, mean auto and off.
@@ -328,6 +353,7 @@ class MSABenchConfig:
     paths: PathsConfig = MISSING
     cache: CacheConfig = field(default_factory=CacheConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 2
@@ -357,5 +383,6 @@ def register_config_schemas() -> None:
         ("metrics", MetricsConfig),
         ("logger", LoggerConfig),
         ("paths", PathsConfig),
+        ("peft", PeftConfig),
     ]:
         store.store(group=f"schema/{group}", name="base", node=node)

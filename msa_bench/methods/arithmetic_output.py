@@ -7,7 +7,8 @@ from pathlib import Path
 
 def combine_into_artifact(pipeline, method: str, target, terms):
     """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef)."""
-    from msa_bench.arithmetic import StateDelta, combine_checkpoints
+    from msa_bench.arithmetic import combine_checkpoints
+    from msa_bench.arithmetic.low_rank import delta_between
     from msa_bench.arithmetic.state_arithmetic import arithmetic_dtype
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.disk_space import require_space_for_state_like
@@ -26,7 +27,8 @@ def combine_into_artifact(pipeline, method: str, target, terms):
         with CostMeter("arithmetic", device="cpu") as meter:
             report = combine_checkpoints(
                 target.path,
-                [StateDelta(c, ft.path, b.path) for c, ft, b in terms],
+                # A vector stored as LoRA factors (peft.vector_storage=factors) enters as a LowRankDelta.
+                [delta_between(c, ft.path, b.path) for c, ft, b in terms],
                 out,
                 compute_dtype=arithmetic_dtype(compute_dtype),
             )

@@ -73,6 +73,7 @@ def unlearn_with_loss(
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.stage_memory import check_unlearning
     from msa_bench.training.data import ForgetRetainDataset
+    from msa_bench.training.lora import lora_plan, save_trained, with_lora
     from msa_bench.training.trainer import LossOverrideTrainer, run_training
 
     target = pipeline.target()
@@ -85,6 +86,9 @@ def unlearn_with_loss(
         "forget": pipeline.forget_split,
         "seed": pipeline.cfg.seed,
     }
+    lora = lora_plan(pipeline.cfg.peft, "unlearning")
+    if lora is not None:  # only then: a key without LoRA stays as it was
+        spec["peft"] = lora.key()
 
     def build(out: Path) -> dict:
         from msa_bench.pipeline.disk_space import require_space_for_state_like
@@ -105,6 +109,7 @@ def unlearn_with_loss(
             retain,
             keeps_reference=keeps_reference,
             reference_device=config.reference_device,
+            lora=lora,
         )
         with CostMeter(method, device=pipeline.device, estimated_peak_memory_mb=estimated_mb) as meter:
             model = load_model(
@@ -112,6 +117,8 @@ def unlearn_with_loss(
             )
             if prepare_model is not None:
                 prepare_model(model, config)
+            if lora is not None:  # after prepare_model: LoRA adapts only the modules the method trains
+                model = with_lora(model, lora.settings, pipeline.cfg.seed)
             n_params = count_parameters(model)
             kwargs = {
                 "loss_fn": loss_fn,
@@ -148,8 +155,14 @@ def unlearn_with_loss(
                 scratch_root=pipeline.scratch_root,
             )
             meter.add_tokens(stats.tokens, n_params, training=True)
-            save_model(model, tokenizer, out)
-        return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
+            if lora is None:
+                save_model(model, tokenizer, out)
+            else:  # merged, and what the adapters learnt goes into the stage's cost (results.json)
+                adapters = save_trained(model, tokenizer, out, lora)
+        cost = meter.cost.to_dict()
+        if lora is not None:
+            cost["lora"] = adapters
+        return {"cost": cost, "final_loss": stats.final_loss, "steps": stats.steps}
 
     return pipeline.cached_model("unlearning", "unlearned", spec, build, label=method, trains=True)
 

@@ -24,6 +24,7 @@ class Target(UnlearningMethod):
 
     name = "target"
     config_class = TargetConfig
+    fine_tunes = False
 
     def planned_stages(self) -> list[str]:
         return []  # the runner builds the target anyway
@@ -38,6 +39,7 @@ class Oracle(UnlearningMethod):
 
     name = "oracle"
     config_class = OracleConfig
+    fine_tunes = False
 
     def planned_stages(self) -> list[str]:
         return []  # the runner builds the oracle anyway

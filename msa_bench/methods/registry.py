@@ -30,6 +30,9 @@ class UnlearningMethod(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    # Whether `produce` fine-tunes a model (so that peft=lora changes what it does); validate_config refuses a
+    # LoRA setting on a method that does not.
+    fine_tunes: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -149,7 +149,10 @@ def captured_output(module: torch.nn.Module, forward: Callable[[], object]) -> t
 
 def steered_activations(trainer, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Hidden states [B, T, D] of the policy's steered module on `batch`, with autograd."""
-    module = find_module(trainer.accelerator.unwrap_model(model), trainer.method_config.module_regex)
+    from msa_bench.training.lora import base_of
+
+    # Under peft=lora the policy is a peft wrapper; the regex names the base model's modules.
+    module = find_module(base_of(trainer.accelerator.unwrap_model(model)), trainer.method_config.module_regex)
     activations = captured_output(
         module, lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     )

@@ -15,6 +15,7 @@ from msa_bench.pipeline.disk_space import require_space_for_states, stored_param
 from msa_bench.pipeline.refs import ModelRef, plain
 from msa_bench.pipeline.stage_memory import check_finetune
 from msa_bench.training.data import ExampleDataset, packed_text_blocks, qa_examples, sample_examples
+from msa_bench.training.lora import LoraPlan, lora_plan, save_trained, with_lora
 from msa_bench.training.trainer import run_training
 
 log = logging.getLogger("msa_bench.pipeline")
@@ -24,14 +25,25 @@ class BenchmarkModels:
     """Fine-tunes and the benchmark's models (a mixin of Pipeline)."""
 
     def finetuned_model(
-        self, stage: str, base: ModelRef, examples, recipe: TrainRecipe, spec_extra: dict
+        self,
+        stage: str,
+        base: ModelRef,
+        examples,
+        recipe: TrainRecipe,
+        spec_extra: dict,
+        lora: LoraPlan | None = None,
     ) -> ModelRef:
-        """Fine-tune `base` on `examples` with `recipe`, cached under a key of everything that determines it."""
+        """Fine-tune `base` on `examples` with `recipe`, cached under a key of everything that determines it.
+
+        With a LoRA plan, only adapters train; the plan (settings and storage) joins the key, which without one
+        stays as it always was."""
         spec = (
             {"base": base.key, "recipe": plain(recipe), "seed": self.cfg.seed}
             | spec_extra
             | self.encoding_spec()
         )
+        if lora is not None:
+            spec["peft"] = lora.key()
         if not self.embedded:
             spec["training"] = {
                 "dtype": self.cfg.model.dtype,
@@ -45,13 +57,15 @@ class BenchmarkModels:
                 self.store.root, f"fine-tune {stage}", n_parameters, self.cfg.model.dtype
             )
             tokenizer = self.tokenizer()
-            estimated_mb = check_finetune(self, stage, base.path, recipe, examples)  # memory preflight
+            estimated_mb = check_finetune(self, stage, base.path, recipe, examples, lora)  # memory preflight
             model = load_model(
                 base.path,
                 self.device,
                 self.cfg.model.dtype,
                 trust_remote_code=trusts_remote_code(self.cfg.model),
             )
+            if lora is not None:
+                model = with_lora(model, lora.settings, self.cfg.seed)
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
             with CostMeter(stage, device=self.device, estimated_peak_memory_mb=estimated_mb) as meter:
                 stats = run_training(
@@ -65,8 +79,14 @@ class BenchmarkModels:
                     scratch_root=self.scratch_root,
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
-                save_model(model, tokenizer, out)
-            return {"cost": meter.cost.to_dict(), "final_loss": stats.final_loss, "steps": stats.steps}
+                if lora is None:
+                    save_model(model, tokenizer, out)
+                else:  # what the adapters learnt goes into the stage's cost, and so into results.json
+                    adapters = save_trained(model, tokenizer, out, lora)
+            cost = meter.cost.to_dict()
+            if lora is not None:
+                cost["lora"] = adapters
+            return {"cost": cost, "final_loss": stats.final_loss, "steps": stats.steps}
 
         return self.cached_model(stage, "finetune", spec, build, trains=True)
 
@@ -84,7 +104,8 @@ class BenchmarkModels:
             return start
         examples = self.training_examples(clean, "the clean data")
         extra = {"data": self.benchmark.data_id("clean")} | self.data_spec()
-        return self.finetuned_model("clean", start, examples, self.cfg.benchmark.clean_recipe, extra)
+        lora = lora_plan(self.cfg.peft, "benchmark_model")
+        return self.finetuned_model("clean", start, examples, self.cfg.benchmark.clean_recipe, extra, lora)
 
     def _replay_examples(self, n_benchmark: int) -> list[dict]:
         """Pretraining blocks and instruct QA replayed during the target/oracle fine-tune, half of each."""
@@ -103,7 +124,10 @@ class BenchmarkModels:
         examples = self.training_examples(items, f"the {stage}'s data")
         examples = examples + self._replay_examples(len(examples))
         extra = {"data": data_id, "replay_fraction": self.cfg.benchmark.replay_fraction} | self.data_spec()
-        return self.finetuned_model(stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra)
+        lora = lora_plan(self.cfg.peft, "benchmark_model")
+        return self.finetuned_model(
+            stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra, lora
+        )
 
     def target(self) -> ModelRef:
         return self._benchmark_model(
@@ -122,4 +146,5 @@ class BenchmarkModels:
     ) -> ModelRef:
         """Fine-tune a model state on benchmark items (the forget set, a retain subset, ...)."""
         examples = self.training_examples(items, f"the {stage}'s data")
-        return self.finetuned_model(stage, base, examples, recipe, {"data": data_id} | self.data_spec())
+        extra = {"data": data_id} | self.data_spec()
+        return self.finetuned_model(stage, base, examples, recipe, extra, lora_plan(self.cfg.peft, "vector"))

@@ -30,21 +30,15 @@ from msa_bench.pipeline.memory_preflight import (
     training_options,
 )
 
-# Stages that LoRA (peft=lora) does not adapt unless peft.apply_to_target_oracle (the contract of issue 13's LoRA).
-_FULL_UNLESS_ASKED = ("target", "oracle")
-_ALWAYS_FULL = ("pretrain", "instruct", "clean")
 
-
-def _lora(pipeline, stage: str, config) -> LoraShape | None:
-    """The LoRA this stage trains with, from cfg.peft (absent before the LoRA part is merged: none)."""
-    peft = getattr(pipeline.cfg, "peft", None)
-    if peft is None or getattr(peft, "name", "none") != "lora" or stage in _ALWAYS_FULL:
+def _lora(pipeline, lora, config) -> LoraShape | None:
+    """The LoRA the stage trains with: the same plan (training/lora.py lora_plan) the stage's build applies."""
+    if lora is None:
         return None
-    if stage in _FULL_UNLESS_ASKED and not getattr(peft, "apply_to_target_oracle", False):
-        return None
-    targets = tuple(peft.target_modules)
-    count = lora_trainable_parameters(config, peft.r, targets, trusts_remote_code(pipeline.cfg.model))
-    return LoraShape(count, peft.r, targets, float(getattr(peft, "dropout", 0.0)))
+    settings = lora.settings
+    targets = tuple(settings.target_modules)
+    count = lora_trainable_parameters(config, settings.r, targets, trusts_remote_code(pipeline.cfg.model))
+    return LoraShape(count, settings.r, targets, float(settings.dropout))
 
 
 def _longest(examples) -> int:
@@ -84,12 +78,12 @@ def _check(
     return estimate.total_mb
 
 
-def check_finetune(pipeline, stage: str, model_dir: Path, recipe: TrainRecipe, examples) -> float:
-    """Before a fine-tune (benchmark_models.finetuned_model) loads `model_dir`."""
+def check_finetune(pipeline, stage: str, model_dir: Path, recipe: TrainRecipe, examples, lora=None) -> float:
+    """Before a fine-tune (benchmark_models.finetuned_model) loads `model_dir`; `lora` is its LoraPlan or None."""
     config = read_config(model_dir, trusts_remote_code(pipeline.cfg.model))
     shape = model_shape(config, trusts_remote_code(pipeline.cfg.model))
     training = _training_shape(
-        pipeline, shape, recipe, _longest(examples), lora=_lora(pipeline, stage, config)
+        pipeline, shape, recipe, _longest(examples), lora=_lora(pipeline, lora, config)
     )
     return _check(pipeline, estimate_training(training, stage), stage, recipe)
 
@@ -112,6 +106,7 @@ def check_unlearning(
     *,
     keeps_reference: bool,
     reference_device: str | None,
+    lora=None,
 ) -> float:
     """Before a loss-based method (methods/gradient_unlearning.py) loads θ_D: forget and retain batches go through
     one backward pass; a reference model kept for training without reference_device shares the policy's device."""
@@ -125,7 +120,7 @@ def check_unlearning(
         length,
         forward_batches=2 if retain else 1,
         reference_on_device=keeps_reference and reference_device in (None, str(pipeline.device)),
-        lora=_lora(pipeline, method, config),
+        lora=_lora(pipeline, lora, config),
     )
     return _check(pipeline, estimate_training(training, method), method, recipe)
 
