@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
-from msa_bench.arithmetic import StateDelta, combine_checkpoints
+from msa_bench.arithmetic import StateDelta, combine_checkpoints, state_arithmetic
 from msa_bench.arithmetic.low_rank import LowRankDelta, delta_between, read_adapter
 from msa_bench.config.schema import PeftConfig, TrainRecipe
 from msa_bench.errors import ConfigError, StateArithmeticError
@@ -208,8 +208,15 @@ def test_msa_on_merged_lora_finetunes_equals_dense_arithmetic(lora_family, tmp_p
     assert changed == 14  # exactly the adapted projections moved
 
 
+# 100 values per chunk splits every adapted weight into runs of rows, as the streaming arithmetic reads large ones.
+@pytest.mark.parametrize("chunk_elements", [None, 100])
 @pytest.mark.parametrize("factor_terms", [("theta_1",), ("theta_1", "theta_2")])
-def test_factors_storage_equals_merged_storage_within_fp_tolerance(lora_family, tmp_path, factor_terms):
+def test_factors_storage_equals_merged_storage_within_fp_tolerance(
+    lora_family, tmp_path, factor_terms, chunk_elements, monkeypatch
+):
+    if chunk_elements is not None:
+        monkeypatch.setattr(state_arithmetic, "CHUNK_ELEMENTS", chunk_elements)
+
     def terms(factored: tuple[str, ...]):
         return [
             delta_between(

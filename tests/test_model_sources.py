@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import msa_bench.arithmetic.checkpoint_files as checkpoint_files
 import msa_bench.arithmetic.state_arithmetic as state_arithmetic
 from msa_bench.arithmetic.state_arithmetic import (
     StateArithmeticError,
@@ -394,27 +395,23 @@ def test_sharded_streaming_reads_one_shard_per_input_at_a_time(
 
     open_files: set[Path] = set()
     open_per_save: list[tuple[str, set[Path]]] = []
-    real_safe_open, real_save_file = state_arithmetic.safe_open, state_arithmetic.save_file
 
-    class CountingHandle:
-        def __init__(self, path: str, framework: str) -> None:
-            self._path = Path(path)
-            self._handle = real_safe_open(path, framework=framework)
+    class CountingReader(checkpoint_files.TensorFileReader):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            open_files.add(self.path)
 
-        def __enter__(self):
-            open_files.add(self._path)
-            return self._handle.__enter__()
+        def close(self) -> None:
+            open_files.discard(self.path)
+            super().close()
 
-        def __exit__(self, *exc_info):
-            open_files.discard(self._path)
-            return self._handle.__exit__(*exc_info)
+    class RecordingWriter(state_arithmetic.StreamingSafetensorsWriter):
+        def close(self) -> None:
+            open_per_save.append((self.path.name, set(open_files)))
+            super().close()
 
-    def recording_save_file(tensors, filename, metadata=None):
-        open_per_save.append((Path(filename).name, set(open_files)))
-        return real_save_file(tensors, filename, metadata=metadata)
-
-    monkeypatch.setattr(state_arithmetic, "safe_open", CountingHandle)
-    monkeypatch.setattr(state_arithmetic, "save_file", recording_save_file)
+    monkeypatch.setattr(checkpoint_files, "TensorFileReader", CountingReader)
+    monkeypatch.setattr(state_arithmetic, "StreamingSafetensorsWriter", RecordingWriter)
     alpha, beta = 0.6, 0.4
     deltas = [
         StateDelta(-alpha, folders["stage1-step200"], folders["stage1-step100"]),
@@ -425,7 +422,7 @@ def test_sharded_streaming_reads_one_shard_per_input_at_a_time(
     assert not open_files, "every input file is closed at the end"
     assert [name for name, _ in open_per_save] == shards and report["n_files"] == len(shards)
     for shard, opened in open_per_save:
-        # While an output shard is written, only that shard of each input is open, nothing else.
+        # When an output shard is finished, only that shard of each input is open, nothing else.
         assert opened == {folders[revision] / shard for revision in REVISIONS}
 
     theta_d, theta_1, theta_0 = (

@@ -1,6 +1,7 @@
 """The files of a Hugging Face checkpoint as state arithmetic sees them: which tensors are in which safetensors file
 (read from the headers, never the weights), whether two checkpoints have the same tensors, which files to copy to
-an output, and whether two checkpoints share a tokenizer vocabulary.
+an output, whether two checkpoints share a tokenizer vocabulary, and reading the same rows of a tensor from several
+checkpoints.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
+from torch import Tensor
 
+from msa_bench.arithmetic.safetensors_stream import RowChunk, TensorFileReader
 from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError
 
 logger = logging.getLogger(__name__)
@@ -134,6 +138,36 @@ def read_layout(directory: Path) -> CheckpointLayout:
         for name, (dtype, shape) in entries.items():
             tensors[name] = TensorInfo(file_name, dtype, shape)
     return CheckpointLayout(directory, tensors, keys_by_file, metadata_by_file, index)
+
+
+class ChunkReader:
+    """Reads the same rows of one tensor from any input checkpoint, each checkpoint's rows once per chunk.
+
+    Files are read with plain reads (see safetensors_stream), so nothing of them stays resident in this process; they
+    are opened on first use and closed with the ExitStack given (one output shard's lifetime).
+    """
+
+    def __init__(self, layouts: Mapping[Path, CheckpointLayout], exit_stack: ExitStack) -> None:
+        self._layouts = layouts
+        self._exit_stack = exit_stack
+        self._files: dict[Path, TensorFileReader] = {}
+        self._chunk: tuple[str, RowChunk] | None = None
+        self.loaded: dict[Path, Tensor] = {}  # this chunk's rows of each checkpoint read so far
+
+    def read(self, directory: Path, name: str, chunk: RowChunk) -> Tensor:
+        if self._chunk != (name, chunk):
+            self._chunk, self.loaded = (name, chunk), {}
+        if directory not in self.loaded:
+            layout = self._layouts[directory]
+            info = layout.tensors[name]
+            path = layout.directory / info.file_name
+            if path not in self._files:
+                self._files[path] = TensorFileReader(path)
+                self._exit_stack.callback(self._files[path].close)
+            self.loaded[directory] = self._files[path].read_rows(
+                name, info.dtype, info.shape, chunk.start, chunk.stop
+            )
+        return self.loaded[directory]
 
 
 def check_compatible(target: CheckpointLayout, other: CheckpointLayout) -> None:

@@ -66,15 +66,20 @@ class LowRankFactors:
     factors: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
     fan_in_fan_out: bool = False
 
-    def difference(self, name: str, compute_dtype: torch.dtype) -> Tensor | None:
-        """scale·B@A for tensor `name` in `compute_dtype`, or None when the adapter does not touch it."""
+    def difference(self, name: str, compute_dtype: torch.dtype, rows: slice | None = None) -> Tensor | None:
+        """scale·B@A for tensor `name` (only its `rows`, when given) in `compute_dtype`, or None when the adapter
+        does not touch it. The streaming arithmetic asks for a run of rows at a time: B's rows times A."""
         pair = self.factors.get(name)
         if pair is None:
             return None
         a, b = pair
-        product = b.to(compute_dtype) @ a.to(compute_dtype)
-        if self.fan_in_fan_out:  # GPT-2-style Conv1D weights are stored [in, out]
-            product = product.T
+        rows = rows or slice(None)
+        if (
+            self.fan_in_fan_out
+        ):  # GPT-2-style Conv1D weights are stored [in, out]: rows of (B@A).T are A's columns
+            product = a[:, rows].to(compute_dtype).T @ b.to(compute_dtype).T
+        else:
+            product = b[rows].to(compute_dtype) @ a.to(compute_dtype)
         return (product * self.scale).contiguous()
 
     def check_against(self, layout: CheckpointLayout) -> None:

@@ -6,9 +6,9 @@ MSA unlearning is ``θ_unlearn = θ_D − α(θ1 − θ0) + β(θ2 − θ0)``::
 
 and task arithmetic is ``[StateDelta(-alpha, theta_d_finetuned, theta_d)]``.
 
-:func:`combine_checkpoints` works on Hugging Face model directories (safetensors, single file or
-sharded) and streams tensor by tensor, so peak memory stays near one output shard instead of four
-models. :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory counterparts.
+:func:`combine_checkpoints` works on Hugging Face model directories (safetensors, single file or sharded) and
+streams a slice of a tensor at a time, so peak memory stays near one such slice instead of four models
+(docs/memory_arithmetic.md). :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory counterparts.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from msa_bench.arithmetic.checkpoint_files import (
     SHARDED_INDEX_NAME,
     CheckpointLayout,
+    ChunkReader,
     check_compatible,
     check_same_tensor_kind,
     check_tokenizers_match,
@@ -39,9 +38,20 @@ from msa_bench.arithmetic.checkpoint_files import (
     read_layout,
     remove_stale_weights,
 )
-from msa_bench.arithmetic.low_rank import LowRankDelta
+from msa_bench.arithmetic.low_rank import LowRankDelta, LowRankFactors
 from msa_bench.arithmetic.non_finite import refuse_non_finite
+from msa_bench.arithmetic.safetensors_stream import RowChunk, StreamingSafetensorsWriter, row_chunks, rows_of
+from msa_bench.arithmetic.tensor_arithmetic import (  # noqa: F401  (arithmetic_dtype re-exported)
+    ARITHMETIC_DTYPES,
+    apply_differences,
+    arithmetic_dtype,
+    squared_norm,
+    state_difference,
+    validate_coefficient,
+    validate_compute_dtype,
+)
 from msa_bench.errors import CheckpointNotFoundError, StateArithmeticError  # noqa: F401  (re-exported)
+from msa_bench.models.finite import non_finite_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -55,80 +65,54 @@ class StateDelta:
     base: Path
 
 
-# --------------------------------------------------------------------------------------------------
-# Shared tensor arithmetic: both the on-disk and the in-memory path use these two functions, so they
-# produce bit-identical results.
+# The values of one tensor computed at a time (whole rows of it, at least one row): each per-checkpoint read of a
+# chunk and each compute_dtype temporary is about this many values. 2**20 keeps the working set of an MSA combination
+# (four inputs, two fp32 differences, the fp32 sum, float64 for the norm, the output) near 50 MB whatever the model's
+# size. Smaller chunks were up to 5 times slower on a loaded 2-core machine (each torch op is one parallel region,
+# and more of them wait longer for descheduled threads).
+CHUNK_ELEMENTS = 1 << 20
 
 
-def _difference(finetuned: Tensor, base: Tensor, compute_dtype: torch.dtype) -> Tensor:
-    return finetuned.to(compute_dtype) - base.to(compute_dtype)
+def term_difference(
+    term: StateDelta | LowRankFactors,
+    name: str,
+    chunk: RowChunk,
+    reader: ChunkReader,
+    compute_dtype: torch.dtype,
+) -> Tensor | None:
+    """The rows ``chunk`` of ``finetuned − base`` that ``term`` contributes to tensor ``name``, in compute_dtype.
 
-
-def _apply_differences(
-    target: Tensor, scaled_differences: Sequence[tuple[float, Tensor]], compute_dtype: torch.dtype
-) -> Tensor:
-    """Return ``target + Σ coefficient·difference`` in the target's dtype (target itself if no update)."""
-    if not target.is_floating_point() or not scaled_differences:
-        return target
-    accumulator = target.to(compute_dtype, copy=True)
-    for coefficient, difference in scaled_differences:
-        accumulator += coefficient * difference
-    return accumulator.to(target.dtype)
-
-
-def _squared_norm(difference: Tensor) -> float:
-    # float64 accumulation: summing millions of fp32 squares loses digits otherwise.
-    return float(torch.linalg.vector_norm(difference, dtype=torch.float64) ** 2)
-
-
-def _validate_coefficient(coefficient: float, label: str) -> float:
-    try:
-        value = float(coefficient)
-    except (TypeError, ValueError) as error:
-        raise StateArithmeticError(f"{label}: coefficient {coefficient!r} is not a number") from error
-    if not math.isfinite(value):
-        raise StateArithmeticError(f"{label}: coefficient must be finite, got {value}")
-    return value
-
-
-# model.arithmetic_dtype values. float16 is left out on purpose: its range (max ~65504) is too narrow for the
-# difference of two checkpoints scaled by a coefficient, and its use would give no memory advantage over bfloat16.
-ARITHMETIC_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def arithmetic_dtype(name: str) -> torch.dtype:
-    """The torch dtype that ``model.arithmetic_dtype`` names, for ``compute_dtype`` of the functions here.
-
-    float32 (the default) computes every difference and sum in fp32 and rounds once, when the result is cast back to
-    the target's dtype. bfloat16 halves the memory of the per-tensor temporaries and rounds every intermediate to bf16
-    (8 significant bits); use it only when fp32 temporaries of the largest tensor do not fit.
+    The one place where a term's difference is made: combine_checkpoints multiplies it by the term's coefficient and
+    adds it to the target, and sums its squared norm into the report. A low-rank term (LoRA factors, read by
+    LowRankDelta.load) gives ``scale · B[rows] @ A``, or None for a tensor its adapter leaves unchanged.
     """
-    if isinstance(name, str) and name in ARITHMETIC_DTYPES:
-        return ARITHMETIC_DTYPES[name]
-    raise StateArithmeticError(
-        f"model.arithmetic_dtype={name!r} is not supported; valid values: {', '.join(ARITHMETIC_DTYPES)}"
-    )
+    if isinstance(term, LowRankFactors):
+        return term.difference(name, compute_dtype, slice(chunk.start, chunk.stop))
+    finetuned = reader.read(term.finetuned, name, chunk)
+    base = reader.read(term.base, name, chunk)
+    return state_difference(finetuned, base, compute_dtype)
 
 
-def _validate_compute_dtype(compute_dtype: torch.dtype) -> None:
-    if not compute_dtype.is_floating_point:
-        raise StateArithmeticError(f"compute_dtype must be a floating dtype, got {compute_dtype}")
-
-
-class _TensorReader:
-    """Reads single tensors from checkpoints, keeping one open (memory-mapped) handle per file."""
-
-    def __init__(self, exit_stack: ExitStack) -> None:
-        self._exit_stack = exit_stack
-        self._handles: dict[Path, Any] = {}
-
-    def read(self, layout: CheckpointLayout, name: str) -> Tensor:
-        path = layout.directory / layout.tensors[name].file_name
-        handle = self._handles.get(path)
-        if handle is None:
-            handle = self._exit_stack.enter_context(safe_open(str(path), framework="pt"))
-            self._handles[path] = handle
-        return handle.get_tensor(name)
+def _combine_chunk(
+    name: str,
+    chunk: RowChunk,
+    reader: ChunkReader,
+    target: Path,
+    active: Sequence[tuple[int, float, StateDelta | LowRankFactors]],
+    compute_dtype: torch.dtype,
+) -> tuple[Tensor, dict[int, float]]:
+    """Rows ``chunk`` of the combined tensor ``name``, and each active term's squared difference norm over them."""
+    target_rows = reader.read(target, name, chunk)
+    if not target_rows.is_floating_point() or not active:
+        return target_rows, {}
+    scaled_differences, squared_norms = [], {}
+    for i, coefficient, term in active:
+        difference = term_difference(term, name, chunk, reader, compute_dtype)
+        if difference is None:
+            continue
+        squared_norms[i] = squared_norm(difference)
+        scaled_differences.append((coefficient, difference))
+    return apply_differences(target_rows, scaled_differences, compute_dtype), squared_norms
 
 
 def combine_checkpoints(
@@ -144,42 +128,50 @@ def combine_checkpoints(
     with coefficient 0 are skipped entirely (never opened). Float tensors are computed in
     ``compute_dtype`` (see :func:`arithmetic_dtype`) and cast back to the target's dtype; other tensors
     are copied from the target. The output keeps the target's shard layout and non-weight files
-    (config, tokenizer, ...). A computed tensor holding NaN or inf raises NonFiniteWeightsError before its shard is
-    written (earlier shards of a sharded output stay: build into a temporary folder, as the artifact store does).
+    (config, tokenizer, ...), and each weights file has the bytes ``safetensors.torch.save_file`` would write. A
+    computed tensor holding NaN or inf raises NonFiniteWeightsError before its shard appears (earlier shards of a
+    sharded output stay: build into a temporary folder, as the artifact store does).
 
-    Memory: the output is written one target shard at a time. While a shard is built, the finished
-    tensors of that shard are held, plus, for the tensor being computed, that one tensor of each
-    input checkpoint and one ``compute_dtype`` difference per delta. Inputs are read tensor by tensor
-    from safetensors files opened for that output shard only (closed before the next shard), so each
-    input contributes just the tensors of the output shard at hand, whatever the inputs' layout.
+    Memory: the output is streamed. Each tensor is computed :data:`CHUNK_ELEMENTS` values (whole rows) at a time from
+    plain reads of those rows of every input, and written to the output shard at once (the shard's header is written
+    first, from the target's layout). Peak memory is the interpreter plus one chunk's working set, whatever the
+    model's or shard's size; only when a tensor turns out non-finite is that whole tensor recomputed, to name its
+    NaN and inf counts.
 
     Returns a report: ``output``, ``n_tensors``, ``n_files``, ``delta_norms`` (L2 norm of
     ``finetuned − base`` over all float tensors per delta, ``None`` for skipped ones), ``deltas`` and
     ``seconds``.
     """
     started = time.perf_counter()
-    _validate_compute_dtype(compute_dtype)
+    validate_compute_dtype(compute_dtype)
     target = Path(target)
     out_dir = Path(out_dir)
-    coefficients = [_validate_coefficient(delta.coefficient, f"delta {i}") for i, delta in enumerate(deltas)]
-    # (index, coefficient, resolved finetuned dir, resolved base dir) of the deltas actually applied.
+    coefficients = [validate_coefficient(delta.coefficient, f"delta {i}") for i, delta in enumerate(deltas)]
+    # (index, coefficient, the delta with resolved folders) of the deltas actually applied.
     active = [
-        (i, coefficient, Path(deltas[i].finetuned).resolve(), Path(deltas[i].base).resolve())
+        (
+            i,
+            coefficient,
+            type(deltas[i])(coefficient, Path(deltas[i].finetuned).resolve(), Path(deltas[i].base).resolve()),
+        )
         for i, coefficient in enumerate(coefficients)
         if coefficient != 0.0
     ]
 
-    check_tokenizers_match(target, [path for _, _, ft, base in active for path in (ft, base)])
+    check_tokenizers_match(target, [path for *_, term in active for path in (term.finetuned, term.base)])
     target_layout = read_layout(target)
     resolved_target = target.resolve()
     layouts: dict[Path, CheckpointLayout] = {resolved_target: target_layout}
-    # LoRA seam 1 of 2 (low_rank.py): a LowRankDelta reads its adapter (checked here), no fine-tuned model.
-    low_rank = {i: deltas[i].load(target_layout) for i, *_ in active if isinstance(deltas[i], LowRankDelta)}
-    for i, _, resolved_finetuned, resolved_base in active:
-        if i in low_rank:
+    # A LowRankDelta's adapter is read and checked against the target here; its θ0 weights are never read.
+    active = [
+        (i, coefficient, term.load(target_layout) if isinstance(term, LowRankDelta) else term)
+        for i, coefficient, term in active
+    ]
+    for i, _, term in active:
+        if isinstance(term, LowRankFactors):
             continue
         # Read from the given path so that error messages name what the caller passed.
-        for given, resolved in ((deltas[i].finetuned, resolved_finetuned), (deltas[i].base, resolved_base)):
+        for given, resolved in ((deltas[i].finetuned, term.finetuned), (deltas[i].base, term.base)):
             if resolved not in layouts:
                 layouts[resolved] = read_layout(Path(given))
                 check_compatible(target_layout, layouts[resolved])
@@ -194,40 +186,30 @@ def combine_checkpoints(
 
     squared_norms = {i: 0.0 for i, *_ in active}
     for file_name, names in target_layout.keys_by_file.items():
-        # One output file at a time: peak memory is about one shard (the whole model if unsharded).
-        # Input files are reopened per output file because the pages a memory-mapped handle has
-        # touched stay resident until it is closed.
-        with ExitStack() as exit_stack:
-            reader = _TensorReader(exit_stack)
-            output: dict[str, Tensor] = {}
-            for name in names:
-                target_tensor = reader.read(target_layout, name)
-                # θ0 is usually the base of several deltas; read each checkpoint's tensor once.
-                loaded: dict[Path, Tensor] = {resolved_target: target_tensor}
-                if not target_tensor.is_floating_point() or not active:
-                    output[name] = target_tensor
-                    refuse_non_finite(output[name], name, loaded, coefficients, out_dir)
-                    continue
-                scaled_differences = []
-                for i, coefficient, *directories in active:
-                    if i in low_rank:  # LoRA seam 2 of 2: None where the adapter leaves the tensor unchanged
-                        difference = low_rank[i].difference(name, compute_dtype)
-                        if difference is None:
-                            continue
-                    else:
-                        for directory in directories:
-                            if directory not in loaded:
-                                loaded[directory] = reader.read(layouts[directory], name)
-                        pair = [loaded[directory] for directory in directories]
-                        difference = _difference(pair[0], pair[1], compute_dtype)
-                    squared_norms[i] += _squared_norm(difference)
-                    scaled_differences.append((coefficient, difference))
-                output[name] = _apply_differences(
-                    target_tensor, scaled_differences, compute_dtype
-                ).contiguous()
-                refuse_non_finite(output[name], name, loaded, coefficients, out_dir)
-            save_file(output, str(out_dir / file_name), metadata=target_layout.metadata_by_file[file_name])
-            del output
+        entries = {
+            name: (target_layout.tensors[name].dtype, target_layout.tensors[name].shape) for name in names
+        }
+        metadata = target_layout.metadata_by_file[file_name]
+        with ExitStack() as open_inputs:  # each output shard opens the input files it needs, closed after it
+            reader = ChunkReader(layouts, open_inputs)
+            with StreamingSafetensorsWriter(out_dir / file_name, entries, metadata) as writer:
+                for name in writer.order:
+                    shape = target_layout.tensors[name].shape
+                    for chunk in row_chunks(shape, CHUNK_ELEMENTS):
+                        rows, chunk_norms = _combine_chunk(
+                            name, chunk, reader, resolved_target, active, compute_dtype
+                        )
+                        if non_finite_tensor(name, rows) is not None:
+                            # Name the counts of the whole tensor, and which input (if any) holds them.
+                            whole = RowChunk(0, rows_of(shape))
+                            tensor, _ = _combine_chunk(
+                                name, whole, reader, resolved_target, active, compute_dtype
+                            )
+                            refuse_non_finite(tensor, name, reader.loaded, coefficients, out_dir)
+                        for i, chunk_norm in chunk_norms.items():
+                            squared_norms[i] += chunk_norm
+                        writer.write(name, rows)
+        logger.debug("wrote %s (%d tensors)", out_dir / file_name, len(names))
 
     if target_layout.index is not None:
         (out_dir / SHARDED_INDEX_NAME).write_text(
@@ -314,10 +296,10 @@ def apply_deltas_in_place(
     tensors under one or all of their names; tied weights are updated once either way. All states
     are validated before the model is touched. Returns ``n_tensors`` and ``delta_norms``.
     """
-    _validate_compute_dtype(compute_dtype)
+    validate_compute_dtype(compute_dtype)
     updatable, canonical = _updatable_tensors(model)
     coefficients = [
-        _validate_coefficient(coefficient, f"delta {i}") for i, (coefficient, _, _) in enumerate(deltas)
+        validate_coefficient(coefficient, f"delta {i}") for i, (coefficient, _, _) in enumerate(deltas)
     ]
     active = []
     for i, (_, finetuned, base) in enumerate(deltas):
@@ -334,12 +316,12 @@ def apply_deltas_in_place(
                 continue
             scaled_differences = []
             for i, coefficient, finetuned, base in active:
-                difference = _difference(
+                difference = state_difference(
                     finetuned[name].to(tensor.device), base[name].to(tensor.device), compute_dtype
                 )
-                squared_norms[i] += _squared_norm(difference)
+                squared_norms[i] += squared_norm(difference)
                 scaled_differences.append((coefficient, difference))
-            tensor.copy_(_apply_differences(tensor.detach(), scaled_differences, compute_dtype))
+            tensor.copy_(apply_differences(tensor.detach(), scaled_differences, compute_dtype))
     return {
         "n_tensors": len(updatable),
         "delta_norms": [
@@ -371,7 +353,7 @@ class StateVector(Mapping[str, Tensor]):
                 )
             if tensor.is_floating_point():
                 compute_dtype = torch.promote_types(tensor.dtype, torch.float32)
-                differences[name] = _difference(tensor, base[name], compute_dtype)
+                differences[name] = state_difference(tensor, base[name], compute_dtype)
         return cls(differences)
 
     def __getitem__(self, name: str) -> Tensor:
@@ -418,11 +400,11 @@ class StateVector(Mapping[str, Tensor]):
 
     def norm(self) -> float:
         """L2 norm over all tensors."""
-        return math.sqrt(sum(_squared_norm(tensor) for tensor in self._tensors.values()))
+        return math.sqrt(sum(squared_norm(tensor) for tensor in self._tensors.values()))
 
     def apply_to(self, state_dict: Mapping[str, Tensor], scale: float = 1.0) -> dict[str, Tensor]:
         """Return a new state dict ``state_dict + scale·self``; non-floating tensors are passed through."""
-        scale = _validate_coefficient(scale, "apply_to")
+        scale = validate_coefficient(scale, "apply_to")
         floating = {name for name, tensor in state_dict.items() if tensor.is_floating_point()}
         if floating != set(self):
             raise StateArithmeticError(
