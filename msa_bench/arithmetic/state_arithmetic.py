@@ -8,7 +8,7 @@ and task arithmetic is ``[StateDelta(-alpha, theta_d_finetuned, theta_d)]``.
 
 :func:`combine_checkpoints` works on Hugging Face model directories (safetensors, single file or sharded) and
 streams a slice of a tensor at a time, so peak memory stays near one such slice instead of four models
-(docs/memory_arithmetic.md). :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory counterparts.
+(docs/memory.md, "Model-state arithmetic"). :func:`apply_deltas_in_place` and :class:`StateVector` are the in-memory counterparts.
 """
 
 from __future__ import annotations
