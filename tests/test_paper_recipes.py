@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from msa_bench.config.schema import EmbeddedModelConfig, TrainRecipe
-from msa_bench.validation import validate_config
+from msa_bench.validation import ConfigError, validate_config
 from tests.conftest import CONFIG_DIR, compose_config
 
 PAPER_EXPERIMENTS = sorted(f"paper/{p.stem}" for p in (CONFIG_DIR / "experiment" / "paper").glob("*.yaml"))
@@ -224,7 +224,7 @@ def test_the_paper_tofu_experiment_draws_360_retain90_items_as_the_code(monkeypa
 
 
 def test_retain_size_and_fraction_together_are_refused_naming_both_keys(tmp_path):
-    with pytest.raises(Exception, match=r"method.retain_size=10 and method.retain_fraction=0.1"):
+    with pytest.raises(ConfigError, match=r"method.retain_size=10 and method.retain_fraction=0.1"):
         validate_config(compose_config(["method.retain_size=10", "method.retain_fraction=0.1"], tmp_path))
 
 

@@ -81,10 +81,7 @@ def greedy_decode(
     texts: list[str] = [""] * len(prompts)
     tokens_processed = 0
     device = model_device(model)
-    try:
-        context_length: int | None = model_context_length(model, tokenizer)
-    except ValueError:  # neither the model nor the tokenizer declares a limit: nothing to cap at
-        context_length = None
+    context_length = declared_context_length(model, tokenizer)
     capped_batches = 0
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
@@ -138,6 +135,17 @@ def greedy_decode(
     if capped_batches > 1:
         log.warning("generation was capped by the context length in %d batches", capped_batches)
     return Generations(texts=texts, tokens_processed=tokens_processed)
+
+
+def declared_context_length(model: torch.nn.Module, tokenizer) -> int | None:
+    """The model's context length, or None when neither it (a module without a config) nor its tokenizer declares
+    one: then generation is not capped."""
+    if getattr(model, "config", None) is None:
+        return None
+    try:
+        return model_context_length(model, tokenizer)
+    except ValueError:
+        return None
 
 
 def new_token_budget(prompt_width: int, max_new_tokens: int, context_length: int | None) -> int:
