@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from msa_bench.config.schema import TrainRecipe
+from msa_bench.data.retain_draw import RETAIN_DRAWS
 from msa_bench.methods.arithmetic_output import combine_into_artifact
 from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
 
@@ -51,8 +52,14 @@ class MSAConfig(MethodConfig):
     # None: benchmark.target_recipe; else a TrainRecipe mapping (see optional_recipe).
     forget_recipe: Any = None
     retain_recipe: Any = None
-    # None: a random retain subset the size of the forget set, as in the paper.
+    # The retain vector's data (msa_bench/data/retain_draw.py). The pool: the benchmark's retain pool, or the named
+    # split `retain_split` of its data folder (TOFU: e.g. retain90). Its size: retain_size items, or
+    # int(pool * retain_fraction); None for both: the size of the forget set. retain_draw: sample (Python's
+    # random.sample) or shuffle (the paper's code: datasets' shuffle(seed), then the first items).
     retain_size: int | None = None
+    retain_fraction: float | None = None
+    retain_split: str | None = None
+    retain_draw: str = "sample"
     retain_seed: int = 0
 
     def __post_init__(self):
@@ -60,6 +67,17 @@ class MSAConfig(MethodConfig):
         check_coefficient("method.beta", self.beta)
         self.forget_recipe = optional_recipe("method.forget_recipe", self.forget_recipe)
         self.retain_recipe = optional_recipe("method.retain_recipe", self.retain_recipe)
+        if self.retain_size is not None and self.retain_fraction is not None:
+            raise ValueError(
+                f"method.retain_size={self.retain_size} and method.retain_fraction={self.retain_fraction} both "
+                "size the retain subset; set one of them to null"
+            )
+        if self.retain_fraction is not None and not 0 < self.retain_fraction <= 1:
+            raise ValueError(f"method.retain_fraction={self.retain_fraction} must be in (0, 1]")
+        if self.retain_draw not in RETAIN_DRAWS:
+            raise ValueError(
+                f"method.retain_draw={self.retain_draw!r} must be one of {', '.join(RETAIN_DRAWS)}"
+            )
 
 
 @register_method
@@ -77,6 +95,16 @@ class ModelStateArithmetic(UnlearningMethod):
 
     def produce(self, pipeline):
         cfg: MSAConfig = self.config
+        # The retain subset is drawn first, so that a bad retain_split or size fails before anything is trained.
+        retain = None
+        if cfg.beta != 0:
+            retain = pipeline.retain_subset(
+                cfg.retain_size,
+                cfg.retain_seed,
+                fraction=cfg.retain_fraction,
+                split=cfg.retain_split,
+                draw=cfg.retain_draw,
+            )
         target = pipeline.target()
         theta0 = pipeline.checkpoint()
         terms = []
@@ -89,8 +117,8 @@ class ModelStateArithmetic(UnlearningMethod):
                 data_id=pipeline.forget_split,
             )
             terms.append((-cfg.alpha, theta1, theta0))
-        if cfg.beta != 0:
-            retain_items, data_id = pipeline.retain_subset(cfg.retain_size, cfg.retain_seed)
+        if retain is not None:
+            retain_items, data_id = retain
             theta2 = pipeline.finetune(
                 "retain_vector",
                 theta0,

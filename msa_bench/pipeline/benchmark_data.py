@@ -6,11 +6,11 @@ pipeline gives it.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 from msa_bench.benchmarks import Benchmark, make_benchmark
+from msa_bench.data.retain_draw import draw_retain_indices, retain_subset_size
 from msa_bench.data.synthetic import load_benchmark_split
 from msa_bench.errors import StageError
 from msa_bench.training.data import packed_text_blocks, qa_examples
@@ -134,15 +134,28 @@ class BenchmarkData:
             "block_size": b.block_size,
         }
 
-    def retain_subset(self, size: int | None, seed: int) -> tuple[list[dict], str]:
-        """A seeded random retain subset, by default the size of the forget set (as in the paper), capped at the
-        retain pool's size."""
-        retain = self.retain_items()
-        if size is None:
-            size = min(len(self.forget_items()), len(retain))
-        if size <= 0 or size > len(retain):
-            raise StageError(
-                f"method.retain_size={size} must be between 1 and {len(retain)} (the retain pool's size)"
+    def retain_subset(
+        self,
+        size: int | None,
+        seed: int,
+        *,
+        fraction: float | None = None,
+        split: str | None = None,
+        draw: str = "sample",
+    ) -> tuple[list[dict], str]:
+        """A seeded retain subset and the data id cache keys give it.
+
+        The pool is the benchmark's retain pool, or the named `split` of its data folder. Its size: `size` items,
+        or int(len(pool) * fraction), or by default the size of the forget set (as in the paper), capped at the
+        pool's size. `draw` says how the items are picked (see msa_bench/data/retain_draw.py)."""
+        pool = self.split(split) if split is not None else self.retain_items()
+        pool_name = split if split is not None else self.benchmark.data_id("retain")
+        size = retain_subset_size(size, fraction, len(pool), len(self.forget_items()))
+        indices = draw_retain_indices(draw, len(pool), size, seed)
+        if draw == "sample" and split is None:
+            data_id = (
+                f"{pool_name}[{size} seed {seed}]"  # the id this subset has always had (keeps caches valid)
             )
-        indices = sorted(random.Random(seed).sample(range(len(retain)), size))
-        return [retain[i] for i in indices], f"{self.benchmark.data_id('retain')}[{size} seed {seed}]"
+        else:
+            data_id = f"{pool_name}[{size} of {len(pool)}, {draw} seed {seed}]"
+        return [pool[i] for i in indices], data_id

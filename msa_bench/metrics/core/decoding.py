@@ -4,7 +4,8 @@ Prompts are padded on the left here rather than through `tokenizer.padding_side`
 generation starts and the result does not depend on how a tokenizer was saved. A continuation ends at the tokenizer's
 eos (an instruct tokenizer's end-of-turn token, e.g. Llama-3's "<|eot_id|>") or, when stop strings are given, once its
 text contains one of them; it is then cut before the first stop string. Rows are judged one by one, so a batch gives
-the same texts as single prompts would.
+the same texts as single prompts would, except at the context limit: a batch generates only as many new tokens as
+fit after its longest prompt within the model's context (max_position_embeddings), with a logged warning.
 
 `generate_answers` is the question-answering front end (TOFU, the judged accuracies): the prompt is `encode_prompt`,
 the same prefix that scoring and training use (msa_bench/data/formatting.py).
@@ -12,6 +13,7 @@ the same prefix that scoring and training use (msa_bench/data/formatting.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from msa_bench.data.batching import pad_left
 from msa_bench.data.formatting import encode_prompt
-from msa_bench.metrics.core.batches import evaluation_mode, length_sorted_batches, model_device
+from msa_bench.metrics.core.batches import (
+    evaluation_mode,
+    length_sorted_batches,
+    model_context_length,
+    model_device,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,16 +81,36 @@ def greedy_decode(
     texts: list[str] = [""] * len(prompts)
     tokens_processed = 0
     device = model_device(model)
+    context_length = declared_context_length(model, tokenizer)
+    capped_batches = 0
     with evaluation_mode(model):
         for batch_indices in length_sorted_batches([len(prompt) for prompt in prompts], batch_size):
             batch = [prompts[index] for index in batch_indices]
             input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id)
             width = input_ids.shape[1]
+            batch_max_new = new_token_budget(width, max_new_tokens, context_length)
+            if batch_max_new < max_new_tokens:
+                if capped_batches == 0:
+                    log.warning(
+                        "generation capped at %d new tokens (max_new_tokens=%d): a prompt of %d tokens plus "
+                        "max_new_tokens exceeds the model's context of %d positions (max_position_embeddings); "
+                        "later batches may be capped too",
+                        batch_max_new,
+                        max_new_tokens,
+                        width,
+                        context_length,
+                    )
+                capped_batches += 1
+            if batch_max_new == 0:  # the prompt alone fills the context: nothing can be generated
+                tokens_processed += sum(len(prompt) for prompt in batch)
+                if on_batch is not None:
+                    on_batch(len(batch))
+                continue
             stop = StopOnStrings(tokenizer, stop_strings, width, len(batch)) if stop_strings else None
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=batch_max_new,
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=tokenizer.pad_token_id,
@@ -103,7 +132,29 @@ def greedy_decode(
                 texts[index] = cut_at_stop_strings(text, stop_strings).strip()
             if on_batch is not None:
                 on_batch(len(batch))
+    if capped_batches > 1:
+        log.warning("generation was capped by the context length in %d batches", capped_batches)
     return Generations(texts=texts, tokens_processed=tokens_processed)
+
+
+def declared_context_length(model: torch.nn.Module, tokenizer) -> int | None:
+    """The model's context length, or None when neither it (a module without a config) nor its tokenizer declares
+    one: then generation is not capped."""
+    if getattr(model, "config", None) is None:
+        return None
+    try:
+        return model_context_length(model, tokenizer)
+    except ValueError:
+        return None
+
+
+def new_token_budget(prompt_width: int, max_new_tokens: int, context_length: int | None) -> int:
+    """How many new tokens fit after a (left-padded) batch of `prompt_width` columns: positions past the model's
+    context are never generated, since past max_position_embeddings a model extrapolates (RoPE) or fails (learned
+    positions)."""
+    if context_length is None:
+        return max_new_tokens
+    return max(0, min(max_new_tokens, context_length - prompt_width))
 
 
 def generate_answers(
