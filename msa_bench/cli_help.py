@@ -58,12 +58,22 @@ More: msa-bench --hydra-help (Hydra's own flags), README.md and docs/.
 """
 
 
+# Groups the configuration picks from other choices rather than the user: conf/config.yaml's defaults select
+# `recipe: <experiment>/<method>` (a paper experiment's recipe for the method on the command line).
+_CHOSEN_FOR_YOU = {
+    "recipe": "picked from experiment= and method= (conf/recipe/paper/<experiment>/<method>.yaml); "
+    "override single keys, e.g. method.recipe.learning_rate=3e-5",
+}
+
+
 def config_group_options(config_dir: Path) -> dict[str, list[str]]:
     """Each user-facing config group under `config_dir` and its options (nested folders as `folder/name`)."""
     groups: dict[str, list[str]] = {}
     for group_dir in sorted(path for path in config_dir.iterdir() if path.is_dir()):
         if group_dir.name == "hydra":
             continue  # conf/hydra/default.yaml is the project's Hydra settings; its two choosable groups follow
+        if group_dir.name in _CHOSEN_FOR_YOU:
+            continue  # listed once, with how it is chosen, by help_text
         groups[group_dir.name] = _options(group_dir)
     for group in _PROJECT_HYDRA_GROUPS:
         if (config_dir / group).is_dir():
@@ -101,4 +111,10 @@ def help_text(config_dir: Path) -> str:
                 ", ".join(marked), _LINE_WIDTH, initial_indent=label, subsequent_indent=" " * len(label)
             )
         )
+    for group, how in _CHOSEN_FOR_YOU.items():
+        if (config_dir / group).is_dir():
+            label = f"  {group + ':':<{width}}"
+            lines.append(
+                textwrap.fill(how, _LINE_WIDTH, initial_indent=label, subsequent_indent=" " * len(label))
+            )
     return "\n".join([_USAGE, *lines, "", _KEYS, _EXAMPLES])

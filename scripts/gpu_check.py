@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="the tests' tiny architecture instead of the real configs"
     )
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of θ1 (the target: 10 times more)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="optimizer steps of θ1 (the target: 10 times more)"
+    )
     parser.add_argument(
         "--eval-items", type=int, default=32, help="retain items evaluated (forget10: 40 items)"
     )

@@ -2,7 +2,7 @@
 
 Every stage that updates weights (pretraining, instruct, the target and oracle, the fine-tunes behind θ1 and θ2, and
 the gradient-based unlearning methods) runs through `Trainer`, with a method overriding only `compute_loss`, as TRL
-and open-unlearning do. Several processes (torchrun, `accelerate launch` with conf/accelerate/*.yaml) train together
+and open-unlearning do. Several processes (torchrun, `accelerate launch` with accelerate_configs/*.yaml) train together
 through the Trainer's DDP, FSDP or DeepSpeed: `recipe.batch_size` is the global batch, shared out by the Trainer's
 sampler, and sharded weights are gathered for rank 0's save (docs/distributed.md).
 """
@@ -316,7 +316,7 @@ def gathered_state_dict(trainer: Trainer) -> dict | None:
     """The full state dict on rank 0 when FSDP or ZeRO-3 shard the model (every rank must call this: the gather is
     a collective), None when the model's own parameters are whole (one process, DDP). Not run here: see
     docs/distributed.md. FSDP needs fsdp_state_dict_type FULL_STATE_DICT and ZeRO-3
-    stage3_gather_16bit_weights_on_model_save true, as conf/accelerate/*.yaml set."""
+    stage3_gather_16bit_weights_on_model_save true, as accelerate_configs/*.yaml set."""
     if not (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
         return None
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)
