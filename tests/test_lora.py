@@ -22,11 +22,11 @@ from msa_bench.errors import ConfigError, StateArithmeticError
 from msa_bench.methods.gradient_unlearning import unlearn_with_loss
 from msa_bench.methods.npo import NPOConfig
 from msa_bench.pipeline.benchmark_models import BenchmarkModels
+from msa_bench.pipeline.memory_preflight import lora_trainable_parameters
 from msa_bench.pipeline.refs import ModelRef
 from msa_bench.training.data import ExampleDataset, qa_examples
 from msa_bench.training.lora import (
     adapter_statistics,
-    lora_parameter_count,
     lora_plan,
     save_trained,
     target_module_names,
@@ -83,9 +83,9 @@ def test_adapters_start_at_zero_change_in_training_and_leave_the_base_frozen(tok
     assert adapter_statistics(model)["lora_B_norm"] > 0
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if "lora_" not in n)
     # Only the adapters train: r·(in + out) for each of the 7 projections in both layers.
-    assert adapter_statistics(model)["trainable_parameters"] == lora_parameter_count(
-        fresh_model(tokenizer), LORA
-    )
+    # The memory preflight counts them the same way, on the meta device, before any weight is loaded.
+    counted = lora_trainable_parameters(fresh_model(tokenizer).config, LORA.r, LORA.target_modules)
+    assert adapter_statistics(model)["trainable_parameters"] == counted
 
 
 def test_the_adapters_initial_draw_depends_on_the_seed_not_on_the_global_rng(tokenizer):

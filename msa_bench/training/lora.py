@@ -107,16 +107,6 @@ def target_module_names(model: torch.nn.Module, settings: PeftConfig) -> list[st
     return trainable
 
 
-def lora_parameter_count(model: torch.nn.Module, settings: PeftConfig) -> int:
-    """How many parameters LoRA trains on `model`: r·(in + out) per adapted module. Works on a model built on the
-    meta device, so it can be counted before any weight is loaded (for the memory preflight)."""
-    linear = linear_modules(model)
-    return sum(
-        settings.r * (linear[name].in_features + linear[name].out_features)
-        for name in target_module_names(model, settings)
-    )
-
-
 def with_lora(model: torch.nn.Module, settings: PeftConfig, seed: int):
     """`model` wrapped with fresh LoRA adapters (peft's PeftModel); only the adapters are trainable.
 
