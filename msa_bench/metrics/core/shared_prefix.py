@@ -2,8 +2,9 @@
 
 TOFU scores 1 + 1 + 5 answers per question after the same prompt. Run unshared, the prompt goes through the model
 once per answer. Here the sequences whose context token ids are identical form a group. The group's context, without
-its last token, runs once with a KV cache (transformers' `DynamicCache`). The cache is then expanded over the group's
-answers (`batch_select_indices` with repeated indices). Each answer runs as one row continuing from it: the context's
+its last token, runs once with a KV cache (transformers' `DynamicCache`), batched with up to `batch_size` other
+contexts. The cache is then expanded over the group's answers (`batch_select_indices` with repeated indices), in
+batches of up to `batch_size` answers. Each answer runs as one row continuing from it: the context's
 last token, then the target tokens but the last, at the positions they have in the full sequence.
 
 - **Exact prefix.** Sharing keys on the context ids, so an answer is pooled only with answers whose scored tokens
@@ -26,6 +27,8 @@ scoring.py read it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -94,32 +97,52 @@ def _unshared_batch(model, pad_token_id: int, sequences, indices: list[int], dev
     )
 
 
-def _shared_batch(model, cache_name: str, pad_token_id: int, groups, device) -> TargetLogits:
-    """One batch of groups: (context ids, indices of the sequences that continue it, their target ids)."""
-    prefixes = [list(context[:-1]) for context, _, _ in groups]
+@dataclass(frozen=True)
+class _Group:
+    context: tuple[int, ...]
+    indices: list[int]  # the sequences continuing this context
+    targets: list[list[int]]  # their target ids
+
+
+def _prefix_cache(model, pad_token_id: int, groups: list[_Group], device):
+    """One pass over the groups' contexts but their last tokens: (the KV cache, its attention mask, the lengths)."""
+    prefixes = [list(group.context[:-1]) for group in groups]
     prefix_ids, _, prefix_mask = pad_right(prefixes, prefixes, pad_token_id)
-    # The prefix pass needs no logits, only its cache; one position keeps the vocabulary projection negligible.
-    prefix_output, _ = _logits_at(
+    # Only the cache is needed; one position of logits keeps the vocabulary projection negligible.
+    output, _ = _logits_at(
         model,
         prefix_ids.to(device),
         prefix_mask.to(device),
         torch.tensor([prefix_ids.shape[1] - 1], device=device),
         use_cache=True,
     )
-    cache = prefix_output.get("cache")
+    cache = output.get("cache")
     if cache is None:  # transformers before the rename
-        cache = prefix_output.get("past_key_values")
+        cache = output.get("past_key_values")
+    return cache, prefix_mask.to(device), torch.tensor([len(prefix) for prefix in prefixes], device=device)
 
-    row_group = [group for group, (_, indices, _) in enumerate(groups) for _ in indices]
-    rows = [[context[-1]] + targets[:-1] for context, _, group_targets in groups for targets in group_targets]
-    row_labels = [targets for _, _, group_targets in groups for targets in group_targets]
-    row_ids, labels, row_mask = pad_right(rows, row_labels, pad_token_id)
-    group_index = torch.tensor(row_group, device=device)
-    cache.batch_select_indices(group_index)
-    # Each row continues its own context: positions len(context) - 1 onwards, whatever the prefix padding.
-    prefix_lengths = torch.tensor([len(prefix) for prefix in prefixes], device=device)[group_index]
-    position_ids = prefix_lengths.unsqueeze(1) + torch.arange(row_ids.shape[1], device=device)
-    attention_mask = torch.cat([prefix_mask.to(device)[group_index], row_mask.to(device)], dim=1)
+
+def _expanded(cache, rows: torch.Tensor):
+    """A cache of the given rows of `cache` (repeats allowed), leaving `cache` as it was for the chunk's next answer
+    batch. The copies are shallow: `batch_select_indices` replaces each layer's tensors by indexed new ones."""
+    expanded = copy.copy(cache)
+    expanded.layers = [copy.copy(layer) for layer in cache.layers]
+    expanded.batch_select_indices(rows)
+    return expanded
+
+
+def _continuations(model, cache_name, pad_token_id, chunk, chunk_cache, rows, device) -> TargetLogits:
+    """The target logits of `rows`, (chunk position, sequence within its group) pairs, continuing the chunk's cache."""
+    prefix_cache, prefix_mask, prefix_lengths = chunk_cache
+    inputs = [[chunk[group].context[-1]] + chunk[group].targets[member][:-1] for group, member in rows]
+    row_ids, labels, row_mask = pad_right(
+        inputs, [chunk[group].targets[member] for group, member in rows], pad_token_id
+    )
+    group_of_row = torch.tensor([group for group, _ in rows], device=device)
+    cache = _expanded(prefix_cache, group_of_row)
+    # Each row continues its own context, at positions len(context) - 1 onwards, whatever the prefix padding.
+    position_ids = prefix_lengths[group_of_row].unsqueeze(1) + torch.arange(row_ids.shape[1], device=device)
+    attention_mask = torch.cat([prefix_mask[group_of_row], row_mask.to(device)], dim=1)
     output = model(
         input_ids=row_ids.to(device),
         attention_mask=attention_mask,
@@ -127,34 +150,32 @@ def _shared_batch(model, cache_name: str, pad_token_id: int, groups, device) -> 
         use_cache=True,
         **{cache_name: cache},
     )
-    indices = [index for _, group_indices, _ in groups for index in group_indices]
     return TargetLogits(
-        indices=indices,
+        indices=[chunk[group].indices[member] for group, member in rows],
         logits=output.logits,
         labels=labels.to(device),
-        tokens_processed=int(prefix_mask.sum()) + int(row_mask.sum()),
+        tokens_processed=int(row_mask.sum()),
     )
 
 
-def _shared_batches(groups: list[tuple[tuple[int, ...], list[int]]], sequences, batch_size: int):
-    """Groups packed into batches of at most `batch_size` continuation rows, longest first; a group larger than a
-    batch is split (its context then runs once per part)."""
-    parts = []
-    for context, indices in groups:
-        for start in range(0, len(indices), batch_size):
-            part = indices[start : start + batch_size]
-            parts.append((context, part, [sequences[index].target_ids for index in part]))
-    parts.sort(key=lambda part: (-len(part[0]), -max(len(targets) for targets in part[2])))
-    batch: list = []
-    n_rows = 0
-    for part in parts:
-        if batch and n_rows + len(part[1]) > batch_size:
-            yield batch
-            batch, n_rows = [], 0
-        batch.append(part)
-        n_rows += len(part[1])
-    if batch:
-        yield batch
+def _chunks(groups: list[tuple[tuple[int, ...], list[int]]], sequences, batch_size: int):
+    """(chunk, its answer batches): chunks of at most `batch_size` contexts, longest first, whose prefixes run in
+    one pass; the chunk's continuations, sorted by length so that little is padded, in batches of `batch_size` rows
+    (chunk position, sequence within its group). A group of more than `batch_size` sequences is split, and its
+    context then runs once per part."""
+    parts = [
+        _Group(context, part, [sequences[index].target_ids for index in part])
+        for context, indices in groups
+        for part in (indices[start : start + batch_size] for start in range(0, len(indices), batch_size))
+    ]
+    parts.sort(key=lambda group: -len(group.context))
+    for start in range(0, len(parts), batch_size):
+        chunk = parts[start : start + batch_size]
+        rows = [
+            (position, member) for position, group in enumerate(chunk) for member in range(len(group.indices))
+        ]
+        rows.sort(key=lambda row: -len(chunk[row[0]].targets[row[1]]))
+        yield chunk, [rows[first : first + batch_size] for first in range(0, len(rows), batch_size)]
 
 
 def target_logit_batches(
@@ -179,5 +200,10 @@ def target_logit_batches(
         [len(sequences[i].context_ids) + len(sequences[i].target_ids) for i in unshared], batch_size
     ):
         yield _unshared_batch(model, pad_token_id, sequences, [unshared[p] for p in batch_positions], device)
-    for groups in _shared_batches(shared, sequences, batch_size):
-        yield _shared_batch(model, cache_name, pad_token_id, groups, device)
+    for chunk, answer_batches in _chunks(shared, sequences, batch_size):
+        chunk_cache = _prefix_cache(model, pad_token_id, chunk, device)
+        prefix_tokens = int(chunk_cache[1].sum())
+        for answer_batch in answer_batches:
+            batch = _continuations(model, cache_name, pad_token_id, chunk, chunk_cache, answer_batch, device)
+            yield dataclasses.replace(batch, tokens_processed=batch.tokens_processed + prefix_tokens)
+            prefix_tokens = 0  # counted with the chunk's first answer batch
