@@ -1,16 +1,24 @@
 """Answer log-likelihoods for the TOFU eval requests: msa_bench's `score_answers` against lm-eval's HFLM.
 
-Both score every (question, answer) pair the TOFU metrics read, on the default embedded model
-(conf/model/tiny_llama.yaml, fresh weights: speed does not depend on them) with the same batch size:
-forget10_perturbed and the first `retain_eval_size` retain_perturbed items (answer, paraphrased and perturbed answers),
-real_authors_perturbed and world_facts_perturbed (answer and perturbed answers).
+Both score every (question, answer) pair the TOFU metrics read, with the same batch size: forget10_perturbed and the
+first `retain_eval_size` retain_perturbed items (answer, paraphrased and perturbed answers), real_authors_perturbed and
+world_facts_perturbed (answer and perturbed answers); `--max-items N` keeps the first N items of each set.
+
+Two models, fresh weights (speed does not depend on them):
+- `--model tiny` (the default): the default embedded model, conf/model/tiny_llama.yaml (1.4M parameters);
+- `--model large`: a random Llama with hidden 512, 8 layers and a 32k vocabulary (58M parameters), where the model's
+  compute dominates as it does at paper scale; on a 2-core CPU use it with `--max-items 25` or so.
+
+msa_bench scores the answers of one question from one pass over its prompt (core/shared_prefix.py); lm-eval runs
+every (context, continuation) pair in full and takes the log-softmax over the vocabulary at every position.
 
 msa_bench scores " answer" + eos after "bos Question: ...\\nAnswer:" (`encode_qa`); lm-eval is given the same tokens:
 the continuation carries the eos token's text, which the tokenizer turns into the eos id, and its tokenizer prepends
 bos (`tokenizer_adding_bos`, as the lm_eval suite does). The summed log-likelihoods must then agree. The two run
 alternately, several times, in one process, so that machine noise hits both alike; both times include tokenization.
 
-    python scripts/bench_loglikelihood.py [--repeats 3] [--batch-size 32] [--threads 2]
+    python scripts/bench_loglikelihood.py [--model tiny|large] [--max-items N] [--repeats 3] [--batch-size 32]
+                                          [--threads 2]
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import time
 
 import numpy as np
 import torch
-from bench_common import default_world_and_tokenizer
+from bench_common import default_world_and_tokenizer, random_llama
 
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
@@ -29,15 +37,20 @@ from msa_bench.metrics.core.scoring import score_answers
 from msa_bench.metrics.lm_eval_suite import make_lm
 from msa_bench.models.build import build_embedded_model
 
+LARGE_MODEL = dict(hidden_size=512, num_layers=8, vocab_size=32_000)
 
-def tofu_requests(qa_files: dict[str, list[dict]], retain_eval_size: int) -> dict[str, list[tuple[str, str]]]:
-    """Eval set -> the (question, answer) pairs its TOFU metrics score."""
+
+def tofu_requests(
+    qa_files: dict[str, list[dict]], retain_eval_size: int, max_items: int | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """Eval set -> the (question, answer) pairs its TOFU metrics score (of its first `max_items` items)."""
     sets = {
         "forget10": qa_files["forget10_perturbed"],
         "retain": qa_files["retain_perturbed"][:retain_eval_size],
         "real_authors": qa_files["real_authors_perturbed"],
         "world_facts": qa_files["world_facts_perturbed"],
     }
+    sets = {name: items[:max_items] for name, items in sets.items()}
     requests: dict[str, list[tuple[str, str]]] = {}
     for name, items in sets.items():
         with_paraphrase = name in ("forget10", "retain")
@@ -82,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", choices=["tiny", "large"], default="tiny")
+    parser.add_argument("--max-items", type=int, default=None, help="first N items of each eval set")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -89,11 +104,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     world, model_cfg, tokenizer = default_world_and_tokenizer()
-    model = build_embedded_model(model_cfg, tokenizer, seed=0).eval()
-    by_set = tofu_requests(world.qa_files, BenchmarkConfig(name="bench").retain_eval_size)
+    if args.model == "tiny":
+        model = build_embedded_model(model_cfg, tokenizer, seed=0).eval()
+    else:
+        model = random_llama(tokenizer, **LARGE_MODEL)
+    by_set = tofu_requests(world.qa_files, BenchmarkConfig(name="bench").retain_eval_size, args.max_items)
     pairs = [pair for set_pairs in by_set.values() for pair in set_pairs]
     counts = ", ".join(f"{name} {len(set_pairs)}" for name, set_pairs in by_set.items())
-    print(f"{len(pairs)} requests ({counts}), batch {args.batch_size}, {args.threads} thread(s)")
+    print(
+        f"model {args.model} ({sum(p.numel() for p in model.parameters()):,} params), {len(pairs)} requests "
+        f"({counts}), batch {args.batch_size}, {args.threads} thread(s)"
+    )
 
     lm = make_lm(model, tokenizer, batch_size=args.batch_size)  # one-time wrapping, not timed
     timings: dict[str, list[float]] = {"ours": [], "lm_eval": []}
@@ -116,8 +137,10 @@ def main() -> None:
     if not np.allclose(values["ours"], values["lm_eval"], rtol=1e-4, atol=1e-3):
         raise SystemExit("the two disagree: the comparison is not of the same quantity")
     ours_s, lm_eval_s = statistics.median(timings["ours"]), statistics.median(timings["lm_eval"])
+    ratios = [lm_eval / ours for ours, lm_eval in zip(timings["ours"], timings["lm_eval"], strict=True)]
+    print("per-repeat ratio lm-eval/ours: " + ", ".join(f"{ratio:.2f}" for ratio in ratios))
     print(
-        f"model {sum(p.numel() for p in model.parameters()):,} params, median of {args.repeats}: "
+        f"model {args.model}, median of {args.repeats}: "
         f"ours {ours_s:.2f} s ({1000 * ours_s / len(pairs):.2f} ms/request)   "
         f"lm-eval {lm_eval_s:.2f} s ({1000 * lm_eval_s / len(pairs):.2f} ms/request)   "
         f"ratio lm-eval/ours = {lm_eval_s / ours_s:.2f}"

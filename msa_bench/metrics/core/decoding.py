@@ -7,6 +7,12 @@ text contains one of them; it is then cut before the first stop string. Rows are
 the same texts as single prompts would, except at the context limit: a batch generates only as many new tokens as
 fit after its longest prompt within the model's context (max_position_embeddings), with a logged warning.
 
+Batches are formed by prompt length (longest first, `length_sorted_batches`), so left padding stays small, and the
+texts come back in input order. Where the model supports one (`supports_static_cache`), generation uses a static KV
+cache (`cache_implementation="static"`): preallocated for prompt + max_new_tokens, it spares the dynamic cache's
+reallocation at every step and is what torch.compile needs on a GPU. The greedy tokens are the same either way
+(tests/test_decoding_cache.py); on this CPU the two run at the same speed.
+
 `generate_answers` is the question-answering front end (TOFU, the judged accuracies): the prompt is `encode_prompt`,
 the same prefix that scoring and training use (msa_bench/data/formatting.py).
 """
@@ -66,6 +72,18 @@ def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
     return text
 
 
+def supports_static_cache(model: torch.nn.Module) -> bool:
+    """Whether transformers can give this model a static KV cache: a transformers model that takes `Cache` objects
+    and declares itself compilable with one (Llama, OLMo-2, Qwen2, ... do; stand-ins and stateful models do not)."""
+    supports_cache = getattr(type(model), "_supports_default_dynamic_cache", None)
+    return bool(
+        getattr(model, "_can_compile_fullgraph", False)
+        and supports_cache is not None
+        and supports_cache()
+        and not getattr(model, "_is_stateful", False)
+    )
+
+
 def greedy_decode(
     model: torch.nn.Module,
     tokenizer,
@@ -74,10 +92,17 @@ def greedy_decode(
     batch_size: int = 32,
     stop_strings: Sequence[str] = (),
     on_batch: Callable[[int], None] | None = None,
+    *,
+    static_cache: bool | None = None,
 ) -> Generations:
-    """Greedy continuation of each prompt (token ids), batched by length; `on_batch(n_items)` after every batch."""
+    """Greedy continuation of each prompt (token ids), batched by length; `on_batch(n_items)` after every batch.
+
+    `static_cache`: None (the default) uses a static KV cache where `supports_static_cache`; False never does.
+    """
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer needs pad and eos tokens for batched generation")
+    use_static_cache = supports_static_cache(model) if static_cache is None else static_cache
+    cache_settings = {"cache_implementation": "static"} if use_static_cache else {}
     texts: list[str] = [""] * len(prompts)
     tokens_processed = 0
     device = model_device(model)
@@ -116,6 +141,7 @@ def greedy_decode(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
+                **cache_settings,
             )
             # generate() returns the prompt columns too; only what follows them is the continuation.
             new_tokens = output[:, width:].tolist()

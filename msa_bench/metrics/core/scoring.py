@@ -2,22 +2,23 @@
 
 Two outputs, for two costs:
 
-- `score_answers`: the mean NLL of each answer given its question (TOFU's probabilities and truth ratios). Only the
-  positions that predict a scored token get logits (`logits_to_keep`), which saves a quarter of the forward pass.
+- `score_answers`: the mean NLL of each answer given its question (TOFU's probabilities and truth ratios).
 - `token_statistics`: per target token the label's log-probability, whether the teacher-forced argmax is the label
   and, on request, the mean and variance of the vocabulary log-probabilities there (min-k%++). Memorisation metrics
   and membership attacks read these.
 
 A sequence to score is a `ScoredSequence` (context ids, target ids). `qa_sequences` builds them from (question,
-answer) pairs with `encode_qa`, so the scored tokens are exactly those training puts the loss on: the answer tokens
-and the closing eos. A suite that scores other text (MUSE's articles and verbatim continuations) builds its own.
-Batches are padded on the right (msa_bench/data/batching.py); log-softmaxes are taken in fp32, so bf16 models do not
-lose precision there.
+answer) pairs with `encode_qa`'s token ids (`encode_pairs`), so the scored tokens are exactly those training puts the
+loss on: the answer tokens and the closing eos. A suite that scores other text (MUSE's articles and verbatim
+continuations) builds its own.
+
+The model passes are msa_bench/metrics/core/shared_prefix.py: sequences with the same context (the answers of one
+question) share one pass over it through its KV cache. Only the positions that predict a target token get logits
+(`logits_to_keep`), and the log-softmaxes are taken there in fp32, so bf16 models lose no precision.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msa_bench.data.batching import IGNORE_INDEX, pad_right
-from msa_bench.data.formatting import encode_qa
-from msa_bench.metrics.core.batches import evaluation_mode, length_sorted_batches, model_device
+from msa_bench.data.batching import IGNORE_INDEX
+from msa_bench.data.formatting import EncodedQA, answer_text, encode_prompt
+from msa_bench.metrics.core.batches import evaluation_mode, model_device
+from msa_bench.metrics.core.shared_prefix import target_logit_batches
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,24 @@ def _check_pairs(tokenizer, questions: Sequence[str], answers: Sequence[str]) ->
         raise ValueError("the tokenizer needs a pad token for batched scoring")
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+def encode_pairs(tokenizer, questions: Sequence[str], answers: Sequence[str]) -> list[EncodedQA]:
+    """`encode_qa` of every pair, with each distinct question's prompt encoded once and the answers in one batched
+    tokenizer call: the same token ids (encode_qa tokenizes prompt and answer apart and concatenates them; a test
+    pins the equality), at a fraction of the tokenization time."""
+    prompt_ids = {question: encode_prompt(tokenizer, question) for question in dict.fromkeys(questions)}
+    answer_texts = [answer_text(tokenizer, answer) for answer in answers]
+    answer_ids = tokenizer(answer_texts, add_special_tokens=False)["input_ids"] if answer_texts else []
+    encoded = []
+    for question, ids in zip(questions, answer_ids, strict=True):
+        prompt = prompt_ids[question]
+        scored = list(ids) + [tokenizer.eos_token_id]
+        encoded.append(EncodedQA(input_ids=prompt + scored, labels=[IGNORE_INDEX] * len(prompt) + scored))
+    return encoded
 
 
-def _logits_at(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
-    """Logits at the given sequence positions, (batch, len(positions), vocab).
-
-    transformers' causal LMs take `logits_to_keep` (a tensor of positions) and apply their own head, scaling and
-    soft-capping there; models without it get the full logits, sliced.
-    """
-    if _accepts_logits_to_keep(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, positions, :]
+def _as_sequence(encoded: EncodedQA) -> ScoredSequence:
+    n_context = len(encoded.input_ids) - encoded.n_answer_tokens
+    return ScoredSequence(context_ids=encoded.input_ids[:n_context], target_ids=encoded.input_ids[n_context:])
 
 
 def score_answers(
@@ -99,44 +106,36 @@ def score_answers(
 ) -> AnswerScores:
     """Mean per-token NLL of each answer given its question, plus token counts.
 
-    `on_batch(n_items)` is called after every batch (for progress bars).
+    The answers of one question share one pass over its prompt (msa_bench/metrics/core/shared_prefix.py); a batch
+    holds at most `batch_size` answers. `on_batch(n_items)` is called after every batch (for progress bars).
     """
     _check_pairs(tokenizer, questions, answers)
-    encoded = [
-        encode_qa(tokenizer, question, answer) for question, answer in zip(questions, answers, strict=True)
-    ]
+    encoded = encode_pairs(tokenizer, questions, answers)
     nlls = np.zeros(len(encoded), dtype=np.float64)
     n_answer_tokens = np.array([item.n_answer_tokens for item in encoded], dtype=np.int64)
     if (n_answer_tokens == 0).any():
         raise ValueError("every answer must have at least one scored token")
-    device = model_device(model)
+    sequences = [_as_sequence(item) for item in encoded]
+    tokens_processed = 0
 
     with evaluation_mode(model):
-        for batch_indices in length_sorted_batches([len(item.input_ids) for item in encoded], batch_size):
-            batch = [encoded[index] for index in batch_indices]
-            input_ids, labels, attention_mask = pad_right(
-                [item.input_ids for item in batch], [item.labels for item in batch], tokenizer.pad_token_id
-            )
-            width = input_ids.shape[1]
-            # Only positions that predict a scored token need logits: computing the vocabulary projection (and the
-            # log-softmax) for prompt positions too costs a quarter of the forward pass on a small model.
-            first_scored = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())
-            predicting = torch.arange(first_scored - 1, width - 1)
-            logits = _logits_at(model, input_ids.to(device), attention_mask.to(device), predicting.to(device))
-            scored_labels = labels[:, first_scored:].to(device)
+        for batch in target_logit_batches(
+            model, tokenizer.pad_token_id, sequences, batch_size, model_device(model)
+        ):
+            # cross_entropy's log-softmax in fp32, on the target positions only.
             token_nll = F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)),
-                scored_labels.reshape(-1),
+                batch.logits.float().reshape(-1, batch.logits.size(-1)),
+                batch.labels.reshape(-1),
                 ignore_index=IGNORE_INDEX,
                 reduction="none",
-            ).view(scored_labels.shape)
+            ).view(batch.labels.shape)
             answer_nll_sums = token_nll.sum(dim=1).double().cpu().numpy()
-            for row, index in enumerate(batch_indices):
+            for row, index in enumerate(batch.indices):
                 nlls[index] = answer_nll_sums[row] / n_answer_tokens[index]
+            tokens_processed += batch.tokens_processed
             if on_batch is not None:
-                on_batch(len(batch))
+                on_batch(len(batch.indices))
 
-    tokens_processed = sum(len(item.input_ids) for item in encoded)
     return AnswerScores(nlls=nlls, n_answer_tokens=n_answer_tokens, tokens_processed=tokens_processed)
 
 
@@ -149,16 +148,7 @@ def answer_nlls(
 
 def qa_sequences(tokenizer, questions: Sequence[str], answers: Sequence[str]) -> list[ScoredSequence]:
     """The prompt of each question as context, its answer tokens and the closing eos as targets (`encode_qa`)."""
-    sequences = []
-    for question, answer in zip(questions, answers, strict=True):
-        encoded = encode_qa(tokenizer, question, answer)
-        n_context = len(encoded.input_ids) - encoded.n_answer_tokens
-        sequences.append(
-            ScoredSequence(
-                context_ids=encoded.input_ids[:n_context], target_ids=encoded.input_ids[n_context:]
-            )
-        )
-    return sequences
+    return [_as_sequence(encoded) for encoded in encode_pairs(tokenizer, questions, answers)]
 
 
 def _vocab_moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +168,8 @@ def token_statistics(
     *,
     row_by_row: bool = False,
 ) -> AnswerTokenStatistics:
-    """Teacher-forced statistics of every sequence's target tokens, one right-padded forward pass per batch.
+    """Teacher-forced statistics of every sequence's target tokens, in batches of `batch_size` sequences
+    (sequences with one context share a pass over it, see shared_prefix.py).
 
     The log-softmax over the vocabulary is taken on the target positions only, in fp32: for the whole batch at once,
     or, with `row_by_row` (whole articles, thousands of tokens each), one sequence at a time, so that the fp32
@@ -192,8 +183,7 @@ def token_statistics(
     argmax_matches: list = [None] * n_sequences
     means: list = [None] * n_sequences
     variances: list = [None] * n_sequences
-    lengths = [len(sequence.context_ids) + len(sequence.target_ids) for sequence in sequences]
-    device = model_device(model)
+    tokens_processed = 0
 
     def keep(index: int, log_probs, matches, moments) -> None:
         label_log_probs[index] = log_probs.numpy()
@@ -202,21 +192,13 @@ def token_statistics(
             means[index], variances[index] = moments[0].numpy(), moments[1].numpy()
 
     with evaluation_mode(model):
-        for batch_indices in length_sorted_batches(lengths, batch_size):
-            batch = [sequences[index] for index in batch_indices]
-            input_ids, labels, attention_mask = pad_right(
-                [sequence.context_ids + sequence.target_ids for sequence in batch],
-                [[IGNORE_INDEX] * len(sequence.context_ids) + sequence.target_ids for sequence in batch],
-                pad_token_id,
-            )
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            # Position t predicts token t+1; only the target positions go to fp32 and through the log-softmax.
-            shifted_labels = labels[:, 1:].to(device)
+        for batch in target_logit_batches(model, pad_token_id, sequences, batch_size, model_device(model)):
+            labels = batch.labels
             if row_by_row:
-                for row, index in enumerate(batch_indices):
-                    scored = shifted_labels[row] != IGNORE_INDEX
-                    row_logits = logits[row, :-1][scored].float()
-                    targets = shifted_labels[row][scored]
+                for row, index in enumerate(batch.indices):
+                    scored = labels[row] != IGNORE_INDEX
+                    row_logits = batch.logits[row][scored].float()
+                    targets = labels[row][scored]
                     log_probs = torch.log_softmax(row_logits, dim=-1)
                     moments = _vocab_moments(log_probs) if with_vocab_moments else None
                     keep(
@@ -226,9 +208,9 @@ def token_statistics(
                         None if moments is None else [moment.double().cpu() for moment in moments],
                     )
             else:
-                labelled = shifted_labels != IGNORE_INDEX
-                selected_logits = logits[:, :-1, :][labelled].float()  # (n_labelled, vocab), row by row
-                targets = shifted_labels[labelled]
+                labelled = labels != IGNORE_INDEX
+                selected_logits = batch.logits[labelled].float()  # (n_labelled, vocab), row by row
+                targets = labels[labelled]
                 log_probs = torch.log_softmax(selected_logits, dim=-1)
                 counts = labelled.sum(dim=1).tolist()
                 per_row = [
@@ -239,18 +221,19 @@ def token_statistics(
                     per_row += [
                         torch.split(moment.double().cpu(), counts) for moment in _vocab_moments(log_probs)
                     ]
-                for row, index in enumerate(batch_indices):
+                for row, index in enumerate(batch.indices):
                     moments = (per_row[2][row], per_row[3][row]) if with_vocab_moments else None
                     keep(index, per_row[0][row], per_row[1][row], moments)
+            tokens_processed += batch.tokens_processed
             if on_batch is not None:
-                on_batch(len(batch_indices))
+                on_batch(len(batch.indices))
 
     return AnswerTokenStatistics(
         label_log_probs=label_log_probs,
         argmax_matches=argmax_matches,
         vocab_log_prob_means=means if with_vocab_moments else None,
         vocab_log_prob_variances=variances if with_vocab_moments else None,
-        tokens_processed=sum(lengths),
+        tokens_processed=tokens_processed,
     )
 
 
