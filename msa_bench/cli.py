@@ -15,8 +15,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from msa_bench.distributed import is_main_process, rank
-from msa_bench.errors import ConfigError, MSABenchError, RunFolderInUseError, RunInterrupted
+from msa_bench.distributed import broadcast_object, init_process_group, is_distributed, is_main_process, rank
+from msa_bench.errors import (
+    ConfigError,
+    InsufficientMemoryError,
+    MSABenchError,
+    RankZeroFailedError,
+    RunFolderInUseError,
+    RunInterrupted,
+)
 from msa_bench.interrupts import signals_raise_run_interrupted
 from msa_bench.plugins import register_schemas
 from msa_bench.sweeps import silence_launcher_schema_warning
@@ -147,13 +154,29 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if sweep and is_distributed():
+        # Rank 0 alone decides whether each job of a sweep runs (it may skip a finished one, or refuse its
+        # config); the others join the process group first, to hear that decision and run the same jobs.
+        from msa_bench.runner import resolve_device
+
+        init_process_group(resolve_device(str(cfg.device)), float(cfg.get("dist_timeout_minutes", 720.0)))
     if not is_main_process():
-        return _follower_job(cfg, output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
+        if sweep and broadcast_object(None) != "run":
+            return None
+        return _follower_job(cfg, output_dir, in_sweep=sweep)
+    if sweep:
         # A sweep job records its failure (status.json, its log, the sweep summary) instead of stopping the sweep.
         from msa_bench.sweeps.jobs import run_sweep_job
 
-        return run_sweep_job(cfg, output_dir, validate_config, _execute, config_errors=(ConfigError,))
+        return run_sweep_job(
+            cfg,
+            output_dir,
+            validate_config,
+            _execute,
+            config_errors=(ConfigError,),
+            announce=broadcast_object,
+        )
 
     try:
         config = validate_config(cfg)
@@ -199,9 +222,11 @@ def _job(cfg: DictConfig) -> float | None:
     return results["metrics"].get("forget_quality")
 
 
-def _follower_job(cfg: DictConfig, output_dir: Path) -> None:
+def _follower_job(cfg: DictConfig, output_dir: Path, in_sweep: bool = False) -> None:
     """A rank > 0 of a launch of several processes: the same job in lockstep with rank 0, which alone checks the run
-    folder, writes status.json and the results (msa_bench/distributed.py). Errors: one line, exit 2, as on rank 0."""
+    folder, writes status.json and the results (msa_bench/distributed.py). Errors: one line, exit 2, as on rank 0.
+    In a sweep, a failure every rank shares (rank 0's, or a memory refusal the ranks agreed on) ends only this job,
+    as it does on rank 0, which records it; the ranks then go on to the next job together."""
     try:
         config = validate_config(cfg)
     except ConfigError as error:
@@ -209,6 +234,10 @@ def _follower_job(cfg: DictConfig, output_dir: Path) -> None:
         sys.exit(2)
     try:
         _execute(config, resolved_container_of(cfg), output_dir)
+    except (RankZeroFailedError, InsufficientMemoryError) as error:
+        print(f"msa-bench: error (rank {rank()}): {error}", file=sys.stderr)
+        if not in_sweep:
+            sys.exit(2)
     except MSABenchError as error:
         print(f"msa-bench: error (rank {rank()}): {error}", file=sys.stderr)
         sys.exit(2)

@@ -190,7 +190,9 @@ def init_process_group(device: str, timeout_minutes: float) -> None:
     if backend == "nccl":
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timeout)
+        # NCCL collectives are the training's all-reduces: every rank is in them at once, so torch's own timeout is
+        # enough and a hung one surfaces in minutes. The long waits (rank 0 evaluating alone) are on the gloo group.
+        dist.init_process_group(backend=backend, **({} if backend == "nccl" else {"timeout": timeout}))
     _control_group = (
         dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else dist.group.WORLD
     )
@@ -232,6 +234,33 @@ def broadcast_object(obj):
     box = [obj if is_main_process() else None]
     dist.broadcast_object_list(box, src=0, group=_require_group())
     return box[0]
+
+
+def first_problem_of_any_rank(problem: str | None) -> str | None:
+    """Every rank's `problem` (None: none) gathered; the first one found, named with its rank, on every rank. A check
+    that one rank fails alone (its own free memory) must stop every rank, not leave the others in a collective that
+    the failing rank never joins. Only `problem` when not in lockstep."""
+    if not in_lockstep():
+        return problem
+    import torch.distributed as dist
+
+    problems = [None] * world_size()
+    dist.all_gather_object(problems, problem, group=_require_group())
+    for source, found in enumerate(problems):
+        if found is not None:
+            return found if source == rank() else f"on rank {source}: {found}"
+    return None
+
+
+def sum_over_ranks(value: int) -> int:
+    """The sum of `value` over the ranks (e.g. the tokens each trained on); `value` itself when not in lockstep."""
+    if not in_lockstep():
+        return value
+    import torch.distributed as dist
+
+    values = [0] * world_size()
+    dist.all_gather_object(values, int(value), group=_require_group())
+    return sum(values)
 
 
 def require_same_on_all_ranks(value, what: str) -> None:

@@ -128,6 +128,10 @@ class DistributedError(MSABenchError, RuntimeError):
     stage that failed on rank 0 while the others waited for it."""
 
 
+class RankZeroFailedError(DistributedError):
+    """A stage failed on rank 0, which told the other ranks; they stop that job too (rank 0 has the message)."""
+
+
 class RunLoggerError(MSABenchError, RuntimeError):
     """The run logger (W&B) cannot start and the configuration forbids the local fallback."""
 

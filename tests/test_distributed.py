@@ -224,3 +224,26 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
                     model,
                     name,
                 )
+
+    # A sweep of several processes: rank 0 decides whether each job runs, and the other ranks follow it. Job 0's
+    # config is refused and job 1 reuses the run above (everything cached); run again, job 1 is skipped as done.
+    sweep = [
+        "--no-python",
+        "msa-bench",
+        "-m",
+        "experiment=smoke",
+        "logger=none",
+        "num_threads=1",
+        "method.alpha=-1,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    for attempt, job_1 in enumerate(("done", "skipped")):
+        swept = torchrun(sweep, tmp_path / "cache-two", timeout=300)
+        assert swept.returncode == 1, (
+            attempt,
+            swept.stderr[-3000:],
+        )  # a failed job: exit 1, the sweep went on
+        states = [
+            json.loads((tmp_path / "sweep" / str(j) / "status.json").read_text())["state"] for j in (0, 1)
+        ]
+        assert states == ["failed", job_1], (attempt, states, swept.stderr[-3000:])

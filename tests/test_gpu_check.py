@@ -27,6 +27,8 @@ def test_gpu_check_runs_the_paper_pipeline_and_writes_one_json(tmp_path):
             "--tiny",
             "--steps",
             "4",
+            "--eval-items",
+            "8",
             "--out",
             str(out),
         ],

@@ -53,7 +53,10 @@ class TofuBenchmark(Benchmark):
                 f"benchmark {self.cfg.name!r} has neither data_dir nor hub_id; set benchmark.data_dir "
                 "(or MSA_BENCH_DATA to a folder laid out like ../shared/data)"
             )
-        configs = tofu_hub_configs(self.forget_id)
+        # Every retain split, not only the forget split's own: the MSA code draws the retain vector's data from
+        # another one (1% of retain90 for forget01: method.retain_split).
+        needed = tofu_hub_configs(self.forget_id)
+        configs = needed + [split for split in ("retain90", "retain95", "retain99") if split not in needed]
         hub = self.context.cached_artifact(
             "hub_data",
             {"hub_id": self.cfg.hub_id, "configs": configs},

@@ -156,7 +156,7 @@ def unlearn_with_loss(
             )
             meter.add_tokens(stats.tokens, n_params, training=True)
             if lora is None:
-                save_model(model, tokenizer, out)
+                save_model(model, tokenizer, out, state_dict=stats.state_dict)  # gathered under FSDP/ZeRO-3
             else:  # merged, and what the adapters learnt goes into the stage's cost (results.json)
                 adapters = save_trained(model, tokenizer, out, lora)
         cost = meter.cost.to_dict()

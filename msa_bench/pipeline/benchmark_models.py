@@ -80,7 +80,9 @@ class BenchmarkModels:
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
                 if lora is None:
-                    save_model(model, tokenizer, out)
+                    save_model(
+                        model, tokenizer, out, state_dict=stats.state_dict
+                    )  # gathered under FSDP/ZeRO-3
                 else:  # what the adapters learnt goes into the stage's cost, and so into results.json
                     adapters = save_trained(model, tokenizer, out, lora)
             cost = meter.cost.to_dict()

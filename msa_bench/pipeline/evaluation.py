@@ -83,14 +83,15 @@ def evaluate_model(pipeline, model_ref) -> dict:
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
-        estimated_mb = check_evaluation(pipeline, model_ref.label, model_ref.path, plan)  # memory preflight
+        eval_sets = pipeline.eval_sets(required_eval_sets(plan))
+        # Memory preflight, before loading; the batch shape comes from the eval sets' longest sequence.
+        estimated_mb = check_evaluation(pipeline, model_ref.label, model_ref.path, plan, eval_sets)
         model = load_model(
             model_ref.path,
             pipeline.device,
             pipeline.cfg.model.dtype,
             trust_remote_code=trusts_remote_code(pipeline.cfg.model),
         )
-        eval_sets = pipeline.eval_sets(required_eval_sets(plan))
         merged: dict = {
             "metrics": {},
             "per_item": {},

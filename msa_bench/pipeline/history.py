@@ -185,7 +185,7 @@ class EmbeddedHistory:
                     scratch_root=self.scratch_root,
                 )
                 meter.add_tokens(stats.tokens, count_parameters(model), training=True)
-                save_model(model, tokenizer, out / "base")
+                save_model(model, tokenizer, out / "base", state_dict=stats.state_dict)
             return {
                 "cost": meter.cost.to_dict(),
                 "saved_steps": saved,

@@ -23,7 +23,7 @@ from msa_bench.distributed import (
     rank,
     require_same_on_all_ranks,
 )
-from msa_bench.errors import ArtifactError, DistributedError
+from msa_bench.errors import ArtifactError, DistributedError, RankZeroFailedError
 from msa_bench.progress import current_progress
 from msa_bench.training.scratch import scratch_folder
 
@@ -82,7 +82,7 @@ def _follow(store, kind: str, key: str, build: Callable[[Path], Mapping | None])
     if decision != CACHED:
         failure = broadcast_object(None)
         if failure is not None:
-            raise DistributedError(
+            raise RankZeroFailedError(
                 f"rank 0 failed to build {kind}/{key} ({failure}); rank {rank()} stops too: see rank 0's message"
             )
     artifact = store.cached(kind, key)

@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from msa_bench.distributed import world_size
 from msa_bench.errors import InsufficientMemoryError
 from msa_bench.failures import human_bytes
 
@@ -328,10 +329,13 @@ def training_options(shape: TrainingShape, available: int, recipe_key: str) -> l
         options.append((f"{recipe_key}.gradient_checkpointing=true", peak(gradient_checkpointing=True)))
     batch = largest_fitting_batch(shape, available)
     if batch is not None:
+        # `shape.batch_size` is one process's share; the recipe's batch_size is the global batch of all processes.
+        processes = world_size()
         factor = math.ceil(shape.batch_size / batch)
         options.append(
             (
-                f"{recipe_key}.batch_size={batch} with gradient_accumulation_steps × {factor} (same effective batch)",
+                f"{recipe_key}.batch_size={batch * processes} with gradient_accumulation_steps × {factor} (same "
+                "effective batch" + (f"; {batch} per process)" if processes > 1 else ")"),
                 peak(batch_size=batch),
             )
         )

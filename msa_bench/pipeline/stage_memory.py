@@ -10,7 +10,9 @@ from pathlib import Path
 
 from msa_bench.config.recipes import recipe_key
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.distributed import per_device_batch_size
+from msa_bench.data.formatting import encode_prompt
+from msa_bench.distributed import first_problem_of_any_rank, per_device_batch_size
+from msa_bench.errors import InsufficientMemoryError
 from msa_bench.failures import human_bytes, remember_memory_estimate
 from msa_bench.models.build import trusts_remote_code
 from msa_bench.pipeline.memory_preflight import (
@@ -74,7 +76,16 @@ def _check(
         + (f"; options: {format_options(options)}" if options else "")
     )
     if pipeline.cfg.preflight.memory:
-        require_memory(estimate, pipeline.device, f"stage {stage}", recipe_key=key, options=options)
+        try:
+            require_memory(estimate, pipeline.device, f"stage {stage}", recipe_key=key, options=options)
+            refusal = None
+        except InsufficientMemoryError as error:
+            refusal = str(error)
+        # Each rank checks its own device; one that cannot fit the stage stops them all (a training stage runs on
+        # every rank, and the others would wait in its first all-reduce).
+        refusal = first_problem_of_any_rank(refusal)
+        if refusal is not None:
+            raise InsufficientMemoryError(refusal)
     return estimate.total_mb
 
 
@@ -133,13 +144,39 @@ def _evaluation_new_tokens(pipeline, plan) -> int:
     return max(tokens)
 
 
-def check_evaluation(pipeline, label: str, model_dir: Path, plan) -> float:
-    """Before an evaluation loads `model_dir`: the batch is metrics.batch_size sequences of at most
-    model.max_position_embeddings tokens (an upper bound: real prompts are often shorter)."""
+# The fields of an eval-set item that a suite turns into a prompt; every other string (or list of strings) of the item
+# is something scored after that prompt (an answer, a paraphrase, a perturbed answer, a continuation).
+_PROMPT_FIELDS = ("question", "prompt")
+
+
+def _longest_scored_sequence(tokenizer, eval_sets: dict[str, list[dict]], limit: int) -> int:
+    """The most tokens one scored sequence of these eval sets takes (prompt in the model's format + the longest text
+    scored after it + eos), at most `limit`: the evaluation's batch shape, rather than the whole context."""
+    longest = 1
+    for items in eval_sets.values():
+        for item in items:
+            prompt = next((item[f] for f in _PROMPT_FIELDS if isinstance(item.get(f), str)), "")
+            texts = [v for k, v in item.items() if k not in _PROMPT_FIELDS and isinstance(v, str)]
+            texts += [x for v in item.values() if isinstance(v, list) for x in v if isinstance(x, str)]
+            prompt_tokens = len(encode_prompt(tokenizer, prompt)) if prompt else 1
+            answer_tokens = max(
+                (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts), default=0
+            )
+            longest = max(longest, prompt_tokens + answer_tokens + 1)
+            if longest >= limit:
+                return limit
+    return longest
+
+
+def check_evaluation(pipeline, label: str, model_dir: Path, plan, eval_sets: dict[str, list[dict]]) -> float:
+    """Before an evaluation loads `model_dir`: the batch is metrics.batch_size sequences as long as the longest
+    scored sequence of `eval_sets` (at most model.max_position_embeddings)."""
     config = read_config(model_dir, trusts_remote_code(pipeline.cfg.model))
     shape = model_shape(config, trusts_remote_code(pipeline.cfg.model))
     settings, dtype = pipeline.cfg.metrics, pipeline.cfg.model.dtype
-    length = pipeline.cfg.model.max_position_embeddings
+    length = _longest_scored_sequence(
+        pipeline.tokenizer(), eval_sets, pipeline.cfg.model.max_position_embeddings
+    )
     new_tokens = _evaluation_new_tokens(pipeline, plan)
     stage = f"eval:{label}"
     estimate = estimate_evaluation(shape, dtype, settings.batch_size, length, new_tokens, stage)

@@ -114,10 +114,13 @@ def run_sweep_job(
     validate: Callable[[DictConfig], object],
     execute: Callable[[object, dict, Path], dict],
     config_errors: tuple[type[BaseException], ...],
+    announce: Callable[[str], None] = lambda decision: None,
 ) -> float | None:
     """Run one multirun job; returns its forget_quality (the value an Optuna sweep optimises), None on failure.
 
     validate(cfg) -> typed config (raises one of `config_errors`); execute(config, resolved, output_dir) -> results.
+    announce(decision) tells the other ranks of a launch of several processes whether this job runs ("run") or not
+    ("config error", "skipped"), so that they run the same jobs (msa_bench/cli.py).
     """
     hydra_cfg = HydraConfig.get()
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
@@ -147,6 +150,7 @@ def run_sweep_job(
         status.failed(error, with_traceback=False, config_hash=config_hash(_resolved_or_raw(cfg)))
         log.error("config error: %s", error)
         print(f"msa-bench: {label}: config error: {error}", file=sys.stderr, flush=True)
+        announce("config error")
         return None
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -165,10 +169,12 @@ def run_sweep_job(
         )
         log.info("skipped: the same config (hash %s) already completed in %s", wanted_hash, previous)
         print(f"msa-bench: {label}: skipped, already done in {previous}", flush=True)
+        announce("skipped")
         results = read_json(previous / RESULTS_FILE) or {}
         return (results.get("metrics") or {}).get("forget_quality")
 
     _move_stale_results(output_dir, wanted_hash)
+    announce("run")
     status.running()
     try:
         results = execute(config, resolved, output_dir)

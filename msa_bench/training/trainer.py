@@ -23,7 +23,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.distributed import in_lockstep, per_device_batch_size, require_same_on_all_ranks, world_size
+from msa_bench.distributed import (
+    in_lockstep,
+    per_device_batch_size,
+    require_same_on_all_ranks,
+    sum_over_ranks,
+    world_size,
+)
 from msa_bench.errors import ConfigError, DivergenceError  # noqa: F401  (re-exported)
 from msa_bench.failures import remember_failure_context
 from msa_bench.progress import current_progress
@@ -305,7 +311,7 @@ def run_training(
     model.eval()
     return TrainStats(
         steps=n_steps,
-        tokens=trainer.tokens_processed,
+        tokens=sum_over_ranks(trainer.tokens_processed),  # every rank's share
         seconds=time.perf_counter() - start,
         final_loss=float(result.training_loss) if result.training_loss is not None else None,
         state_dict=state_dict,
@@ -319,6 +325,13 @@ def gathered_state_dict(trainer: Trainer) -> dict | None:
     stage3_gather_16bit_weights_on_model_save true, as accelerate_configs/*.yaml set."""
     if not (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
         return None
+    if hasattr(trainer.model, "peft_config"):
+        # The gathered dict would hold the wrapped model's names (base_model.model..., lora_A/B), which neither the
+        # merge nor the factor storage (training/lora.py) reads.
+        raise ConfigError(
+            "peft=lora with FSDP or DeepSpeed ZeRO-3 is not supported: LoRA's small optimizer state fits one GPU, so "
+            "train LoRA with DDP (torchrun, or accelerate_configs/ddp.yaml) or on one GPU"
+        )
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
