@@ -33,7 +33,7 @@ from bench_common import default_world_and_tokenizer, random_llama
 
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
-from msa_bench.metrics.core.scoring import score_answers
+from msa_bench.metrics.core.scoring import AnswerScores, encode_pairs, score_answers
 from msa_bench.metrics.lm_eval_suite import make_lm
 from msa_bench.models.build import build_embedded_model
 
@@ -64,12 +64,13 @@ def tofu_requests(
     return requests
 
 
-def ours(model, tokenizer, pairs, batch_size: int) -> tuple[float, np.ndarray]:
+def ours(model, tokenizer, pairs, batch_size: int) -> tuple[float, np.ndarray, AnswerScores]:
+    """(seconds, summed log-likelihoods, the scores with their token counts)."""
     start = time.perf_counter()
     questions, answers = zip(*pairs, strict=True)
     scores = score_answers(model, tokenizer, questions, answers, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    return seconds, -scores.nlls * scores.n_answer_tokens
+    return seconds, -scores.nlls * scores.n_answer_tokens, scores
 
 
 def lm_eval_loglikelihoods(lm, tokenizer, pairs) -> tuple[float, np.ndarray]:
@@ -122,16 +123,24 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in ["ours", "lm_eval"] if repeat % 2 == 0 else ["lm_eval", "ours"]:
             if name == "ours":
-                seconds, values[name] = ours(model, tokenizer, pairs, args.batch_size)
+                seconds, values[name], scores = ours(model, tokenizer, pairs, args.batch_size)
             else:
                 seconds, values[name] = lm_eval_loglikelihoods(lm, tokenizer, pairs)
             timings[name].append(seconds)
             print(f"repeat {repeat}: {name:8s} {seconds:.2f} s", flush=True)
 
+    # lm-eval feeds every request's context and continuation in full (the same ids as encode_qa's) and takes logits
+    # at every position; ours takes one per scored token.
+    questions, answers = zip(*pairs, strict=True)
+    unshared_tokens = sum(len(encoded.input_ids) for encoded in encode_pairs(tokenizer, questions, answers))
+    print(
+        f"\ntokens through the model (padding aside): ours {scores.tokens_processed:,}, lm-eval {unshared_tokens:,}; "
+        f"vocabulary logits: ours {int(scores.n_answer_tokens.sum()):,}, lm-eval {unshared_tokens:,} and its padding"
+    )
     difference = np.abs(values["ours"] - values["lm_eval"])
     relative = difference / np.maximum(np.abs(values["ours"]), 1e-9)
     print(
-        f"\nagreement of summed log-likelihoods (answer + eos): max |diff| {difference.max():.2e}, "
+        f"agreement of summed log-likelihoods (answer + eos): max |diff| {difference.max():.2e}, "
         f"max relative {relative.max():.2e}, mean log-likelihood {values['ours'].mean():.3f}"
     )
     if not np.allclose(values["ours"], values["lm_eval"], rtol=1e-4, atol=1e-3):
