@@ -9,8 +9,9 @@ Two models, fresh weights (speed does not depend on them):
 - `--model large`: a random Llama with hidden 512, 8 layers and a 32k vocabulary (58M parameters), where the model's
   compute dominates as it does at paper scale; on a 2-core CPU use it with `--max-items 25` or so.
 
-msa_bench scores the answers of one question from one pass over its prompt (core/shared_prefix.py); lm-eval runs
-every (context, continuation) pair in full and takes the log-softmax over the vocabulary at every position.
+msa_bench scores the answers of one question from one pass over its prompt (core/shared_prefix.py) and projects onto
+the vocabulary only the hidden states that predict a scored token; lm-eval runs every (context, continuation) pair in
+full and takes the log-softmax over the vocabulary at every position. The script prints both sides' token counts.
 
 msa_bench scores " answer" + eos after "bos Question: ...\\nAnswer:" (`encode_qa`); lm-eval is given the same tokens:
 the continuation carries the eos token's text, which the tokenizer turns into the eos id, and its tokenizer prepends
@@ -18,7 +19,7 @@ bos (`tokenizer_adding_bos`, as the lm_eval suite does). The summed log-likeliho
 alternately, several times, in one process, so that machine noise hits both alike; both times include tokenization.
 
     python scripts/bench_loglikelihood.py [--model tiny|large] [--max-items N] [--repeats 3] [--batch-size 32]
-                                          [--threads 2]
+                                          [--threads 2]   (use --threads 1 on a shared machine)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench_common import default_world_and_tokenizer, random_llama
 
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
-from msa_bench.metrics.core.scoring import score_answers
+from msa_bench.metrics.core.scoring import AnswerScores, encode_pairs, score_answers
 from msa_bench.metrics.lm_eval_suite import make_lm
 from msa_bench.models.build import build_embedded_model
 
@@ -64,12 +65,13 @@ def tofu_requests(
     return requests
 
 
-def ours(model, tokenizer, pairs, batch_size: int) -> tuple[float, np.ndarray]:
+def ours(model, tokenizer, pairs, batch_size: int) -> tuple[float, np.ndarray, AnswerScores]:
+    """(seconds, summed log-likelihoods, the scores with their token counts)."""
     start = time.perf_counter()
     questions, answers = zip(*pairs, strict=True)
     scores = score_answers(model, tokenizer, questions, answers, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    return seconds, -scores.nlls * scores.n_answer_tokens
+    return seconds, -scores.nlls * scores.n_answer_tokens, scores
 
 
 def lm_eval_loglikelihoods(lm, tokenizer, pairs) -> tuple[float, np.ndarray]:
@@ -122,16 +124,24 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in ["ours", "lm_eval"] if repeat % 2 == 0 else ["lm_eval", "ours"]:
             if name == "ours":
-                seconds, values[name] = ours(model, tokenizer, pairs, args.batch_size)
+                seconds, values[name], scores = ours(model, tokenizer, pairs, args.batch_size)
             else:
                 seconds, values[name] = lm_eval_loglikelihoods(lm, tokenizer, pairs)
             timings[name].append(seconds)
             print(f"repeat {repeat}: {name:8s} {seconds:.2f} s", flush=True)
 
+    # lm-eval feeds every request's context and continuation in full (the same ids as encode_qa's) and takes the
+    # log-softmax at every position; ours takes one per scored token.
+    questions, answers = zip(*pairs, strict=True)
+    unshared_tokens = sum(len(encoded.input_ids) for encoded in encode_pairs(tokenizer, questions, answers))
+    print(
+        f"\ntokens through the model (padding aside): ours {scores.tokens_processed:,}, lm-eval {unshared_tokens:,}; "
+        f"log-softmax rows: ours {int(scores.n_answer_tokens.sum()):,}, lm-eval {unshared_tokens:,} and its padding"
+    )
     difference = np.abs(values["ours"] - values["lm_eval"])
     relative = difference / np.maximum(np.abs(values["ours"]), 1e-9)
     print(
-        f"\nagreement of summed log-likelihoods (answer + eos): max |diff| {difference.max():.2e}, "
+        f"agreement of summed log-likelihoods (answer + eos): max |diff| {difference.max():.2e}, "
         f"max relative {relative.max():.2e}, mean log-likelihood {values['ours'].mean():.3f}"
     )
     if not np.allclose(values["ours"], values["lm_eval"], rtol=1e-4, atol=1e-3):

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import Olmo2Config, Olmo2ForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, Olmo2Config, Olmo2ForCausalLM
 
 from msa_bench.data.formatting import PromptFormat, encode_prompt, encode_qa, set_prompt_format
 from msa_bench.metrics.core import shared_prefix
@@ -116,8 +116,10 @@ def test_shared_prefix_token_statistics_equal_unshared(llama, tokenizer):
     questions, answers = tofu_like_pairs()
     sequences = qa_sequences(tokenizer, questions, answers)
     pad = tokenizer.pad_token_id
-    shared = token_statistics(llama, pad, sequences, batch_size=4, with_vocab_moments=True)
     for row_by_row in (False, True):
+        shared = token_statistics(
+            llama, pad, sequences, batch_size=4, with_vocab_moments=True, row_by_row=row_by_row
+        )
         alone = [
             token_statistics(llama, pad, [sequence], with_vocab_moments=True, row_by_row=row_by_row)
             for sequence in sequences
@@ -162,8 +164,11 @@ def test_equal_contexts_are_pooled_and_split_over_batches(llama, tokenizer):
     batches = list(shared_prefix.target_logit_batches(llama, tokenizer.pad_token_id, sequences, 3, "cpu"))
     assert [len(batch.indices) for batch in batches] == [3, 3, 1]
     assert sorted(index for batch in batches for index in batch.indices) == list(range(7))
-    prefix_runs = sum(batch.tokens_processed for batch in batches) - sum(len(s.target_ids) for s in sequences)
-    assert prefix_runs == 3 * (len(context) - 1)
+    # The context runs whole (its last token's logits predict each first target); answer rows carry the rest.
+    prefix_runs = sum(batch.tokens_processed for batch in batches) - sum(
+        len(s.target_ids) - 1 for s in sequences
+    )
+    assert prefix_runs == 3 * len(context)
 
 
 def test_model_without_a_cache_is_scored_unshared(tokenizer, llama):
@@ -209,3 +214,79 @@ def test_encode_pairs_gives_encode_qa_tokens(tokenizer, kind):
     assert encode_pairs(tokenizer, questions, answers) == [
         encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)
     ]
+
+
+@pytest.fixture(scope="module")
+def gemma2(tokenizer):
+    """Gemma-2 soft-caps its logits after the head: scoring through logits_to_keep must keep that."""
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        final_logit_softcapping=5.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return Gemma2ForCausalLM(config).float().eval()
+
+
+def test_soft_capped_logits_are_scored_as_the_model_gives_them(gemma2, tokenizer):
+    questions, answers = tofu_like_pairs()
+    shared = score_answers(gemma2, tokenizer, questions, answers, batch_size=4)
+    np.testing.assert_allclose(
+        shared.nlls, unshared_nlls(gemma2, tokenizer, questions, answers), rtol=0, atol=1e-5
+    )
+    encoded = encode_qa(tokenizer, questions[3], answers[3])
+    with torch.no_grad():
+        loss = gemma2(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
+    assert shared.nlls[3] == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_vocabulary_projection_runs_only_where_a_target_is_predicted(llama, tokenizer):
+    """The head sees only hidden states that predict a scored token, shared or not: none for pads or prompt
+    positions, and an answer's first token is predicted once for all the answers of its context."""
+    questions, answers = tofu_like_pairs()
+    questions.append("A question of its own?")  # an unshared sequence beside the shared ones
+    answers.append("Its only answer.")
+    projected = []
+    hook = llama.lm_head.register_forward_hook(lambda _module, inputs, _output: projected.append(inputs[0]))
+    try:
+        scores = score_answers(llama, tokenizer, questions, answers, batch_size=4)
+    finally:
+        hook.remove()
+    # Every scored token but the first of each answer, plus one first-token prediction per context and part of at
+    # most batch_size answers (all answers of a part share it), the unshared sequence's included.
+    answers_per_context = np.unique(questions, return_counts=True)[1]
+    expected = (scores.n_answer_tokens - 1).sum() + sum(-(-count // 4) for count in answers_per_context)
+    assert sum(hidden.shape[:-1].numel() for hidden in projected) == expected
+
+
+def test_one_token_answers_and_one_token_contexts_are_shared(llama, tokenizer):
+    """An answer of one target (its eos) takes its logits from the prefix pass and needs no row of its own, even
+    when no answer of the batch continues; a one-token context is shared like any other."""
+    eos = tokenizer.eos_token_id
+    context = encode_prompt(tokenizer, "Who wrote the novel?")
+    bos_only = [tokenizer.bos_token_id]
+    sequences = [
+        ScoredSequence(context_ids=context, target_ids=[eos]),
+        ScoredSequence(context_ids=context, target_ids=[9, 10, eos]),
+        ScoredSequence(context_ids=context, target_ids=[eos]),
+        ScoredSequence(context_ids=bos_only, target_ids=[eos]),
+        ScoredSequence(context_ids=bos_only, target_ids=[11, eos]),
+    ]
+    pad = tokenizer.pad_token_id
+    for batch_size in (1, 2, 8):
+        shared = token_statistics(llama, pad, sequences, batch_size=batch_size)
+        for index, sequence in enumerate(sequences):
+            alone = token_statistics(llama, pad, [sequence])
+            np.testing.assert_allclose(shared.label_log_probs[index], alone.label_log_probs[0], atol=1e-5)
+    # Each context runs once (batch 8): the answer rows carry only the targets after the first.
+    assert shared.tokens_processed == len(context) + 1 + 2 + 1

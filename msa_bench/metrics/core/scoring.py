@@ -76,24 +76,28 @@ def _check_pairs(tokenizer, questions: Sequence[str], answers: Sequence[str]) ->
         raise ValueError("the tokenizer needs a pad token for batched scoring")
 
 
+def _prompt_and_scored_ids(
+    tokenizer, questions: Sequence[str], answers: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """Per pair, (bos + prompt ids, answer ids + eos), each distinct question's prompt encoded once (the answers of
+    one question share that list) and the answers in one batched tokenizer call."""
+    prompt_ids = {question: encode_prompt(tokenizer, question) for question in dict.fromkeys(questions)}
+    answer_texts = [answer_text(tokenizer, answer) for answer in answers]
+    answer_ids = tokenizer(answer_texts, add_special_tokens=False)["input_ids"] if answer_texts else []
+    return [
+        (prompt_ids[question], list(ids) + [tokenizer.eos_token_id])
+        for question, ids in zip(questions, answer_ids, strict=True)
+    ]
+
+
 def encode_pairs(tokenizer, questions: Sequence[str], answers: Sequence[str]) -> list[EncodedQA]:
     """`encode_qa` of every pair, with each distinct question's prompt encoded once and the answers in one batched
     tokenizer call: the same token ids (encode_qa tokenizes prompt and answer apart and concatenates them; a test
     pins the equality), at a fraction of the tokenization time."""
-    prompt_ids = {question: encode_prompt(tokenizer, question) for question in dict.fromkeys(questions)}
-    answer_texts = [answer_text(tokenizer, answer) for answer in answers]
-    answer_ids = tokenizer(answer_texts, add_special_tokens=False)["input_ids"] if answer_texts else []
-    encoded = []
-    for question, ids in zip(questions, answer_ids, strict=True):
-        prompt = prompt_ids[question]
-        scored = list(ids) + [tokenizer.eos_token_id]
-        encoded.append(EncodedQA(input_ids=prompt + scored, labels=[IGNORE_INDEX] * len(prompt) + scored))
-    return encoded
-
-
-def _as_sequence(encoded: EncodedQA) -> ScoredSequence:
-    n_context = len(encoded.input_ids) - encoded.n_answer_tokens
-    return ScoredSequence(context_ids=encoded.input_ids[:n_context], target_ids=encoded.input_ids[n_context:])
+    return [
+        EncodedQA(input_ids=prompt + scored, labels=[IGNORE_INDEX] * len(prompt) + scored)
+        for prompt, scored in _prompt_and_scored_ids(tokenizer, questions, answers)
+    ]
 
 
 def score_answers(
@@ -110,28 +114,23 @@ def score_answers(
     holds at most `batch_size` answers. `on_batch(n_items)` is called after every batch (for progress bars).
     """
     _check_pairs(tokenizer, questions, answers)
-    encoded = encode_pairs(tokenizer, questions, answers)
-    nlls = np.zeros(len(encoded), dtype=np.float64)
-    n_answer_tokens = np.array([item.n_answer_tokens for item in encoded], dtype=np.int64)
-    if (n_answer_tokens == 0).any():
-        raise ValueError("every answer must have at least one scored token")
-    sequences = [_as_sequence(item) for item in encoded]
+    sequences = qa_sequences(tokenizer, questions, answers)  # every answer scores at least its eos
+    nlls = np.zeros(len(sequences), dtype=np.float64)
+    n_answer_tokens = np.array([len(sequence.target_ids) for sequence in sequences], dtype=np.int64)
     tokens_processed = 0
 
     with evaluation_mode(model):
         for batch in target_logit_batches(
             model, tokenizer.pad_token_id, sequences, batch_size, model_device(model)
         ):
-            # cross_entropy's log-softmax in fp32, on the target positions only.
-            token_nll = F.cross_entropy(
-                batch.logits.float().reshape(-1, batch.logits.size(-1)),
-                batch.labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="none",
-            ).view(batch.labels.shape)
-            answer_nll_sums = token_nll.sum(dim=1).double().cpu().numpy()
+            nll_sums = torch.zeros(len(batch.indices), dtype=torch.float64)
+            for part in batch.parts:
+                # cross_entropy's log-softmax in fp32, on the logits that predict a target token only.
+                token_nll = F.cross_entropy(part.logits.float(), part.labels, reduction="none")
+                nll_sums.index_add_(0, part.rows.cpu(), token_nll.double().cpu())
+            nll_sums = nll_sums.numpy()
             for row, index in enumerate(batch.indices):
-                nlls[index] = answer_nll_sums[row] / n_answer_tokens[index]
+                nlls[index] = nll_sums[row] / n_answer_tokens[index]
             tokens_processed += batch.tokens_processed
             if on_batch is not None:
                 on_batch(len(batch.indices))
@@ -148,7 +147,10 @@ def answer_nlls(
 
 def qa_sequences(tokenizer, questions: Sequence[str], answers: Sequence[str]) -> list[ScoredSequence]:
     """The prompt of each question as context, its answer tokens and the closing eos as targets (`encode_qa`)."""
-    return [_as_sequence(encoded) for encoded in encode_pairs(tokenizer, questions, answers)]
+    return [
+        ScoredSequence(context_ids=prompt, target_ids=scored)
+        for prompt, scored in _prompt_and_scored_ids(tokenizer, questions, answers)
+    ]
 
 
 def _vocab_moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +158,20 @@ def _vocab_moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     probs = log_probs.exp()
     mean = (probs * log_probs).sum(dim=-1)
     return mean, (probs * log_probs.square()).sum(dim=-1) - mean.square()
+
+
+def _statistics(logits: torch.Tensor, targets: torch.Tensor, with_vocab_moments: bool) -> list[torch.Tensor]:
+    """Per target (on the CPU): log P(label), whether the argmax is the label and, on request, the vocabulary
+    moments; the log-softmax in fp32."""
+    logits = logits.float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    statistics = [
+        log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).double(),
+        logits.argmax(dim=-1) == targets,
+    ]
+    if with_vocab_moments:
+        statistics += [moment.double() for moment in _vocab_moments(log_probs)]
+    return [statistic.cpu() for statistic in statistics]
 
 
 def token_statistics(
@@ -185,45 +201,31 @@ def token_statistics(
     variances: list = [None] * n_sequences
     tokens_processed = 0
 
-    def keep(index: int, log_probs, matches, moments) -> None:
+    def keep(index: int, log_probs, matches, *moments) -> None:
         label_log_probs[index] = log_probs.numpy()
         argmax_matches[index] = matches.numpy()
-        if moments is not None:
+        if moments:
             means[index], variances[index] = moments[0].numpy(), moments[1].numpy()
 
     with evaluation_mode(model):
         for batch in target_logit_batches(model, pad_token_id, sequences, batch_size, model_device(model)):
-            labels = batch.labels
-            if row_by_row:
-                for row, index in enumerate(batch.indices):
-                    scored = labels[row] != IGNORE_INDEX
-                    row_logits = batch.logits[row][scored].float()
-                    targets = labels[row][scored]
-                    log_probs = torch.log_softmax(row_logits, dim=-1)
-                    moments = _vocab_moments(log_probs) if with_vocab_moments else None
-                    keep(
-                        index,
-                        log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu(),
-                        (row_logits.argmax(dim=-1) == targets).cpu(),
-                        None if moments is None else [moment.double().cpu() for moment in moments],
-                    )
-            else:
-                labelled = labels != IGNORE_INDEX
-                selected_logits = batch.logits[labelled].float()  # (n_labelled, vocab), row by row
-                targets = labels[labelled]
-                log_probs = torch.log_softmax(selected_logits, dim=-1)
-                counts = labelled.sum(dim=1).tolist()
-                per_row = [
-                    torch.split(log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu(), counts),
-                    torch.split((selected_logits.argmax(dim=-1) == targets).cpu(), counts),
-                ]
-                if with_vocab_moments:
-                    per_row += [
-                        torch.split(moment.double().cpu(), counts) for moment in _vocab_moments(log_probs)
-                    ]
-                for row, index in enumerate(batch.indices):
-                    moments = (per_row[2][row], per_row[3][row]) if with_vocab_moments else None
-                    keep(index, per_row[0][row], per_row[1][row], moments)
+            per_target = [[] for _ in range(4 if with_vocab_moments else 2)]
+            for part in batch.parts:
+                # A part holds each row's targets contiguously; row by row, one row's slice at a time.
+                if row_by_row:
+                    sizes = torch.unique_consecutive(part.rows, return_counts=True)[1].tolist()
+                else:
+                    sizes = [len(part.labels)]
+                for logits, targets in zip(
+                    torch.split(part.logits, sizes), torch.split(part.labels, sizes), strict=True
+                ):
+                    for values, statistic in zip(
+                        per_target, _statistics(logits, targets, with_vocab_moments), strict=True
+                    ):
+                        values.append(statistic)
+            per_row = [batch.by_row(torch.cat(values)) for values in per_target]
+            for row, index in enumerate(batch.indices):
+                keep(index, *(values[row] for values in per_row))
             tokens_processed += batch.tokens_processed
             if on_batch is not None:
                 on_batch(len(batch.indices))

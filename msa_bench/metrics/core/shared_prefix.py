@@ -1,42 +1,53 @@
 """Teacher-forced logits of scored sequences, with one model pass over each context that several sequences share.
 
 TOFU scores 1 + 1 + 5 answers per question after the same prompt. Run unshared, the prompt goes through the model
-once per answer. Here the sequences whose context token ids are identical form a group. The group's context, without
-its last token, runs once with a KV cache (transformers' `DynamicCache`), batched with up to `batch_size` other
-contexts. The cache is then expanded over the group's answers (`batch_select_indices` with repeated indices), in
-batches of up to `batch_size` answers. Each answer runs as one row continuing from it: the context's
-last token, then the target tokens but the last, at the positions they have in the full sequence.
+once per answer. Here the sequences whose context token ids are identical form a group. The group's context runs
+once with a KV cache (transformers' `DynamicCache`), batched with up to `batch_size` other contexts; that pass also
+gives the logits at the context's last token, which predict every answer's first token. The cache is then expanded
+over the group's answers (`batch_select_indices` with repeated indices), in batches of up to `batch_size` answers.
+Each answer runs as one row continuing from it: its target tokens but the last, at the positions they have in the
+full sequence. An answer of one target token (an empty answer's eos) needs no row at all.
 
+- **Logits only where a target is predicted.** Every pass hands the model a boolean `logits_to_keep` mask (the
+  positions that predict a target token), so the vocabulary projection runs on those hidden states alone, in the
+  model's own forward (its head, logit scaling and soft-capping apply): never on pads, never on prompt positions.
+  transformers (pinned 5.24) flattens them to (n_kept, vocab). A model without `logits_to_keep` gets its full
+  logits sliced by the same mask.
 - **Exact prefix.** Sharing keys on the context ids, so an answer is pooled only with answers whose scored tokens
   follow the very same tokens. A caller whose tokenization moved characters across the context/target boundary gets
   differing contexts, and those sequences are scored unshared.
 - **Equal values.** The values equal the unshared computation up to float summation order (within 1e-5 in fp32;
   tests/test_shared_prefix_scoring.py). Contexts are right-padded, and the pads are masked out of the answers'
   attention. Position ids are passed explicitly, so rotary embeddings see the unpadded positions.
-- **Fallback.** These are scored unshared, one right-padded pass per batch as before:
+- **Fallback.** These are scored unshared, one right-padded pass per batch:
   - a context that only one sequence has, where sharing saves nothing;
-  - a one-token context;
   - a model whose forward takes no cache and position ids (test stand-ins, non-transformers models).
 - **Sliding windows.** Models with sliding-window attention count the prefix's pad slots in the window. This
   changes nothing while sequences are shorter than the window (4096 tokens for Mistral and Gemma-2).
 
-`target_logit_batches` yields, per batch, the logits at the positions that predict target tokens and the labels there
-(IGNORE_INDEX elsewhere): each row's non-ignored positions are its target tokens, in order. Both scorers in
-scoring.py read it.
+`target_logit_batches` yields, per batch of sequences, the logits that predict their target tokens in one or two
+parts (`TargetLogits`); both scorers in scoring.py read it.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from msa_bench.data.batching import IGNORE_INDEX, pad_right
 from msa_bench.metrics.core.batches import length_sorted_batches
+
+
+@dataclass(frozen=True)
+class TargetPart:
+    """Logits predicting some of a batch's target tokens: those of a row are contiguous and in order."""
+
+    logits: torch.Tensor  # (n, vocab), in the model's dtype
+    labels: torch.Tensor  # (n,): the target token each logit row predicts
+    rows: torch.Tensor  # (n,): the batch row (position in TargetLogits.indices) each target belongs to
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,17 @@ class TargetLogits:
     indices: list[
         int
     ]  # the batch's sequences, as positions in the caller's list; row r is sequence indices[r]
-    logits: torch.Tensor  # (rows, width, vocab), in the model's dtype
-    labels: torch.Tensor  # (rows, width): the target token each position predicts, IGNORE_INDEX elsewhere
+    parts: list[TargetPart]  # together, every target token of every row, each once
     tokens_processed: int  # non-padding tokens this batch fed through the model
+
+    def by_row(self, per_target: torch.Tensor) -> list[torch.Tensor]:
+        """One value per target, in the parts' order (their concatenation) -> per row, its targets' values in
+        target order. A row's targets are in order within each part and the parts follow one another in target
+        order, so a stable sort by row restores it."""
+        rows = torch.cat([part.rows for part in self.parts]).cpu()
+        order = torch.sort(rows, stable=True).indices
+        counts = torch.bincount(rows, minlength=len(self.indices)).tolist()
+        return list(torch.split(per_target[order], counts))
 
 
 def _forward_parameters(model: torch.nn.Module):
@@ -66,35 +85,50 @@ def _cache_argument(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _logits_at(model, input_ids, attention_mask, positions: torch.Tensor, **kwargs):
-    """The model's output with logits only at `positions` where it takes `logits_to_keep` (its own head, scaling
-    and soft-capping apply), else the full logits sliced there. Returns (output, logits)."""
+def _kept_logits(model, input_ids, attention_mask, keep: torch.Tensor, **kwargs):
+    """(the model's output, its logits at the True positions of the (rows, width) mask `keep`, flattened row-major
+    to (n_kept, vocab)). Through `logits_to_keep` the head runs on those positions only."""
     if "logits_to_keep" in _forward_parameters(model):
-        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, **kwargs)
-        return output, output.logits
+        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
+        logits = output.logits
+        if logits.dim() == 3:  # a model that returned every position regardless
+            logits = logits[keep]
+        return output, logits
     output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return output, output.logits[:, positions, :]
+    return output, output.logits[keep]
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the rows, padded on the right to the longest. Built from one nested list (a
+    tensor per row, as data.batching.pad_right makes, costs a tenth of a small model's pass)."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[*row, *[pad_token_id] * (width - len(row))] for row in rows], dtype=torch.long)
+    lengths = torch.tensor([len(row) for row in rows])
+    return ids, (torch.arange(width) < lengths.unsqueeze(1)).long()
+
+
+def _row_of_each_target(counts: Sequence[int], device) -> torch.Tensor:
+    return torch.repeat_interleave(
+        torch.arange(len(counts), device=device), torch.tensor(counts, device=device)
+    )
 
 
 def _unshared_batch(model, pad_token_id: int, sequences, indices: list[int], device) -> TargetLogits:
     batch = [sequences[index] for index in indices]
-    input_ids, labels, attention_mask = pad_right(
-        [sequence.context_ids + sequence.target_ids for sequence in batch],
-        [[IGNORE_INDEX] * len(sequence.context_ids) + sequence.target_ids for sequence in batch],
-        pad_token_id,
+    input_ids, attention_mask = _right_padded(
+        [sequence.context_ids + sequence.target_ids for sequence in batch], pad_token_id
     )
-    width = input_ids.shape[1]
-    # Only positions that predict a target token need logits: the vocabulary projection of prompt positions costs a
-    # quarter of the forward pass on a small model.
-    first_target = min(len(sequence.context_ids) for sequence in batch)
-    predicting = torch.arange(first_target - 1, width - 1, device=device)
-    _, logits = _logits_at(model, input_ids.to(device), attention_mask.to(device), predicting)
-    return TargetLogits(
-        indices=indices,
+    # Position p predicts the token at p + 1: keep len(context) - 1 up to the position before the last token.
+    positions = torch.arange(input_ids.shape[1])
+    context_lengths = torch.tensor([len(sequence.context_ids) for sequence in batch]).unsqueeze(1)
+    keep = (positions >= context_lengths - 1) & (positions < attention_mask.sum(dim=1, keepdim=True) - 1)
+    _, logits = _kept_logits(model, input_ids.to(device), attention_mask.to(device), keep.to(device))
+    part = TargetPart(
         logits=logits,
-        labels=labels[:, first_target:].to(device),
-        tokens_processed=int(attention_mask.sum()),
+        labels=torch.tensor([token for sequence in batch for token in sequence.target_ids], device=device),
+        rows=_row_of_each_target([len(sequence.target_ids) for sequence in batch], device),
     )
+    return TargetLogits(indices=indices, parts=[part], tokens_processed=int(attention_mask.sum()))
 
 
 @dataclass(frozen=True)
@@ -104,22 +138,31 @@ class _Group:
     targets: list[list[int]]  # their target ids
 
 
-def _prefix_cache(model, pad_token_id: int, groups: list[_Group], device):
-    """One pass over the groups' contexts but their last tokens: (the KV cache, its attention mask, the lengths)."""
-    prefixes = [list(group.context[:-1]) for group in groups]
-    prefix_ids, _, prefix_mask = pad_right(prefixes, prefixes, pad_token_id)
-    # Only the cache is needed; one position of logits keeps the vocabulary projection negligible.
-    output, _ = _logits_at(
-        model,
-        prefix_ids.to(device),
-        prefix_mask.to(device),
-        torch.tensor([prefix_ids.shape[1] - 1], device=device),
-        use_cache=True,
+@dataclass(frozen=True)
+class _PrefixPass:
+    cache: object  # the KV cache of the chunk's contexts, right-padded
+    mask: torch.Tensor  # (groups, width): the contexts' attention mask
+    lengths: torch.Tensor  # (groups,): context lengths
+    first_logits: torch.Tensor  # (groups, vocab): the logits at each context's last token
+    tokens: int
+
+
+def _prefix_pass(model, pad_token_id: int, groups: list[_Group], device) -> _PrefixPass:
+    """One pass over the groups' contexts: their KV cache and the logits that predict each answer's first token."""
+    contexts = [list(group.context) for group in groups]
+    context_ids, context_mask = _right_padded(contexts, pad_token_id)
+    lengths = torch.tensor([len(context) for context in contexts])
+    keep = torch.zeros_like(context_mask, dtype=torch.bool)
+    keep[torch.arange(len(contexts)), lengths - 1] = True
+    output, first_logits = _kept_logits(
+        model, context_ids.to(device), context_mask.to(device), keep.to(device), use_cache=True
     )
     cache = output.get("cache")
     if cache is None:  # transformers before the rename
         cache = output.get("past_key_values")
-    return cache, prefix_mask.to(device), torch.tensor([len(prefix) for prefix in prefixes], device=device)
+    return _PrefixPass(
+        cache, context_mask.to(device), lengths.to(device), first_logits, int(context_mask.sum())
+    )
 
 
 def _expanded(cache, rows: torch.Tensor):
@@ -131,35 +174,54 @@ def _expanded(cache, rows: torch.Tensor):
     return expanded
 
 
-def _continuations(model, cache_name, pad_token_id, chunk, chunk_cache, rows, device) -> TargetLogits:
-    """The target logits of `rows`, (chunk position, sequence within its group) pairs, continuing the chunk's cache."""
-    prefix_cache, prefix_mask, prefix_lengths = chunk_cache
-    inputs = [[chunk[group].context[-1]] + chunk[group].targets[member][:-1] for group, member in rows]
-    row_ids, labels, row_mask = pad_right(
-        inputs, [chunk[group].targets[member] for group, member in rows], pad_token_id
-    )
+def _continuations(model, cache_name, pad_token_id, chunk, prefix: _PrefixPass, rows, device) -> TargetLogits:
+    """The target logits of `rows`, (chunk position, sequence within its group) pairs: the first target's from the
+    prefix pass, the others' from one pass continuing the chunk's cache."""
+    targets = [chunk[group].targets[member] for group, member in rows]
     group_of_row = torch.tensor([group for group, _ in rows], device=device)
-    cache = _expanded(prefix_cache, group_of_row)
-    # Each row continues its own context, at positions len(context) - 1 onwards, whatever the prefix padding.
-    position_ids = prefix_lengths[group_of_row].unsqueeze(1) + torch.arange(row_ids.shape[1], device=device)
-    attention_mask = torch.cat([prefix_mask[group_of_row], row_mask.to(device)], dim=1)
-    output = model(
-        input_ids=row_ids.to(device),
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **{cache_name: cache},
-    )
+    parts = [
+        TargetPart(
+            logits=prefix.first_logits[group_of_row],
+            labels=torch.tensor([row_targets[0] for row_targets in targets], device=device),
+            rows=torch.arange(len(rows), device=device),
+        )
+    ]
+    continuing = [row for row, row_targets in enumerate(targets) if len(row_targets) > 1]
+    tokens = 0
+    if continuing:
+        inputs = [targets[row][:-1] for row in continuing]
+        row_ids, row_mask = _right_padded(inputs, pad_token_id)
+        groups = group_of_row[continuing]
+        cache = _expanded(prefix.cache, groups)
+        # Each row continues its own context, at positions len(context) onwards, whatever the prefix padding.
+        position_ids = prefix.lengths[groups].unsqueeze(1) + torch.arange(row_ids.shape[1], device=device)
+        row_mask = row_mask.to(device)
+        _, logits = _kept_logits(
+            model,
+            row_ids.to(device),
+            torch.cat([prefix.mask[groups], row_mask], dim=1),
+            row_mask.bool(),
+            position_ids=position_ids,
+            use_cache=True,
+            **{cache_name: cache},
+        )
+        parts.append(
+            TargetPart(
+                logits=logits,
+                labels=torch.tensor(
+                    [token for row in continuing for token in targets[row][1:]], device=device
+                ),
+                rows=torch.tensor(continuing, device=device).repeat_interleave(row_mask.sum(dim=1)),
+            )
+        )
+        tokens = int(row_mask.sum())
     return TargetLogits(
-        indices=[chunk[group].indices[member] for group, member in rows],
-        logits=output.logits,
-        labels=labels.to(device),
-        tokens_processed=int(row_mask.sum()),
+        indices=[chunk[group].indices[member] for group, member in rows], parts=parts, tokens_processed=tokens
     )
 
 
 def _chunks(groups: list[tuple[tuple[int, ...], list[int]]], sequences, batch_size: int):
-    """(chunk, its answer batches): chunks of at most `batch_size` contexts, longest first, whose prefixes run in
+    """(chunk, its answer batches): chunks of at most `batch_size` contexts, longest first, whose contexts run in
     one pass; the chunk's continuations, sorted by length so that little is padded, in batches of `batch_size` rows
     (chunk position, sequence within its group). A group of more than `batch_size` sequences is split, and its
     context then runs once per part."""
@@ -191,7 +253,7 @@ def target_logit_batches(
     shared = [
         (context, indices)
         for context, indices in by_context.items()
-        if cache_name is not None and len(indices) > 1 and len(context) > 1
+        if cache_name is not None and len(indices) > 1
     ]
     shared_indices = {index for _, indices in shared for index in indices}
     unshared = [index for index in range(len(sequences)) if index not in shared_indices]
@@ -201,9 +263,9 @@ def target_logit_batches(
     ):
         yield _unshared_batch(model, pad_token_id, sequences, [unshared[p] for p in batch_positions], device)
     for chunk, answer_batches in _chunks(shared, sequences, batch_size):
-        chunk_cache = _prefix_cache(model, pad_token_id, chunk, device)
-        prefix_tokens = int(chunk_cache[1].sum())
+        prefix = _prefix_pass(model, pad_token_id, chunk, device)
+        prefix_tokens = prefix.tokens
         for answer_batch in answer_batches:
-            batch = _continuations(model, cache_name, pad_token_id, chunk, chunk_cache, answer_batch, device)
-            yield dataclasses.replace(batch, tokens_processed=batch.tokens_processed + prefix_tokens)
+            batch = _continuations(model, cache_name, pad_token_id, chunk, prefix, answer_batch, device)
+            yield TargetLogits(batch.indices, batch.parts, batch.tokens_processed + prefix_tokens)
             prefix_tokens = 0  # counted with the chunk's first answer batch
