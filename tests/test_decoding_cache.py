@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Olmo2Config, Olmo2ForCausalLM
 
 from msa_bench.data.formatting import encode_prompt
 from msa_bench.metrics.core.decoding import greedy_decode, supports_static_cache
-from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_eval_olmo2, tiny_tokenizer
 
 SENTENCES = [
     "Question: Who wrote the novel about the lighthouse keeper?\nAnswer: The novel was written by Mira Castellan.",
@@ -33,26 +32,9 @@ def tokenizer():
     return tiny_tokenizer(SENTENCES)
 
 
-def tiny_olmo2(tokenizer):
-    torch.manual_seed(0)
-    config = Olmo2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return Olmo2ForCausalLM(config).float().eval()
-
-
 @pytest.mark.parametrize("architecture", ["llama", "olmo2"])
 def test_static_cache_generations_equal_dynamic_and_single_prompts(tokenizer, architecture, monkeypatch):
-    model = tiny_eval_llama(tokenizer) if architecture == "llama" else tiny_olmo2(tokenizer)
+    model = tiny_eval_llama(tokenizer) if architecture == "llama" else tiny_eval_olmo2(tokenizer)
     assert supports_static_cache(model)
     caches = []
     real_generate = model.generate

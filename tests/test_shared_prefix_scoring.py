@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, Olmo2Config, Olmo2ForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from msa_bench.data.formatting import PromptFormat, encode_prompt, encode_qa, set_prompt_format
 from msa_bench.metrics.core import shared_prefix
@@ -18,7 +18,7 @@ from msa_bench.metrics.core.scoring import (
     score_answers,
     token_statistics,
 )
-from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
+from tests.tiny_models import tiny_eval_llama, tiny_eval_olmo2, tiny_tokenizer
 
 SENTENCES = [
     "Question: Who wrote the novel about the lighthouse keeper?\nAnswer: The novel was written by Mira Castellan.",
@@ -44,21 +44,7 @@ def llama(tokenizer):
 
 @pytest.fixture(scope="module")
 def olmo2(tokenizer):
-    torch.manual_seed(0)
-    config = Olmo2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return Olmo2ForCausalLM(config).float().eval()
+    return tiny_eval_olmo2(tokenizer, num_key_value_heads=1)
 
 
 def tofu_like_pairs() -> tuple[list[str], list[str]]:

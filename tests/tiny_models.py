@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM
 
 from msa_bench.data.tokenizer import train_bpe_tokenizer
 
@@ -39,3 +39,23 @@ def tiny_eval_llama(tokenizer) -> LlamaForCausalLM:
     """A tiny Llama in eval mode for metric tests, with initializer_range 0.3 (above the default 0.02) so that greedy
     choices are not near-ties that float noise could flip."""
     return tiny_llama(len(tokenizer), tokenizer=tokenizer, initializer_range=0.3).eval()
+
+
+def tiny_eval_olmo2(tokenizer, **overrides) -> Olmo2ForCausalLM:
+    """A tiny OLMo-2 (another architecture: norms after attention and MLP, QK-norm) in eval mode, initialised like
+    tiny_eval_llama, for tests that must hold beyond Llama."""
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    settings.update(overrides)
+    torch.manual_seed(0)
+    return Olmo2ForCausalLM(Olmo2Config(**settings)).float().eval()
