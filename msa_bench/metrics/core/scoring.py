@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from msa_bench.data.batching import IGNORE_INDEX
-from msa_bench.data.formatting import EncodedQA, answer_text, encode_prompt
+from msa_bench.data.formatting import EncodedQA, answer_text, encode_prompts
 from msa_bench.metrics.core.batches import evaluation_mode, model_device
 from msa_bench.metrics.core.shared_prefix import target_logit_batches
 
@@ -81,7 +81,8 @@ def _prompt_and_scored_ids(
 ) -> list[tuple[list[int], list[int]]]:
     """Per pair, (bos + prompt ids, answer ids + eos), each distinct question's prompt encoded once (the answers of
     one question share that list) and the answers in one batched tokenizer call."""
-    prompt_ids = {question: encode_prompt(tokenizer, question) for question in dict.fromkeys(questions)}
+    distinct = list(dict.fromkeys(questions))
+    prompt_ids = dict(zip(distinct, encode_prompts(tokenizer, distinct), strict=True))
     answer_texts = [answer_text(tokenizer, answer) for answer in answers]
     answer_ids = tokenizer(answer_texts, add_special_tokens=False)["input_ids"] if answer_texts else []
     return [
