@@ -289,3 +289,20 @@ def test_invalid_memory_options_name_the_key(override, expected):
     with pytest.raises(ConfigError) as invalid:
         validate_config(compose_config(overrides))
     assert expected in str(invalid.value)
+
+
+def test_a_cgroup_limit_below_the_hosts_free_memory_is_what_a_cpu_stage_gets(tmp_path, monkeypatch):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    files = ((str(limit), str(usage)),)
+    limit.write_text("max\n")
+    usage.write_text("123\n")
+    assert memory_preflight.cgroup_memory_left(files) is None  # no limit set
+    limit.write_text(f"{4 * 2**30}\n")
+    usage.write_text(f"{3 * 2**30}\n")
+    assert memory_preflight.cgroup_memory_left(files) == 2**30
+    assert memory_preflight.cgroup_memory_left(((str(tmp_path / "absent"), str(usage)),)) is None
+    # A Slurm --mem of 4 GiB with 3 GiB used leaves 1 GiB, whatever the host has free.
+    monkeypatch.setattr(memory_preflight, "_mem_available", lambda: 64 * 2**30)
+    monkeypatch.setattr(memory_preflight, "_CGROUP_FILES", files)
+    available, where = memory_preflight.available_memory("cpu")
+    assert available == 2**30 and "cgroup" in where

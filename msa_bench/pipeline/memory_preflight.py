@@ -44,7 +44,8 @@ parameter for mixed-precision Adam) and Korthikanti et al., "Reducing Activation
 Models" (MLSys'23, §4: per-layer activation bytes), specialised to what transformers' Llama and torch's AdamW
 actually allocate (read from their source and checked with saved-tensor hooks). The figure is compared with
 `torch.cuda.mem_get_info` (free, plus what PyTorch's allocator holds unused) on CUDA. On CPU it is compared with
-MemAvailable in /proc/meminfo: a run that overcommits the CPU's memory is killed by the kernel with no message at
+MemAvailable in /proc/meminfo (or, when lower, what the process's memory cgroup still allows: a Slurm --mem or
+container limit): a run that overcommits the CPU's memory is killed by the kernel with no message at
 all, so the check is worth as much there; the estimate counts tensors only, not the interpreter and libraries,
 which MemAvailable already leaves out.
 """
@@ -290,7 +291,33 @@ def available_memory(device: str) -> tuple[int, str]:
         free, _total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free + cached), f"GPU memory ({device})"
-    return _mem_available(), "CPU memory (MemAvailable)"
+    host = _mem_available()
+    limit = cgroup_memory_left()
+    if limit is not None and limit < host:
+        # A Slurm --mem, Docker or Kubernetes limit: the kernel kills the job at it, whatever the host has free.
+        return limit, "CPU memory (the cgroup's limit less its usage)"
+    return host, "CPU memory (MemAvailable)"
+
+
+# cgroup v2, then v1: (limit file, usage file). "max" (v2) or a huge number (v1) means no limit.
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def cgroup_memory_left(files=None) -> int | None:
+    """What this process's memory cgroup still allows (limit − usage), or None where no limit is set or readable."""
+    for limit_file, usage_file in files or _CGROUP_FILES:
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 2**60:
+            return None
+        return max(0, int(limit_text) - usage)
+    return None
 
 
 def _mem_available() -> int:
