@@ -41,53 +41,22 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from msa_bench.data.synthetic import SyntheticWorldSpec, generate_world, write_benchmark  # noqa: E402
-from tests.stand_in_models import ARCHITECTURE, END_OF_TEXT, END_OF_TURN, stand_in_tokenizer  # noqa: E402
+from msa_bench.data.synthetic import generate_world, write_benchmark  # noqa: E402
+from tests.benchmark_fixtures import TINY_WORLD  # noqa: E402
+from tests.stand_in_models import (  # noqa: E402
+    ARCHITECTURE,
+    END_OF_TEXT,
+    END_OF_TURN,
+    LLAMA31_8B,
+    LLAMA32_1B,
+    stand_in_tokenizer,
+)
 
 ESTIMATE_TOLERANCE = 0.20
 TIME_BUDGET_SECONDS = 8 * 60
-# The published config.json of each model (architecture fields only; the vocabulary size is the real one, so the
-# embedding and the logits cost what they cost at paper scale, though the offline tokenizer uses few of its rows).
-LLAMA32_1B = dict(
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
-    vocab_size=128256,
-    max_position_embeddings=131072,
-    rope_theta=500000.0,
-    rope_scaling={
-        "factor": 32.0,
-        "high_freq_factor": 4.0,
-        "low_freq_factor": 1.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    initializer_range=0.02,
-)
-LLAMA31_8B = dict(
-    LLAMA32_1B,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    head_dim=128,
-    rope_scaling=dict(LLAMA32_1B["rope_scaling"], factor=8.0),
-    tie_word_embeddings=False,
-)
 TINY = dict(ARCHITECTURE, max_position_embeddings=512)
-# 20 authors of 20 QA: forget10 is 2 authors (40 QA), enough batches for every stage at a few steps each.
-WORLD = SyntheticWorldSpec(
-    n_benchmark_authors=20,
-    n_holdout_authors=2,
-    n_instruct_authors=20,
-    n_famous_authors=6,
-    n_countries=6,
-    bios_per_author=2,
-)
+# The tests' tiny world: 20 authors of 20 QA, so forget10 is 2 authors (40 QA), enough batches for every stage.
+WORLD = TINY_WORLD
 GIB = 2**30
 
 

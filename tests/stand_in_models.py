@@ -65,6 +65,39 @@ ARCHITECTURE = dict(
     tie_word_embeddings=False,
     initializer_range=0.02,
 )
+# The real models' config.json (architecture fields only), for what must have their true shapes: the memory
+# preflight's pinned figures and scripts/gpu_check.py's full mode. The vocabulary size is the real one, so the embedding
+# and the logits cost what they cost at paper scale, though the offline tokenizer uses few of its rows.
+LLAMA32_1B = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    rope_scaling={
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    initializer_range=0.02,
+)
+LLAMA31_8B = dict(
+    LLAMA32_1B,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    head_dim=128,
+    rope_scaling=dict(LLAMA32_1B["rope_scaling"], factor=8.0),
+    tie_word_embeddings=False,
+)
 # A revision's perturbation of the family's initial weights, in units of initializer_range.
 REVISION_DRIFT = 0.5
 SHARD_SIZE = "40KB"  # with shard=True: about five shards (each embedding matrix is ~66 KB and gets its own)

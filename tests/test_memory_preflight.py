@@ -27,6 +27,7 @@ from msa_bench.pipeline.refs import plain
 from msa_bench.training.trainer import memory_arguments
 from msa_bench.validation import validate_config
 from tests.conftest import compose_config
+from tests.stand_in_models import LLAMA32_1B
 from tests.tiny_models import tiny_llama
 
 GiB = 2**30
@@ -34,17 +35,7 @@ GiB = 2**30
 
 def llama_3_2_1b_config() -> LlamaConfig:
     """The shape of meta-llama/Llama-3.2-1B(-Instruct), from its config.json (offline: no hub here)."""
-    return LlamaConfig(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        tie_word_embeddings=True,
-        max_position_embeddings=131072,
-    )
+    return LlamaConfig(**LLAMA32_1B)
 
 
 @pytest.fixture(scope="module")
