@@ -99,6 +99,11 @@ class LmEvalTaskError(MetricError):
     """An lm-eval task cannot be loaded or run offline."""
 
 
+class AttackError(StageError):
+    """A robustness attack cannot be applied to a model (a tensor the quantization library cannot group, a library that
+    needs CUDA on a CPU machine, relearning data that overlap the evaluated items); the message names the attack."""
+
+
 class ReportError(MSABenchError, ValueError):
     """`msa-bench report` cannot read or combine its inputs."""
 
