@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 import msa_bench
+from msa_bench.attacks.runner import AttackRunner, attack_stage_names
 from msa_bench.config.schema import MSABenchConfig, ProgressMode
 from msa_bench.distributed import broadcast_object, check_launch, init_process_group, is_main_process, rank
 from msa_bench.methods.registry import get_method
@@ -127,6 +128,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         "evaluate the oracle",
         "evaluate the target",
         f"evaluate {cfg.method.name}",
+        *attack_stage_names(cfg.attacks),
     ]
     # Ranks > 0 show nothing: their library output goes to their own log file.
     progress_mode = cfg.progress if main_process else ProgressMode.off
@@ -168,6 +170,12 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         }
         columns = {model: metrics for model, (metrics, _) in references.items()}
         method_metrics, provenance = against_oracle(method_eval, cfg.method.name)
+        attacks = AttackRunner(pipeline, {"method": unlearned, "target": target, "oracle": oracle}).run(progress)
+        method_metrics |= attacks.metrics["method"]
+        provenance |= attacks.provenance["method"]
+        for model in ("target", "oracle"):
+            references[model][0].update(attacks.metrics[model])
+            references[model][1].update(attacks.provenance[model])
         provenance |= undefined_reference_reasons(references)
         if cfg.method.name not in columns:
             columns[cfg.method.name] = method_metrics
@@ -190,6 +198,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             versions=library_versions(),
             artifacts={"model": str(unlearned.path), "target": str(target.path), "oracle": str(oracle.path)},
             config=resolved_config,
+            attacks=attacks.records,
         )
         results = record.to_json()
         if main_process:
@@ -208,7 +217,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
 
     if not main_process:
         return results
-    table = comparison_table(columns, list(method_metrics))
+    # The console table shows the plain metrics; the attacks' are in results.json and `msa-bench report`.
+    table = comparison_table(columns, [name for name in method_metrics if not name.startswith("attack/")])
     print(
         f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "
         f"(θ0 = {cfg.checkpoint.name}), results in {output_dir}\n{table}\n",

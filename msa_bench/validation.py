@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from msa_bench.benchmarks.base import benchmark_class, forget_split_error
+from msa_bench.config.attacks import attack_problems
 from msa_bench.config.checkpoint_rules import checkpoint_problem
 from msa_bench.config.recipes import iter_recipes
 from msa_bench.config.required_values import unfilled_required_values
@@ -164,6 +165,7 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
         f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
     )
     problems += _peft_problems(config)
+    problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
     return problems
 
 

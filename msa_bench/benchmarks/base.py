@@ -79,6 +79,30 @@ class BenchmarkContext(Protocol):
         """A TOFU-layout split by name, from the benchmark's folder (pretraining and instruct: the world's)."""
 
 
+@dataclass(frozen=True)
+class RelearningData:
+    """What a relearning attack fine-tunes on, and which forget items it leaves out of the evaluation.
+
+    `excluded_questions`: the questions of the forget items the forget-set attack trains on. Both relearning attacks
+    (forget and retain data) leave them out of every eval set, so that both are read on the same items; empty when
+    the evaluated items are kept whole (MUSE: the relearned articles are chosen to contain none of them)."""
+
+    items: list[dict]
+    data_id: str  # names the items in cache keys
+    excluded_questions: frozenset[str]
+    description: str  # one line for results.json: what was relearned and what is evaluated
+
+
+def relearned_count(n_forget: int, fraction: float) -> int:
+    """How many forget items a relearning attack trains on: round(fraction * n), at least 1, leaving at least 1."""
+    if n_forget < 2:
+        raise BenchmarkError(
+            f"the forget set has {n_forget} item(s): a relearning attack needs at least 2, one to relearn and one "
+            "to evaluate"
+        )
+    return min(n_forget - 1, max(1, round(fraction * n_forget)))
+
+
 class Benchmark(ABC):
     """One benchmark's data, bound to the context of a run (which knows the config, the cache and the splits)."""
 
@@ -95,6 +119,10 @@ class Benchmark(ABC):
     # The eval sets evaluated when no metric asks for specific ones, and those that exist but only on request.
     default_eval_sets: ClassVar[tuple[str, ...]]
     optional_eval_sets: ClassVar[tuple[str, ...]] = ()
+    # The forget metrics a robustness attack's recovery is reported for, the most telling first (docs/attacks.md),
+    # and those among them computed from generated text, which leak@k samples; () where none is defined.
+    forget_metrics: ClassVar[tuple[str, ...]] = ()
+    generation_forget_metrics: ClassVar[tuple[str, ...]] = ()
     # True when the benchmark *is* the generated world behind the embedded model (its files are the world's, and the
     # embedded tokenizer is trained on the world's corpus alone).
     uses_generated_world: ClassVar[bool] = False
@@ -164,6 +192,19 @@ class Benchmark(ABC):
     @abstractmethod
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         """The `required` evaluation sets by name."""
+
+    def relearning_data(self, data: str, fraction: float, seed: int) -> RelearningData | None:
+        """The data of a relearning attack: a seeded `fraction` of the forget set (data="forget") or as many retain
+        items that no eval set holds (data="retain"). None when the benchmark defines no relearning attack (the
+        attack is then recorded as skipped, with the reason)."""
+        return None
+
+    def without_relearned(self, eval_sets: dict[str, list[dict]], excluded: frozenset[str]) -> dict:
+        """The eval sets without the items whose question is among `excluded` (the relearned forget items)."""
+        return {
+            name: [item for item in items if item.get("question") not in excluded]
+            for name, items in eval_sets.items()
+        }
 
 
 def forget_split_error(cls: type[Benchmark], name: str) -> str:

@@ -12,11 +12,19 @@ without network it needs a user's copy (MSA_BENCH_DATA/muse-books).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
+from msa_bench.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    ForgetSplits,
+    RelearningData,
+    register_benchmark,
+    relearned_count,
+)
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.muse import (
     MUSE_EVAL_SET_NAMES,
@@ -28,6 +36,19 @@ from msa_bench.data.muse import (
 from msa_bench.data.sources import download_muse, local_data_source
 
 FORGET_ID = "forget"
+# How much of an evaluated passage (its start) must not appear in a relearned article.
+PASSAGE_CHARS = 80
+
+
+def evaluated_passages(eval_sets: dict[str, list[dict]]) -> list[str]:
+    """The start of every verbmem prompt and privleak text that is evaluated (the text eval items)."""
+    return [
+        value.strip()[:PASSAGE_CHARS]
+        for items in eval_sets.values()
+        for item in items
+        for field_name in ("prompt", "text")
+        if isinstance(value := item.get(field_name), str) and value.strip()
+    ]
 
 
 @dataclass
@@ -46,6 +67,9 @@ class MuseBenchmark(Benchmark):
     family = "muse"
     default_metrics = "muse"
     default_eval_sets = MUSE_EVAL_SET_NAMES
+    # The min-k% membership AUC first: at CPU scale it is the forget metric that separates target from oracle.
+    forget_metrics = ("muse_mia_min_k", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
+    generation_forget_metrics = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
 
     def source(self) -> tuple[Path, str]:
         if self.cfg.data_dir:
@@ -108,6 +132,33 @@ class MuseBenchmark(Benchmark):
 
     def retain_items(self) -> list[dict]:
         return self._retain
+
+    def relearning_data(self, data: str, fraction: float, seed: int) -> RelearningData:
+        """Forget data: a seeded `fraction` of the forget articles, among those that hold none of the evaluated
+        verbmem prompts and privleak texts, so every eval item stays evaluated. Retain data: as many retain articles
+        (all of them when the corpus is smaller). knowmem's questions name no source article, so a relearned article
+        may hold the answer to one: that is relearning on related data, not on an evaluated item."""
+        forget = self._forget
+        count = relearned_count(len(forget), fraction)
+        passages = evaluated_passages(self._eval_sets)
+        if data == "forget":
+            pool = [item for item in forget if not any(passage in item["text"] for passage in passages)]
+            name = "forget articles"
+        else:
+            pool, name = self._retain, "retain articles"
+            count = min(count, len(pool))
+        if len(pool) < count:
+            raise BenchmarkError(
+                f"relearning needs {count} {name} holding none of the evaluated passages and the corpus has "
+                f"{len(pool)}; lower the attack's fraction"
+            )
+        items = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), count))]
+        return RelearningData(
+            items,
+            f"muse:{data}[relearn {count} of {len(pool)}, seed {seed}]",
+            frozenset(),
+            f"{count} {name} holding no evaluated verbmem or privleak passage; every eval item evaluated",
+        )
 
     @cached_property
     def _eval_sets(self) -> dict[str, list[dict]]:

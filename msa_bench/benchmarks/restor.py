@@ -58,6 +58,7 @@ class RestorBenchmark(Benchmark):
     )
     family = "restor"
     default_metrics = "restor"
+    forget_metrics = ("restor_accuracy",)
     default_eval_sets = (RESTOR_QUESTIONS,)
 
     def data_id(self, role: str) -> str:

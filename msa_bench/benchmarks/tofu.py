@@ -7,9 +7,17 @@ in the cache.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from msa_bench.benchmarks.base import Benchmark, BenchmarkError, ForgetSplits, register_benchmark
+from msa_bench.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    ForgetSplits,
+    RelearningData,
+    register_benchmark,
+    relearned_count,
+)
 from msa_bench.data.formatting import format_answer, format_prompt
 from msa_bench.data.muse import MUSE_EVAL_SET_NAMES, load_muse_eval_sets, muse_sets_from_tofu_items
 from msa_bench.data.records import RESTORE_HINT
@@ -32,6 +40,8 @@ class TofuBenchmark(Benchmark):
     # The holdout authors feed only the MUSE-style privleak sets; the MUSE-format sets are built on request.
     optional_eval_sets = ("holdout", *MUSE_EVAL_SET_NAMES)
     tokenizer_key_identifies_training_data = True
+    forget_metrics = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio")
+    generation_forget_metrics = ("forget_Q_A_ROUGE",)
 
     @property
     def retain_split(self) -> str:
@@ -126,6 +136,34 @@ class TofuBenchmark(Benchmark):
             "world_facts": lambda: split("world_facts_perturbed"),
             "holdout": lambda: split(self.holdout_split),
         }
+
+    def relearning_data(self, data: str, fraction: float, seed: int) -> RelearningData:
+        """Forget data: a seeded `fraction` of the forget authors' QA, whose questions then leave every eval set.
+        Retain data: as many retain items, drawn from those the retain eval set does not hold."""
+        forget = self.forget_items()
+        count = relearned_count(len(forget), fraction)
+        rng = random.Random(seed)
+        relearned = [forget[i] for i in sorted(rng.sample(range(len(forget)), count))]
+        excluded = frozenset(item["question"] for item in relearned)
+        evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not in the relearned {count}"
+        if data == "forget":
+            return RelearningData(
+                relearned, f"{self.forget_id}[relearn {count} seed {seed}]", excluded, f"evaluated on {evaluated}"
+            )
+        retain_evaluated = {item["question"] for item in self._tofu_sets()["retain"]()}
+        pool = [item for item in self.retain_items() if item["question"] not in retain_evaluated]
+        if len(pool) < count:
+            raise BenchmarkError(
+                f"benign relearning needs {count} retain items outside the retain eval set, and "
+                f"{self.retain_split} has {len(pool)}; lower the attack's fraction"
+            )
+        items = [pool[i] for i in sorted(random.Random(seed + 1).sample(range(len(pool)), count))]
+        return RelearningData(
+            items,
+            f"{self.retain_split}[relearn {count} of {len(pool)} not evaluated, seed {seed}]",
+            excluded,
+            f"{count} {self.retain_split} items not in the retain eval set; evaluated on {evaluated}",
+        )
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         tofu_sets = self._tofu_sets()

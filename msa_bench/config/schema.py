@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from msa_bench.config.attacks import AttacksConfig
+
 # Stages of the embedded model's own history; a pretrained model names its earlier states as hub revisions.
 EMBEDDED_STAGES = ("pretrain", "base", "instruct")
 CHECKPOINT_STAGES = (*EMBEDDED_STAGES, "closest", "target", "revision")
@@ -60,6 +62,8 @@ class TrainRecipe:
     gradient_checkpointing: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
     optimizer: str = field(default="adamw_torch", metadata={OMIT_AT_DEFAULT: True})
     mixed_precision: str = field(default="no", metadata={OMIT_AT_DEFAULT: True})
+    # A fixed number of optimizer steps instead of `epochs` (the relearning attacks train k steps); null: epochs.
+    max_steps: int | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass
@@ -236,6 +240,14 @@ class MuseMetricsConfig:
 
 
 @dataclass
+class SamplingConfig:
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
 class MetricsConfig:
     name: str = MISSING
     names: list[str] = MISSING
@@ -245,6 +257,7 @@ class MetricsConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     muse: MuseMetricsConfig = field(default_factory=MuseMetricsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass
@@ -354,6 +367,8 @@ class MSABenchConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    # Robustness attacks on the method, target and oracle (conf/attacks, docs/attacks.md); none by default.
+    attacks: AttacksConfig = field(default_factory=AttacksConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 2

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from msa_bench.errors import (
     MetricUnavailableError,
@@ -66,10 +67,27 @@ def _suite_cache_specs(plan: Mapping[str, Sequence[str]], settings) -> dict:
     return spec
 
 
-def evaluate_model(pipeline, model_ref) -> dict:
-    """The evaluation of one model (metrics, per_item, generations), from the cache when already computed."""
-    settings = pipeline.cfg.metrics
-    plan = evaluation_plan(list(settings.names))
+@dataclass(frozen=True)
+class EvalView:
+    """Another way to evaluate a model than the run's plain evaluation (an attack's): other metric names or settings,
+    and eval sets narrowed by `narrow` (e.g. without the forget items a relearning attack trained on). `key` says what
+    `narrow` does, for the cache key; it is {} when `narrow` is None."""
+
+    names: tuple[str, ...]
+    settings: Any
+    key: dict = field(default_factory=dict)
+    narrow: Callable[[dict[str, list[dict]]], dict[str, list[dict]]] | None = None
+
+    def eval_sets(self, pipeline) -> dict[str, list[dict]]:
+        eval_sets = pipeline.eval_sets(required_eval_sets(evaluation_plan(list(self.names))))
+        return eval_sets if self.narrow is None else self.narrow(eval_sets)
+
+
+def evaluate_model(pipeline, model_ref, view: EvalView | None = None) -> dict:
+    """The evaluation of one model (metrics, per_item, generations), from the cache when already computed; `view`
+    evaluates it another way than the run's metrics config does."""
+    settings = pipeline.cfg.metrics if view is None else view.settings
+    plan = evaluation_plan(list(settings.names if view is None else view.names))
     spec = {
         "model": model_ref.key,
         "plan": plan,
@@ -79,11 +97,15 @@ def evaluate_model(pipeline, model_ref) -> dict:
         "forget_split": pipeline.forget_split,
         "retain_eval_size": pipeline.cfg.benchmark.retain_eval_size,
     }
+    if view is not None and view.key:
+        spec["eval_sets"] = view.key  # absent from plain evaluations, whose keys stay as they were
     if not pipeline.store.contains("eval", spec):
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
-        eval_sets = pipeline.eval_sets(required_eval_sets(plan))
+        eval_sets = (
+            pipeline.eval_sets(required_eval_sets(plan)) if view is None else view.eval_sets(pipeline)
+        )
         # Memory preflight, before loading; the batch shape comes from the eval sets' longest sequence.
         estimated_mb = check_evaluation(pipeline, model_ref.label, model_ref.path, plan, eval_sets)
         model = load_model(

@@ -24,9 +24,12 @@
     missing_metrics     {metric: why it could not be computed} (parity files)
     source              {"eval", "retain": the open-unlearning logs the values come from} (parity files)
     settings            how the values were computed, where no config says it ({"ou_compatible": ...}, parity)
+    attacks             {attack: {"kind", "settings", "recovery_metrics", "evaluated", "skipped", ...}} of the robustness
+                        attacks the run applied (docs/attacks.md); their values are the `attack/<attack>/<metric>` keys
+                        of metrics and reference_metrics. Left out when the run applied none.
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
-the runner writes all but the three parity fields, which are left out when empty).
+the runner writes all but the three parity fields and `attacks`, which are left out when empty).
 A file of a newer schema version, or one whose field has the wrong JSON type, is refused with a ReportError naming the
 file and the field.
 """
@@ -86,13 +89,14 @@ class RunResults:
     missing_metrics: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the current schema version (schema_version first). The fields only parity files
         fill are left out when empty."""
         payload: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
         payload.update(dataclasses.asdict(self))
-        for name in _PARITY_FIELDS:
+        for name in _LEFT_OUT_WHEN_EMPTY:
             if not payload[name]:
                 del payload[name]
         return payload
@@ -158,8 +162,10 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "missing_metrics": dict,
     "source": dict,
     "settings": dict,
+    "attacks": dict,
 }
 _PARITY_FIELDS = ("missing_metrics", "source", "settings")
+_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks")
 _NULLABLE = {
     "benchmark_kind",
     "model",

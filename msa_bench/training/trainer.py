@@ -192,6 +192,8 @@ def steps_per_epoch(n_examples: int, recipe: TrainRecipe) -> int:
 
 
 def total_steps(n_examples: int, recipe: TrainRecipe) -> int:
+    if recipe.max_steps is not None:
+        return recipe.max_steps
     return max(1, math.ceil(steps_per_epoch(n_examples, recipe) * recipe.epochs))
 
 

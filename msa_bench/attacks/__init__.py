@@ -1,0 +1,1 @@
+"""Robustness attacks on unlearned models: quantization, relearning and leak@k sampling (docs/attacks.md)."""

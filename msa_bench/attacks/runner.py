@@ -1,0 +1,196 @@
+"""Run the configured robustness attacks on the method's model, the target and the oracle, and give their metrics
+under `attack/<name>/<metric>` (docs/attacks.md).
+
+- Quantization and relearning make an attacked model (a cached stage, msa_bench/attacks/stages.py) and evaluate it
+  with the run's metrics: the benchmark's forget metrics and its utility summary.
+- leak@k evaluates the unattacked model again with sampled decoding (metrics.sampling) on the benchmark's
+  generation forget metrics.
+- Cross-model metrics (forget quality, privleak) under an attack compare with the oracle under the same attack: a
+  method is robust when, attacked, it is indistinguishable from the retrained model attacked the same way.
+- Relearning evaluates the forget items it did not train on, so the unattacked values on those items are given too,
+  as `attack/<name>/unattacked/<metric>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from msa_bench.attacks.stages import quantized_model, refuse_overlap, relearned_model
+from msa_bench.config.attacks import QUANTIZATION_SCHEMES
+from msa_bench.config.schema import SamplingConfig
+from msa_bench.pipeline.evaluation import EvalView, evaluate_model, final_metrics
+from msa_bench.pipeline.refs import ModelRef, plain
+
+log = logging.getLogger("msa_bench.attacks")
+
+ROLES = ("method", "target", "oracle")
+ATTACK_PREFIX = "attack"
+
+
+def attack_key(attack: str, metric: str, *, unattacked: bool = False) -> str:
+    """results.json's key of `metric` under `attack` (or of its unattacked value on the attack's items)."""
+    return f"{ATTACK_PREFIX}/{attack}/unattacked/{metric}" if unattacked else f"{ATTACK_PREFIX}/{attack}/{metric}"
+
+
+def attack_stage_names(attacks) -> list[str]:
+    """The console's stage lines for the configured attacks, one per attack, in the order they run."""
+    return [f"attack {name} (method, target, oracle)" for name in attacks.names()]
+
+
+@dataclass
+class AttackResults:
+    """What the attacks add to results.json: metrics and provenance per role, and the `attacks` section."""
+
+    metrics: dict[str, dict] = field(default_factory=lambda: {role: {} for role in ROLES})
+    provenance: dict[str, dict] = field(default_factory=lambda: {role: {} for role in ROLES})
+    records: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, attack: str, evaluations: dict, oracle_evaluation, names, settings, eval_sets_for, **key):
+        for role in ROLES:
+            values, provenance = final_metrics(
+                evaluations[role], oracle_evaluation, names, settings, eval_sets_for, model=f"{role} [{attack}]"
+            )
+            for metric, value in values.items():
+                self.metrics[role][attack_key(attack, metric, **key)] = value
+            for metric, reason in provenance.items():
+                self.provenance[role][attack_key(attack, metric, **key)] = reason
+
+
+class AttackRunner:
+    """The attacks of one run, over its three models."""
+
+    def __init__(self, pipeline, models: dict[str, ModelRef]):
+        self.pipeline = pipeline
+        self.cfg = pipeline.cfg
+        self.models = models
+        self.names = list(self.cfg.metrics.names)
+        self.benchmark = pipeline.benchmark
+        self.results = AttackResults()
+
+    def run(self, progress) -> AttackResults:
+        attacks = self.cfg.attacks
+        for name, settings in attacks.quantization.items():
+            with progress.stage():
+                self._quantization(name, settings)
+        for name, settings in attacks.relearning.items():
+            with progress.stage():
+                self._relearning(name, settings)
+        for name, settings in attacks.sampling.items():
+            with progress.stage():
+                self._sampling(name, settings)
+        return self.results
+
+    def _recovery_metrics(self, candidates) -> list[str]:
+        return [metric for metric in candidates if metric in self.names]
+
+    def _record(self, name: str, kind: str, settings, **fields) -> dict:
+        record = {"kind": kind, "settings": plain(settings), "skipped": None} | fields
+        self.results.records[name] = record
+        return record
+
+    def _skip(self, name: str, kind: str, settings, reason: str) -> None:
+        log.warning("attack %s skipped: %s", name, reason)
+        self._record(name, kind, settings, recovery_metrics=[], evaluated="nothing", skipped=reason)
+
+    def _quantization(self, name: str, settings) -> None:
+        attacked, sizes = {}, {}
+        for role, model in self.models.items():
+            attacked[role], report = quantized_model(self.pipeline, name, settings, model, role)
+            sizes[role] = report["model_size_bytes"]
+        evaluations = {role: evaluate_model(self.pipeline, ref) for role, ref in attacked.items()}
+        self.results.add(
+            name, evaluations, evaluations["oracle"], self.names, self.cfg.metrics, self._all_eval_sets
+        )
+        library = QUANTIZATION_SCHEMES[settings.scheme][0]
+        self._record(
+            name,
+            "quantization",
+            settings,
+            library=f"{library} {report['library_version']}",
+            recovery_metrics=self._recovery_metrics(self.benchmark.forget_metrics),
+            evaluated="every eval item",
+            model_size_bytes=sizes,
+            full_size_bytes=report["full_size_bytes"],
+        )
+
+    def _all_eval_sets(self):
+        from msa_bench.pipeline.evaluation import evaluation_plan, required_eval_sets
+
+        return self.pipeline.eval_sets(required_eval_sets(evaluation_plan(self.names)))
+
+    def _relearning(self, name: str, settings) -> None:
+        data = self.benchmark.relearning_data(settings.data, settings.fraction, self.cfg.seed)
+        if data is None:
+            self._skip(
+                name,
+                "relearning",
+                settings,
+                f"benchmark kind {self.benchmark.kind} defines no relearning split (Benchmark.relearning_data)",
+            )
+            return
+        excluded = data.excluded_questions
+        digest = hashlib.sha256(json.dumps(sorted(excluded)).encode()).hexdigest()[:16]
+        view = EvalView(
+            names=tuple(self.names),
+            settings=self.cfg.metrics,
+            key={"without_questions": len(excluded), "digest": digest} if excluded else {},
+            narrow=(lambda sets: self.benchmark.without_relearned(sets, excluded)) if excluded else None,
+        )
+        eval_sets = view.eval_sets(self.pipeline)
+        refuse_overlap(name, data.items, eval_sets)
+        attacked = {
+            role: relearned_model(self.pipeline, name, settings, data, model, role)
+            for role, model in self.models.items()
+        }
+        evaluations = {role: evaluate_model(self.pipeline, ref, view) for role, ref in attacked.items()}
+        self.results.add(name, evaluations, evaluations["oracle"], self.names, self.cfg.metrics, lambda: eval_sets)
+        if excluded:  # the unattacked models on the same items, the baseline of this attack's recovery
+            plain_on_items = {role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()}
+            self.results.add(
+                name,
+                plain_on_items,
+                plain_on_items["oracle"],
+                self.names,
+                self.cfg.metrics,
+                lambda: eval_sets,
+                unattacked=True,
+            )
+        self._record(
+            name,
+            "relearning",
+            settings,
+            recovery_metrics=self._recovery_metrics(self.benchmark.forget_metrics),
+            evaluated=data.description,
+            relearned_items=len(data.items),
+        )
+
+    def _sampling(self, name: str, settings) -> None:
+        names = [metric for metric in self.benchmark.generation_forget_metrics]
+        if not names:
+            self._skip(
+                name,
+                "sampling",
+                settings,
+                f"benchmark kind {self.benchmark.kind} declares no generation forget metric to sample",
+            )
+            return
+        sampling = SamplingConfig(
+            num_samples=settings.k, temperature=settings.temperature, top_p=settings.top_p, seed=self.cfg.seed
+        )
+        metrics_settings = dataclasses.replace(self.cfg.metrics, names=names, sampling=sampling)
+        view = EvalView(names=tuple(names), settings=metrics_settings)
+        evaluations = {role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()}
+        self.results.add(
+            name, evaluations, evaluations["oracle"], names, metrics_settings, lambda: view.eval_sets(self.pipeline)
+        )
+        self._record(
+            name,
+            "sampling",
+            settings,
+            recovery_metrics=names,
+            evaluated=f"every forget item, best of {settings.k} samples at temperature {settings.temperature}",
+        )
