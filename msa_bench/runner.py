@@ -170,7 +170,9 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         }
         columns = {model: metrics for model, (metrics, _) in references.items()}
         method_metrics, provenance = against_oracle(method_eval, cfg.method.name)
-        attacks = AttackRunner(pipeline, {"method": unlearned, "target": target, "oracle": oracle}).run(progress)
+        attacks = AttackRunner(pipeline, {"method": unlearned, "target": target, "oracle": oracle}).run(
+            progress
+        )
         method_metrics |= attacks.metrics["method"]
         provenance |= attacks.provenance["method"]
         for model in ("target", "oracle"):

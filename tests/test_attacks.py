@@ -50,11 +50,17 @@ def test_bitsandbytes_attacks_without_cuda_name_the_cpu_alternatives(tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("attacks.relearning.relearn_forget_10.fraction=1.0", "relearn_forget_10.fraction=1.0 must be between"),
+        (
+            "attacks.relearning.relearn_forget_10.fraction=1.0",
+            "relearn_forget_10.fraction=1.0 must be between",
+        ),
         ("attacks.relearning.relearn_forget_10.steps=0", "relearn_forget_10.steps=0 must be >= 1"),
         ("attacks.relearning.relearn_forget_10.data=holdout", "data='holdout' is not valid"),
         ("attacks.sampling.leak_at_k.k=0", "leak_at_k.k=0 must be >= 1"),
-        ("attacks.sampling.leak_at_k.temperature=0", "greedy decodes (temperature=0) are all the same answer"),
+        (
+            "attacks.sampling.leak_at_k.temperature=0",
+            "greedy decodes (temperature=0) are all the same answer",
+        ),
         ("attacks.sampling.leak_at_k.top_p=0", "top_p=0.0 must be in (0, 1]"),
         ("attacks.quantization.quantize_int4.scheme=int3", "scheme='int3' is not valid"),
     ],
@@ -67,7 +73,12 @@ def test_bad_attack_settings_name_their_key(tmp_path, override, expected):
 
 def _tofu_benchmark(tmp_path):
     data = write_tiny_tofu(tmp_path / "tofu")
-    overrides = ["benchmark=tofu", f"benchmark.data_dir={data}", "benchmark.forget_split=forget10", "logger=none"]
+    overrides = [
+        "benchmark=tofu",
+        f"benchmark.data_dir={data}",
+        "benchmark.forget_split=forget10",
+        "logger=none",
+    ]
     config = validate_config(compose_config(["experiment=smoke", *overrides], tmp_path))
     return Pipeline(config, ArtifactStore(tmp_path / "cache"), "cpu").benchmark
 
@@ -80,7 +91,9 @@ def test_tofu_relearning_data_are_disjoint_from_what_is_evaluated(tmp_path):
     assert len(forget.items) == len(retain.items) == round(0.25 * n_forget)
     # Both attacks leave out the same forget items, so they are read on the same ones.
     assert forget.excluded_questions == retain.excluded_questions == {x["question"] for x in forget.items}
-    eval_sets = benchmark.without_relearned(benchmark.eval_sets({"forget", "retain"}), forget.excluded_questions)
+    eval_sets = benchmark.without_relearned(
+        benchmark.eval_sets({"forget", "retain"}), forget.excluded_questions
+    )
     assert len(eval_sets["forget"]) == n_forget - len(forget.items)
     evaluated = {item["question"] for items in eval_sets.values() for item in items}
     assert not evaluated & {x["question"] for x in forget.items + retain.items}
@@ -115,7 +128,9 @@ def test_muse_relearns_only_articles_that_hold_no_evaluated_passage(tmp_path):
     assert len(relearning.items) == 3  # a quarter of 12 articles
     assert all(item["text"] in unevaluated for item in relearning.items)
     assert relearning.excluded_questions == frozenset()  # every eval item stays evaluated
-    refuse_overlap("relearn_forget_10", relearning.items, benchmark.eval_sets(set(benchmark.default_eval_sets)))
+    refuse_overlap(
+        "relearn_forget_10", relearning.items, benchmark.eval_sets(set(benchmark.default_eval_sets))
+    )
 
 
 @pytest.mark.slow
@@ -155,5 +170,9 @@ def test_attacks_on_a_smoke_run_give_every_model_attack_metrics(tmp_path):
         method["attack/relearn_forget_10/forget_Q_A_Prob"]
         != method["attack/relearn_forget_10/unattacked/forget_Q_A_Prob"]
     )
-    for stage in ("attack:quantize_int4:method", "attack:relearn_forget_10:oracle", "eval:target [leak_at_k]"):
+    for stage in (
+        "attack:quantize_int4:method",
+        "attack:relearn_forget_10:oracle",
+        "eval:target [leak_at_k]",
+    ):
         assert stage in results["cost"]

@@ -33,7 +33,11 @@ ATTACK_PREFIX = "attack"
 
 def attack_key(attack: str, metric: str, *, unattacked: bool = False) -> str:
     """results.json's key of `metric` under `attack` (or of its unattacked value on the attack's items)."""
-    return f"{ATTACK_PREFIX}/{attack}/unattacked/{metric}" if unattacked else f"{ATTACK_PREFIX}/{attack}/{metric}"
+    return (
+        f"{ATTACK_PREFIX}/{attack}/unattacked/{metric}"
+        if unattacked
+        else f"{ATTACK_PREFIX}/{attack}/{metric}"
+    )
 
 
 def attack_stage_names(attacks) -> list[str]:
@@ -52,7 +56,12 @@ class AttackResults:
     def add(self, attack: str, evaluations: dict, oracle_evaluation, names, settings, eval_sets_for, **key):
         for role in ROLES:
             values, provenance = final_metrics(
-                evaluations[role], oracle_evaluation, names, settings, eval_sets_for, model=f"{role} [{attack}]"
+                evaluations[role],
+                oracle_evaluation,
+                names,
+                settings,
+                eval_sets_for,
+                model=f"{role} [{attack}]",
             )
             for metric, value in values.items():
                 self.metrics[role][attack_key(attack, metric, **key)] = value
@@ -147,9 +156,13 @@ class AttackRunner:
             for role, model in self.models.items()
         }
         evaluations = {role: evaluate_model(self.pipeline, ref, view) for role, ref in attacked.items()}
-        self.results.add(name, evaluations, evaluations["oracle"], self.names, self.cfg.metrics, lambda: eval_sets)
+        self.results.add(
+            name, evaluations, evaluations["oracle"], self.names, self.cfg.metrics, lambda: eval_sets
+        )
         if excluded:  # the unattacked models on the same items, the baseline of this attack's recovery
-            plain_on_items = {role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()}
+            plain_on_items = {
+                role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()
+            }
             self.results.add(
                 name,
                 plain_on_items,
@@ -185,7 +198,12 @@ class AttackRunner:
         view = EvalView(names=tuple(names), settings=metrics_settings)
         evaluations = {role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()}
         self.results.add(
-            name, evaluations, evaluations["oracle"], names, metrics_settings, lambda: view.eval_sets(self.pipeline)
+            name,
+            evaluations,
+            evaluations["oracle"],
+            names,
+            metrics_settings,
+            lambda: view.eval_sets(self.pipeline),
         )
         self._record(
             name,

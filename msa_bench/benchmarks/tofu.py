@@ -145,10 +145,15 @@ class TofuBenchmark(Benchmark):
         rng = random.Random(seed)
         relearned = [forget[i] for i in sorted(rng.sample(range(len(forget)), count))]
         excluded = frozenset(item["question"] for item in relearned)
-        evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not in the relearned {count}"
+        evaluated = (
+            f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not in the relearned {count}"
+        )
         if data == "forget":
             return RelearningData(
-                relearned, f"{self.forget_id}[relearn {count} seed {seed}]", excluded, f"evaluated on {evaluated}"
+                relearned,
+                f"{self.forget_id}[relearn {count} seed {seed}]",
+                excluded,
+                f"evaluated on {evaluated}",
             )
         retain_evaluated = {item["question"] for item in self._tofu_sets()["retain"]()}
         pool = [item for item in self.retain_items() if item["question"] not in retain_evaluated]

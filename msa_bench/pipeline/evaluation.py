@@ -103,9 +103,7 @@ def evaluate_model(pipeline, model_ref, view: EvalView | None = None) -> dict:
         log.info("evaluating %s (%s)", model_ref.label, ", ".join(plan))
 
     def build(out: Path) -> dict:
-        eval_sets = (
-            pipeline.eval_sets(required_eval_sets(plan)) if view is None else view.eval_sets(pipeline)
-        )
+        eval_sets = pipeline.eval_sets(required_eval_sets(plan)) if view is None else view.eval_sets(pipeline)
         # Memory preflight, before loading; the batch shape comes from the eval sets' longest sequence.
         estimated_mb = check_evaluation(pipeline, model_ref.label, model_ref.path, plan, eval_sets)
         model = load_model(
