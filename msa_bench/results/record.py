@@ -24,9 +24,11 @@
     missing_metrics     {metric: why it could not be computed} (parity files)
     source              {"eval", "retain": the open-unlearning logs the values come from} (parity files)
     settings            how the values were computed, where no config says it ({"ou_compatible": ...}, parity)
+    attacks             {attack: {"kind", "settings", "recovery_metrics", "evaluated", "skipped", ...}} of the
+                        robustness attacks the run evaluated (issue 14; left out when the run ran none)
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
-the runner writes all but the three parity fields, which are left out when empty).
+the runner writes all but the three parity fields and `attacks`, which are left out when empty).
 A file of a newer schema version, or one whose field has the wrong JSON type, is refused with a ReportError naming the
 file and the field.
 """
@@ -86,6 +88,7 @@ class RunResults:
     missing_metrics: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the current schema version (schema_version first). The fields only parity files
@@ -158,8 +161,10 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "missing_metrics": dict,
     "source": dict,
     "settings": dict,
+    "attacks": dict,
 }
-_PARITY_FIELDS = ("missing_metrics", "source", "settings")
+# Fields left out of the file when empty: those only parity files fill, and the attacks of a run that ran none.
+_PARITY_FIELDS = ("missing_metrics", "source", "settings", "attacks")
 _NULLABLE = {
     "benchmark_kind",
     "model",
