@@ -252,7 +252,7 @@ def attack_table(table: Table, attack: str, records: Sequence[tuple[Run, dict]])
     ]
     for row in table.rows:
         if row.kind == "method" and row.group:
-            members = [r for r in row.group.runs if r in runs]
+            members = [r for r in row.group.runs if any(r is ran_run for ran_run in runs)]
             rows.append(_row(row.label, "method", "method", members, attack, metrics))
     sizes: dict[str, Cell] = {}
     for role in ("method", *REFERENCE_ROWS):
@@ -287,6 +287,9 @@ def attack_section(table: Table) -> AttackSection | None:
         built = attack_table(table, attack, entries)
         if built is not None and built.metrics:
             attacks.append(built)
+        elif built is not None:  # ran, but names nothing to report: listed, not dropped
+            reason = "its record names no recovery_metrics, so there is nothing to compare"
+            skipped.append(Skip(attack, reason, len(entries) - sum(reasons.values()), len(table.runs)))
     return AttackSection(table, attacks, skipped)
 
 
