@@ -34,6 +34,12 @@ class Direction(enum.StrEnum):
     )
 
 
+# results.json keys of a metric under a robustness attack: attack/<attack>/<metric>, and the metric before the attack
+# on the attack's items: attack/<attack>/unattacked/<metric> (issue 14).
+ATTACK_PREFIX = "attack/"
+UNATTACKED_PREFIX = "unattacked/"
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     name: str
@@ -150,10 +156,26 @@ def _registered_info() -> Mapping[str, MetricInfo]:
 
 def metric_info(name: str) -> MetricInfo:
     """The metadata of a metric. A suite's breakdown of one of its metrics, "<metric>/<part>" (lm-eval's
-    lm_eval/<task>/<metric>), takes that metric's direction and is labelled by its full name."""
+    lm_eval/<task>/<metric>), takes that metric's direction and is labelled by its full name. A metric under a
+    robustness attack, "attack/<attack>/<metric>" (and its value before the attack on the same items,
+    "attack/<attack>/unattacked/<metric>"), takes the underlying metric's direction."""
     infos = _registered_info()
     if name in infos:
         return infos[name]
+    # --- robustness attacks (issue 14) ---
+    if name.startswith(ATTACK_PREFIX) and name.count("/") >= 2:
+        attack, metric = name.removeprefix(ATTACK_PREFIX).split("/", 1)
+        before = metric.startswith(UNATTACKED_PREFIX)
+        metric = metric.removeprefix(UNATTACKED_PREFIX)
+        try:
+            underlying = metric_info(metric)
+        except MetricError as error:
+            raise MetricError(
+                f"{name!r} is attack {attack!r} on a metric without metadata: {error}"
+            ) from error
+        label = f"{metric} [{attack}{', unattacked' if before else ''}]"
+        return MetricInfo(name=name, direction=underlying.direction, label=label)
+    # --- end robustness attacks ---
     family = name.split("/", 1)[0]
     if "/" in name and family in infos:
         return MetricInfo(name=name, direction=infos[family].direction, label=name)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msa_bench.errors import ReportError
+from msa_bench.reporting import attacks_output
 from msa_bench.reporting import tables as T
+from msa_bench.reporting.attacks import AttackSection, Recovery, attack_section, matched_recovery
 from msa_bench.reporting.collect import Run, UnreadableInput, collect_runs
 from msa_bench.reporting.matched import MatchedResult, matched_forgetting
 from msa_bench.reporting.matched import to_markdown as matched_markdown
@@ -48,6 +50,8 @@ class Section:
     costs: list[dict] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    attacks: AttackSection | None = None  # the robustness attacks of the table's runs
+    matched_recovery: list[dict[str, Recovery]] = field(default_factory=list)  # per matched result
 
 
 @dataclass
@@ -121,6 +125,9 @@ def build_report(
             from msa_bench.reporting.plots import cost_rows
 
             section.costs = cost_rows(table)
+            section.attacks = attack_section(table)
+        if section.attacks is not None and section.matched:
+            section.matched_recovery = matched_recovery(table, section.attacks, section.matched)
         if options.plots and plot_dir is not None:
             section.plots = make_plots(section, plot_dir, options.sweep_param)
         sections.append(section)
@@ -143,6 +150,10 @@ def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> lis
             made.append(plots.plot_tradeoff(table, plot_dir, kept, forgotten, param=sweep_param))
         made += plots.plot_truth_ratios(table, plot_dir)
         made.append(plots.plot_costs(table, plot_dir))
+        if section.attacks is not None:
+            from msa_bench.reporting.attack_plots import plot_attack_recovery
+
+            made.append(plot_attack_recovery(section.attacks, plot_dir))
     return [p for p in made if p is not None]
 
 
@@ -205,6 +216,14 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
         cost = _cost_markdown(section)
         if cost:
             lines.append(cost)
+        if section.attacks is not None:
+            lines.append(attacks_output.to_markdown(section.attacks))
+            if section.matched_recovery:
+                lines.append(
+                    attacks_output.matched_markdown(
+                        section.attacks, section.matched, section.matched_recovery
+                    )
+                )
         lines += [f"{note}\n" for note in section.notes]
         for plot in section.plots:
             shown = (
@@ -221,18 +240,42 @@ def to_latex(report: Report) -> str:
     ]
     for table in report.all_tables():
         parts.append(T.to_latex(table))
+    parts += [attacks_output.to_latex(s.attacks) for s in report.sections if s.attacks is not None]
     return "\n".join(parts)
 
 
+def all_matched_records(report: Report) -> list[dict]:
+    """The matched_forgetting records of every section, each with its recovery per attack at the matched point."""
+    records = []
+    for section in report.sections:
+        found = matched_records(section.table, section.matched)
+        for record, recoveries in zip(found, section.matched_recovery, strict=False):
+            record.update(attacks_output.matched_record_fields(recoveries))
+        records += found
+    return records
+
+
 def matched_csv(report: Report) -> str:
-    records = [r for s in report.sections for r in matched_records(s.table, s.matched)]
+    records = all_matched_records(report)
     if not records:
         return ""
     metrics = sorted({m for r in records for m in r["values"]})
+    recovered = sorted({k for r in records for k in r.get("attack_recovery", {})})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["table", "method", "param", "metric", "oracle_value", "reached", "param_value", "note", *metrics]
+        [
+            "table",
+            "method",
+            "param",
+            "metric",
+            "oracle_value",
+            "reached",
+            "param_value",
+            "note",
+            *metrics,
+            *(f"recovery:{key}" for key in recovered),
+        ]
     )
     for r in records:
         writer.writerow(
@@ -247,8 +290,13 @@ def matched_csv(report: Report) -> str:
                 r["note"],
             ]
             + [r["values"].get(m, "") for m in metrics]
+            + [_blank_if_none(r.get("attack_recovery", {}).get(key)) for key in recovered]
         )
     return buffer.getvalue()
+
+
+def _blank_if_none(value):
+    return "" if value is None else value
 
 
 def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[Path]:
@@ -265,19 +313,26 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
         written.append(path)
     if "csv" in formats:
         path = out_dir / "report.csv"
-        path.write_text(T.long_csv(report.all_tables()))
+        attack_rows = [r for s in report.sections if s.attacks for r in attacks_output.long_rows(s.attacks)]
+        path.write_text(T.long_csv(report.all_tables(), extra_rows=attack_rows))
         written.append(path)
         for table in report.all_tables():
             table_path = out_dir / "tables" / f"{table.id}.csv"
             table_path.parent.mkdir(exist_ok=True)
             table_path.write_text(T.wide_csv(table))
             written.append(table_path)
+        for section in report.sections:
+            if section.attacks is not None:
+                table_path = out_dir / "tables" / f"{section.table.id}_attacks.csv"
+                table_path.parent.mkdir(exist_ok=True)
+                table_path.write_text(attacks_output.wide_csv(section.attacks))
+                written.append(table_path)
         matched = matched_csv(report)
         if matched:
             path = out_dir / "matched_forgetting.csv"
             path.write_text(matched)
             written.append(path)
-    records = [r for s in report.sections for r in matched_records(s.table, s.matched)]
+    records = all_matched_records(report)
     if records:
         path = out_dir / "matched_forgetting.json"
         path.write_text(json.dumps(records, indent=2, default=str) + "\n")

@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from msa_bench.metrics.registry import Direction, metric_info
+from msa_bench.metrics.registry import ATTACK_PREFIX, Direction, metric_info
 from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
 
 # Short names for the directions, as `relative_score` takes them.
@@ -145,7 +145,9 @@ def choose_columns(family: str, runs: Sequence[Run], requested: Sequence[str] | 
         available |= run.undefined() | run.undefined("target") | run.undefined("oracle")
     if requested:
         return [m for m in requested if m in available]
-    return [m for m in FAMILY_COLUMNS.get(family, ()) if m in available] or sorted(available)
+    # Attack metrics have their own section (reporting/attacks.py); they would flood the paper-shaped tables.
+    plain = {m for m in available if not m.startswith(ATTACK_PREFIX)}
+    return [m for m in FAMILY_COLUMNS.get(family, ()) if m in plain] or sorted(plain)
 
 
 def build_table(key: tuple[str, str, str, str], runs: Sequence[Run], columns: Sequence[str]) -> Table:
@@ -420,8 +422,9 @@ def long_rows(tables: Iterable[Table]) -> list[dict]:
     return rows
 
 
-def long_csv(tables: Iterable[Table]) -> str:
-    rows = long_rows(tables)
+def long_csv(tables: Iterable[Table], extra_rows: Sequence[dict] = ()) -> str:
+    """report.csv: long_rows of the tables, then extra_rows in the same layout (the robustness attacks')."""
+    rows = [*long_rows(tables), *extra_rows]
     buffer = io.StringIO()
     fields = ["table", "family", "benchmark", "forget_split", "model", "row", "kind", "metric", "unit"]
     fields += ["mean", "std", "n"]
