@@ -177,7 +177,8 @@ class AttackRunner:
             "relearning",
             settings,
             recovery_metrics=self._recovery_metrics(self.benchmark.forget_metrics),
-            evaluated=data.description,
+            evaluated=data.evaluated,
+            relearned=data.relearned,
             relearned_items=len(data.items),
         )
 
@@ -210,5 +211,5 @@ class AttackRunner:
             "sampling",
             settings,
             recovery_metrics=names,
-            evaluated=f"every forget item, best of {settings.k} samples at temperature {settings.temperature}",
+            evaluated=f"every forget item (best of {settings.k} samples at temperature {settings.temperature})",
         )

@@ -90,7 +90,8 @@ class RelearningData:
     items: list[dict]
     data_id: str  # names the items in cache keys
     excluded_questions: frozenset[str]
-    description: str  # one line for results.json: what was relearned and what is evaluated
+    relearned: str  # for results.json: what the attack trains on ("10 forget10 items")
+    evaluated: str  # ... and which items it is read on
 
 
 def relearned_count(n_forget: int, fraction: float) -> int:

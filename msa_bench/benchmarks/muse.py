@@ -157,7 +157,8 @@ class MuseBenchmark(Benchmark):
             items,
             f"muse:{data}[relearn {count} of {len(pool)}, seed {seed}]",
             frozenset(),
-            f"{count} {name} holding no evaluated verbmem or privleak passage; every eval item evaluated",
+            f"{count} {name} holding no evaluated verbmem or privleak passage",
+            "every eval item",
         )
 
     @cached_property

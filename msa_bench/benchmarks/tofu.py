@@ -145,16 +145,10 @@ class TofuBenchmark(Benchmark):
         rng = random.Random(seed)
         relearned = [forget[i] for i in sorted(rng.sample(range(len(forget)), count))]
         excluded = frozenset(item["question"] for item in relearned)
-        evaluated = (
-            f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not in the relearned {count}"
-        )
+        evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not relearned"
         if data == "forget":
-            return RelearningData(
-                relearned,
-                f"{self.forget_id}[relearn {count} seed {seed}]",
-                excluded,
-                f"evaluated on {evaluated}",
-            )
+            name = f"{self.forget_id}[relearn {count} seed {seed}]"
+            return RelearningData(relearned, name, excluded, f"{count} {self.forget_id} items", evaluated)
         retain_evaluated = {item["question"] for item in self._tofu_sets()["retain"]()}
         pool = [item for item in self.retain_items() if item["question"] not in retain_evaluated]
         if len(pool) < count:
@@ -167,7 +161,8 @@ class TofuBenchmark(Benchmark):
             items,
             f"{self.retain_split}[relearn {count} of {len(pool)} not evaluated, seed {seed}]",
             excluded,
-            f"{count} {self.retain_split} items not in the retain eval set; evaluated on {evaluated}",
+            f"{count} {self.retain_split} items outside the retain eval set",
+            f"{evaluated} (those the forget-set attack leaves out)",
         )
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
