@@ -1,0 +1,1 @@
+"""Robustness attacks on unlearned models: quantization, relearning and sampling (issue 14)."""
