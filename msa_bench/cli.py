@@ -26,6 +26,7 @@ from msa_bench.errors import (
 )
 from msa_bench.interrupts import signals_raise_run_interrupted
 from msa_bench.plugins import register_schemas
+from msa_bench.quiet_imports import import_torchao_quietly
 from msa_bench.sweeps import silence_launcher_schema_warning
 from msa_bench.validation import validate_config
 
@@ -261,6 +262,7 @@ def follower_run_folder_overrides(arguments: list[str]) -> list[str]:
 
 
 def main() -> None:
+    import_torchao_quietly()  # before transformers' model classes import it (msa_bench/quiet_imports.py)
     # Subcommands that are not Hydra jobs; everything else is a Hydra run (or sweep with -m).
     if len(sys.argv) > 1 and sys.argv[1] == "parity":
         from msa_bench.parity.command import main as parity_main

@@ -204,7 +204,7 @@ def test_a_missing_group_size_is_refused():
 def test_importing_torchao_under_the_filter_prints_nothing():
     # A fresh interpreter, so that torchao is not imported yet (transformers' model classes import it too).
     script = (
-        "from msa_bench.attacks.quantization import quiet_torchao_import\n"
+        "from msa_bench.quiet_imports import quiet_torchao_import\n"
         "with quiet_torchao_import():\n"
         "    import torchao.quantization\n"
         "import logging; logging.getLogger('torchao').warning('after the import torchao logs again')\n"

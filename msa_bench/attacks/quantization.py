@@ -37,10 +37,8 @@ not quantized at its dtype, tied parameters once. Buffers (rotary frequencies) a
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -48,6 +46,7 @@ import torch
 from torch import nn
 
 from msa_bench.errors import AttackError
+from msa_bench.quiet_imports import quiet_torchao_import
 
 TORCHAO_SCHEMES = ("int8", "int4")
 BITSANDBYTES_SCHEMES = ("nf4", "bnb_int8")
@@ -243,31 +242,6 @@ def _bitsandbytes_quantizer(
         return _Quantized(dequantized=dequantized, stored_bytes=stored)
 
     return quantize_one
-
-
-# The loggers of the lines importing torchao prints on a CPU build of torch, none of which a user can act on:
-# "Failed to load ... .so" (its CUDA extensions), "Detected no triton", and torch's pytree notice about torchao
-# registering Enums as pytree constants.
-TORCHAO_IMPORT_LOGGERS = ("torchao", "torchao.kernel.intmm", "torch.utils._pytree")
-
-
-@contextlib.contextmanager
-def quiet_torchao_import() -> Iterator[None]:
-    """Drop the records of `TORCHAO_IMPORT_LOGGERS` while the body runs: wrap the import that first loads torchao.
-    Once torchao is imported, importing it again prints nothing, so this is needed only around the first import
-    (transformers' model classes import torchao too when it is installed)."""
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    loggers = [logging.getLogger(name) for name in TORCHAO_IMPORT_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(drop)
 
 
 def _packed_bytes(count: int, bits: int) -> int:

@@ -1,0 +1,45 @@
+"""Keeping the console readable: the import-time lines of libraries that no user can act on.
+
+torchao, when installed (the quantization attacks use it), is imported by transformers' model classes too, so its
+first import happens wherever a model class is first imported; `import_torchao_quietly` makes that first import here,
+under the filter, at the start of the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+from collections.abc import Iterator
+
+# The loggers of the lines importing torchao prints on a CPU build of torch, none of which a user can act on:
+# "Failed to load ... .so" (its CUDA extensions), "Detected no triton", and torch's pytree notice about torchao
+# registering Enums as pytree constants.
+TORCHAO_IMPORT_LOGGERS = ("torchao", "torchao.kernel.intmm", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Drop the records of `TORCHAO_IMPORT_LOGGERS` while the body runs: wrap the import that first loads torchao.
+    Once torchao is imported, importing it again prints nothing, so this is needed only around the first import
+    (transformers' model classes import torchao too when it is installed)."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    loggers = [logging.getLogger(name) for name in TORCHAO_IMPORT_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+def import_torchao_quietly() -> None:
+    """Import torchao (when installed) without its import-time lines; later imports of it print nothing."""
+    if importlib.util.find_spec("torchao") is None:
+        return
+    with quiet_torchao_import():
+        import torchao  # noqa: F401
