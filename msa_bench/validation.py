@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import math
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +31,9 @@ from msa_bench.config.schema import (
 from msa_bench.config.strict_keys import unknown_key_problems
 from msa_bench.errors import ConfigError
 from msa_bench.methods.registry import discover_methods
+from msa_bench.metrics.judged import sampling_refusal
 from msa_bench.metrics.registry import validate_metric_names
+from msa_bench.metrics.restor import RESTOR_ACCURACY
 
 log = logging.getLogger("msa_bench")
 
@@ -166,6 +169,45 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     )
     problems += _peft_problems(config)
     problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
+    problems += _sampling_problems(config)
+    return problems
+
+
+def _sampling_problems(config: MSABenchConfig) -> list[str]:
+    """metrics.sampling out of range, sampling that would decode one greedy answer k times, and metrics that cannot
+    be computed on sampled answers."""
+    sampling = config.metrics.sampling
+    problems = []
+    if not (isinstance(sampling.num_samples, int) and sampling.num_samples >= 1):
+        problems.append(f"metrics.sampling.num_samples={sampling.num_samples!r} must be an integer >= 1")
+    if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+        problems.append(
+            f"metrics.sampling.temperature={sampling.temperature} must be >= 0 (0 decodes greedily) and finite"
+        )
+    elif sampling.temperature == 0 and sampling.num_samples > 1:
+        problems.append(
+            f"metrics.sampling.num_samples={sampling.num_samples} with metrics.sampling.temperature=0 decodes the "
+            f"same greedy answer {sampling.num_samples} times; set metrics.sampling.temperature > 0 (e.g. 1.0), "
+            "or num_samples=1"
+        )
+    if not 0 < sampling.top_p <= 1:
+        problems.append(f"metrics.sampling.top_p={sampling.top_p} must be in (0, 1] (1 keeps every token)")
+    low, high = SEED_RANGE
+    if not low <= sampling.seed <= high:
+        problems.append(
+            f"metrics.sampling.seed={sampling.seed} is out of range: choose one from {low} to {high}"
+        )
+    if sampling.temperature > 0:
+        judged = sampling_refusal(list(config.metrics.names), sampling)
+        if judged is not None:
+            problems.append(judged)
+        # RESTOR's accuracy is asked once, greedily: it does not read metrics.sampling.
+        if RESTOR_ACCURACY in config.metrics.names:
+            problems.append(
+                f"metrics.names has {RESTOR_ACCURACY} with metrics.sampling.temperature={sampling.temperature}: "
+                "it decodes greedily and does not read metrics.sampling; drop it from metrics.names, or set "
+                "metrics.sampling.temperature=0 and num_samples=1"
+            )
     return problems
 
 

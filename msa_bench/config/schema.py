@@ -241,10 +241,14 @@ class MuseMetricsConfig:
 
 @dataclass
 class SamplingConfig:
+    """How the generation metrics decode (msa_bench/metrics/core/decoding.py). The default, one sample at temperature 0,
+    is greedy decoding; with num_samples = k > 1 at temperature > 0 each generation metric's per-item value is the
+    maximum over k sampled answers (leak@k, arXiv 2511.04934)."""
+
     num_samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
+    temperature: float = 0.0  # 0: greedy (then num_samples must be 1)
+    top_p: float = 1.0  # nucleus sampling's probability mass; 1 keeps the whole distribution
+    seed: int = 0  # each sample's random stream derives from (seed, sample index)
 
 
 @dataclass
@@ -257,6 +261,7 @@ class MetricsConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     muse: MuseMetricsConfig = field(default_factory=MuseMetricsConfig)
+    # Sampled decoding for the generation metrics; at its default (greedy) it is left out of cache keys.
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={OMIT_AT_DEFAULT: True})
 
 

@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from msa_bench.errors import ConfigError
 from msa_bench.metrics.judges import Judge, make_judge
 from msa_bench.metrics.registry import CrossModelMetric, Direction, MetricInfo, register_cross_model_metric
 
@@ -208,6 +209,20 @@ def judge_provenance(settings) -> str:
     return judge_for(settings.judge).name
 
 
+def sampling_refusal(metric_names: Sequence[str], sampling) -> str | None:
+    """Why the judged accuracies among `metric_names` cannot be computed with `sampling` (a SamplingConfig), or None
+    when none is requested or the decoding is greedy (temperature 0, as core/decoding.is_greedy says)."""
+    judged = [name for name in metric_names if name in JUDGED_ACCURACIES]
+    if not judged or sampling is None or sampling.temperature == 0:
+        return None
+    return (
+        f"metrics.names has {', '.join(judged)} with metrics.sampling.temperature={sampling.temperature} "
+        f"(num_samples={sampling.num_samples}): the judged accuracies are defined on the greedy answer, and with "
+        "sampling an evaluation keeps the best-ROUGE sample instead; drop them from metrics.names, or evaluate "
+        "them without sampling (metrics.sampling.temperature=0, num_samples=1)"
+    )
+
+
 def compute_judged_accuracy(
     name: str,
     evaluation: Mapping,
@@ -216,7 +231,11 @@ def compute_judged_accuracy(
     *,
     eval_sets: Mapping[str, Sequence[dict]],
 ) -> float:
-    """One judged accuracy from the model's and the oracle's evaluations (EvalResult.to_dict())."""
+    """One judged accuracy from the model's and the oracle's evaluations (EvalResult.to_dict()); refused when
+    `settings.sampling` samples (validate_config refuses that config before anything runs)."""
+    refusal = sampling_refusal([name], getattr(settings, "sampling", None))
+    if refusal is not None:
+        raise ConfigError(refusal)
     result = judged_accuracies(
         evaluation.get("generations") or {},
         oracle_evaluation.get("generations") or {},

@@ -18,7 +18,10 @@ Metrics (eval sets from `msa_bench.data.muse`):
   predicted by argmax.
 - `muse_privleak` (cross-model): `privacy.privleak` of this model's muse_mia_min_k AUC against the oracle's.
 
-Model passes go through the evaluation core: `core/decoding.greedy_decode` (with the knowmem stop strings),
+With `metrics.sampling` (k samples at temperature T > 0) each ROUGE value per item is its maximum over k sampled
+continuations, and `generations` keeps the sample of highest ROUGE-L recall (`tofu.best_of_samples_rouge`).
+
+Model passes go through the evaluation core: `core/decoding.sampled_decode` (with the knowmem stop strings),
 `core/scoring.token_statistics` (row by row, as the texts run to thousands of tokens) and `core/attacks.attack_scores`
 (every scored token: MUSE's texts carry no eos).
 
@@ -62,7 +65,7 @@ from msa_bench.data.muse import (
 from msa_bench.metrics import privacy, tofu
 from msa_bench.metrics.core.attacks import TOKEN_ATTACKS, attack_scores
 from msa_bench.metrics.core.batches import model_context_length
-from msa_bench.metrics.core.decoding import greedy_decode
+from msa_bench.metrics.core.decoding import SampledGenerations, sampled_decode
 from msa_bench.metrics.core.oracle import privleak_metric
 from msa_bench.metrics.core.result import EvalResult
 from msa_bench.metrics.core.scoring import ScoredSequence, token_statistics
@@ -250,9 +253,13 @@ def _check_eval_sets(eval_sets: Mapping[str, Sequence[Mapping]], metric_names: S
 
 
 def _rouge_into(
-    result: EvalResult, name: str, prefix: str, generations: list[str], references: list[str]
+    result: EvalResult, name: str, prefix: str, eval_set: str, generated: SampledGenerations, references: list
 ) -> None:
-    scores = tofu.rouge_scores(generations, [reference.strip() for reference in references])
+    """One ROUGE metric from each item's samples (one when greedy), keeping the best sample as its generation."""
+    result.tokens_processed += generated.tokens_processed
+    scores, result.generations[eval_set] = tofu.best_of_samples_rouge(
+        generated.samples, [reference.strip() for reference in references]
+    )
     result.metrics[name] = float(scores["rougeL_f1"].mean())
     result.per_item[name] = scores["rougeL_f1"].tolist()
     result.per_item[f"{prefix}_rougeL_recall"] = scores["rougeL_recall"].tolist()
@@ -276,17 +283,18 @@ def evaluate_muse(
     validate_metric_names(metric_names, suite=SUITE_NAME)
     _check_eval_sets(eval_sets, metric_names)
     batch_size = int(settings.batch_size)
-    muse_settings = settings.muse
+    muse_settings, sampling = settings.muse, settings.sampling
     context_length = model_context_length(model, tokenizer)
     wanted = set(metric_names)
     attacks = [attack for name, attack in MIA_METRICS.items() if name in wanted]
     memorisation = wanted & {EXTRACTION_STRENGTH, EXACT_MEMORIZATION}
     knowmem = [name for name in _KNOWMEM if name in wanted]
 
-    total = (len(eval_sets[VERBMEM_FORGET]) if VERBMEM_ROUGE in wanted else 0) + (
+    generated_items = sum(len(eval_sets[_KNOWMEM[name][0]]) for name in knowmem)
+    generated_items += len(eval_sets[VERBMEM_FORGET]) if VERBMEM_ROUGE in wanted else 0
+    total = int(sampling.num_samples) * generated_items + (
         len(eval_sets[VERBMEM_FORGET]) if memorisation else 0
     )
-    total += sum(len(eval_sets[_KNOWMEM[name][0]]) for name in knowmem)
     if attacks:
         total += len(eval_sets[PRIVLEAK_FORGET]) + len(eval_sets[PRIVLEAK_HOLDOUT])
 
@@ -306,13 +314,11 @@ def evaluate_muse(
                 truncation.record(len(prompt_ids) > budget)
                 prompts.append(_keep_end(tokenizer, prompt_ids, budget))
             truncation.report()
-            generated = greedy_decode(
-                model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=progress_bar.update
+            generated = sampled_decode(
+                model, tokenizer, prompts, max_new_tokens, sampling, batch_size, on_batch=progress_bar.update
             )
-            generations = generated.texts
-            result.tokens_processed += generated.tokens_processed
-            result.generations[VERBMEM_FORGET] = generations
-            _rouge_into(result, VERBMEM_ROUGE, "forget_verbmem", generations, [item["gt"] for item in items])
+            references = [item["gt"] for item in items]
+            _rouge_into(result, VERBMEM_ROUGE, "forget_verbmem", VERBMEM_FORGET, generated, references)
 
         for name in knowmem:
             progress_bar.set_postfix_str(name)
@@ -337,19 +343,18 @@ def evaluate_muse(
                 truncation.record(n_shots < len(shots))
                 prompts.append(prompt_ids)
             truncation.report()
-            generated = greedy_decode(
+            generated = sampled_decode(
                 model,
                 tokenizer,
                 prompts,
                 max_new_tokens,
+                sampling,
                 batch_size,
                 KNOWMEM_STOP_STRINGS,
                 progress_bar.update,
             )
-            generations = generated.texts
-            result.tokens_processed += generated.tokens_processed
-            result.generations[qa_set] = generations
-            _rouge_into(result, name, prefix, generations, [item["answer"] for item in eval_sets[qa_set]])
+            references = [item["answer"] for item in eval_sets[qa_set]]
+            _rouge_into(result, name, prefix, qa_set, generated, references)
 
         if memorisation:
             progress_bar.set_postfix_str("verbmem teacher forcing")

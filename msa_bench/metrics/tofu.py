@@ -156,3 +156,29 @@ def rouge_scores(generations: Sequence[str], references: Sequence[str]) -> dict[
         "rougeL_recall": np.array(rougeL_recall, dtype=np.float64),
         "rougeL_f1": np.array(rougeL_f1, dtype=np.float64),
     }
+
+
+def best_of_samples_rouge(
+    samples: Sequence[Sequence[str]], references: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """ROUGE of k sampled generations per item (leak@k): each variant's per-item value is its maximum over the item's
+    samples (so two variants may come from different samples), and the generation kept is the sample with the
+    highest ROUGE-L recall (the first of equals). With one sample per item this is `rouge_scores` and its texts.
+
+    Returns the arrays keyed as in `rouge_scores`, and the kept generation of each item.
+    """
+    if len(samples) != len(references):
+        raise ValueError(f"{len(samples)} sampled items but {len(references)} references")
+    counts = {len(item_samples) for item_samples in samples}
+    if len(counts) > 1 or 0 in counts:
+        raise ValueError(f"every item needs the same number (>= 1) of samples; got counts {sorted(counts)}")
+    num_samples = counts.pop() if counts else 1
+    # One scoring of every (item, sample) pair, item-major, then a (items, samples) matrix per variant.
+    flat = rouge_scores(
+        [text for item_samples in samples for text in item_samples],
+        [reference for reference in references for _ in range(num_samples)],
+    )
+    by_sample = {variant: values.reshape(len(samples), num_samples) for variant, values in flat.items()}
+    best = by_sample["rougeL_recall"].argmax(axis=1)
+    kept = [item_samples[index] for item_samples, index in zip(samples, best, strict=True)]
+    return {variant: matrix.max(axis=1) for variant, matrix in by_sample.items()}, kept

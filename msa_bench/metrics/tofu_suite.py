@@ -2,8 +2,8 @@
 metrics.
 
 The evaluator first works out which model passes the requested metrics need on each eval set (answer NLLs,
-paraphrased-answer NLLs, perturbed-answer NLLs, greedy generations, teacher-forced answer-token statistics, per-item
-gradients), runs each of them once with the evaluation core (msa_bench/metrics/core/), and then derives every metric
+paraphrased-answer NLLs, perturbed-answer NLLs, generations (greedy, or k sampled with metrics.sampling),
+teacher-forced answer-token statistics, per-item gradients), runs each of them once with the evaluation core (msa_bench/metrics/core/), and then derives every metric
 from those shared results with the pure functions in `tofu.py`, `memorization.py`, `privacy.py` and
 `core/attacks.py`.
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from msa_bench.data.formatting import encode_qa
 from msa_bench.metrics import memorization, privacy, tofu
 from msa_bench.metrics.core.attacks import attack_scores, gradnorm_scores
-from msa_bench.metrics.core.decoding import generate_answers
+from msa_bench.metrics.core.decoding import sample_answers
 from msa_bench.metrics.core.oracle import privleak_metric, read_evaluation
 from msa_bench.metrics.core.result import EvalResult
 from msa_bench.metrics.core.scoring import answer_token_statistics, score_answers
@@ -67,15 +67,6 @@ TRUTH_RATIO_AGGREGATIONS: Mapping[str, Callable[[Sequence[float]], float]] = Map
     }
 )
 
-# Truth-ratio aggregations (open-unlearning's names) over the per-item ratios tr = P(wrong) / P(correct).
-TRUTH_RATIO_AGGREGATIONS: Mapping[str, Callable[[Sequence[float]], float]] = MappingProxyType(
-    {
-        "closer_to_1_better": tofu.truth_ratio_closer_to_1_better,
-        "true_better": tofu.truth_ratio_true_better,
-        "prob_mean": tofu.truth_ratio_prob_mean,
-    }
-)
-
 # Per-item gradient norms use the 2-norm (open-unlearning's TOFU default).
 GRADNORM_P = 2.0
 
@@ -87,12 +78,10 @@ class _SetPasses:
     answer_nlls: np.ndarray | None = None
     paraphrased_nlls: np.ndarray | None = None
     perturbed_nlls: list[np.ndarray] | None = None
-    generations: list[str] | None = None
+    generations: list[str] | None = None  # greedy, or with sampling the sample of highest ROUGE-L recall
     token_statistics: memorization.AnswerTokenStatistics | None = None
     gradient_norms: np.ndarray | None = None
-    rouge: dict[str, np.ndarray] | None = (
-        None  # filled on first use: all ROUGE variants come from one scoring
-    )
+    rouge: dict[str, np.ndarray] | None = None  # every ROUGE variant, from the generation pass
 
 
 def _needs_token_pass(passes: set[str]) -> bool:
@@ -107,8 +96,10 @@ def _run_passes(
     batch_size: int,
     max_new_tokens: int,
     progress_bar: tqdm,
+    sampling=None,
 ) -> tuple[_SetPasses, int]:
-    """All passes one eval set needs; the NLL passes share one batched scoring call."""
+    """All passes one eval set needs; the NLL passes share one batched scoring call. The generation pass decodes
+    greedily, or `sampling.num_samples` answers per item (`sampling`: a SamplingConfig), scored best of k."""
     results = _SetPasses()
     tokens_processed = 0
     item_questions = [item["question"] for item in items]
@@ -164,16 +155,20 @@ def _run_passes(
             results.perturbed_nlls = np.split(flat, boundaries)
 
     if GENERATION in passes:
-        generated = generate_answers(
+        generated = sample_answers(
             model,
             tokenizer,
             item_questions,
+            sampling,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             on_batch=progress_bar.update,
         )
         tokens_processed += generated.tokens_processed
-        results.generations = generated.texts
+        # One sample (greedy) gives rouge_scores of the greedy answers; k give each variant's maximum over them.
+        results.rouge, results.generations = tofu.best_of_samples_rouge(
+            generated.samples, [item["answer"] for item in items]
+        )
 
     if GRADIENT_NORM in passes:
         item_answers = [item["answer"] for item in items]
@@ -188,17 +183,19 @@ def _run_passes(
     return results, tokens_processed
 
 
-def _count_pass_items(items: Sequence[dict], passes: set[str]) -> int:
-    """Sequences the passes over one eval set will process, for the progress bar."""
+def _count_pass_items(items: Sequence[dict], passes: set[str], num_samples: int = 1) -> int:
+    """Sequences the passes over one eval set will process, for the progress bar (generation: once per sample)."""
     count = 0
     token_pass = _needs_token_pass(passes)
     if token_pass:
         count += len(items)
     if ANSWER_NLL in passes and not token_pass:
         count += len(items)
-    for pass_name in (PARAPHRASED_NLL, GENERATION, GRADIENT_NORM):
+    for pass_name in (PARAPHRASED_NLL, GRADIENT_NORM):
         if pass_name in passes:
             count += len(items)
+    if GENERATION in passes:
+        count += num_samples * len(items)
     if PERTURBED_NLL in passes:
         count += sum(len(item["perturbed_answer"]) for item in items)
     return count
@@ -213,13 +210,16 @@ def evaluate_tofu(
     batch_size: int = 32,
     max_new_tokens: int = 32,
     mia_k: float = 0.4,
+    sampling=None,
     progress: bool = False,
 ) -> EvalResult:
     """Compute the requested TOFU metrics (and the metrics they depend on) for one model.
 
     `eval_sets` maps "forget", "retain", "real_authors", "world_facts" and "holdout" to lists of TOFU items; only the
     sets the requested metrics read are required (see `required_eval_sets`). `mia_k` is the share of lowest-scoring
-    tokens of the min-k% and min-k%++ attacks. Cross-model metrics (forget_quality, privleak, mia_reference) are not
+    tokens of the min-k% and min-k%++ attacks. `sampling` (a SamplingConfig; None: greedy) decodes the ROUGE metrics'
+    answers: with k samples, each per-item ROUGE value is the maximum over them (`tofu.best_of_samples_rouge`) and
+    `generations` keeps the sample of highest ROUGE-L recall. Cross-model metrics (forget_quality, privleak, mia_reference) are not
     computed here: see TOFU_CROSS_MODEL_METRICS.
     """
     metric_names = resolve_metric_names(metric_names)
@@ -233,7 +233,11 @@ def evaluate_tofu(
 
     result = EvalResult()
     passes_by_set_results: dict[str, _SetPasses] = {}
-    total = sum(_count_pass_items(eval_sets[eval_set], passes) for eval_set, passes in passes_by_set.items())
+    num_samples = 1 if sampling is None else int(sampling.num_samples)
+    total = sum(
+        _count_pass_items(eval_sets[eval_set], passes, num_samples)
+        for eval_set, passes in passes_by_set.items()
+    )
     with tqdm(total=total, desc="TOFU eval", unit="seq", disable=not progress) as progress_bar:
         for eval_set, passes in passes_by_set.items():
             progress_bar.set_postfix_str(eval_set)
@@ -242,7 +246,14 @@ def evaluate_tofu(
                     "TOFU eval: %s (%d items): %s", eval_set, len(eval_sets[eval_set]), sorted(passes)
                 )
             set_results, tokens = _run_passes(
-                model, tokenizer, eval_sets[eval_set], passes, batch_size, max_new_tokens, progress_bar
+                model,
+                tokenizer,
+                eval_sets[eval_set],
+                passes,
+                batch_size,
+                max_new_tokens,
+                progress_bar,
+                sampling,
             )
             passes_by_set_results[eval_set] = set_results
             result.tokens_processed += tokens
@@ -284,9 +295,6 @@ def _compute_metric(
     elif spec.kind == "prob_normalised":
         per_item = tofu.normalised_probabilities(passes.answer_nlls, passes.perturbed_nlls)
     elif spec.kind == "rouge":
-        if passes.rouge is None:
-            references = [item["answer"] for item in eval_sets[spec.eval_set]]
-            passes.rouge = tofu.rouge_scores(passes.generations, references)
         per_item = passes.rouge[spec.variant]
     elif spec.kind == "truth_ratio":
         correct = passes.paraphrased_nlls if PARAPHRASED_NLL in spec.needs else passes.answer_nlls
@@ -331,7 +339,8 @@ def evaluate_tofu_suite(
     *,
     progress: bool = False,
 ) -> EvalResult:
-    """`evaluate_tofu` with batch size, generation length and k of the attacks from `settings` (a MetricsConfig)."""
+    """`evaluate_tofu` with batch size, generation length, k of the attacks and sampling from `settings` (a
+    MetricsConfig)."""
     return evaluate_tofu(
         model,
         tokenizer,
@@ -340,6 +349,7 @@ def evaluate_tofu_suite(
         batch_size=settings.batch_size,
         max_new_tokens=settings.max_new_tokens,
         mia_k=settings.mia_k,
+        sampling=settings.sampling,
         progress=progress,
     )
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msa_bench.config.cache_keys import without_default_options
 from msa_bench.errors import (
     MetricUnavailableError,
     MetricUndefinedError,
@@ -49,13 +50,18 @@ def required_eval_sets(plan: Mapping[str, Sequence[str]]) -> set[str]:
 
 
 def _settings_spec(settings) -> dict:
-    spec = asdict(settings)
+    # Options marked OMIT_AT_DEFAULT (metrics.sampling) are left out at their defaults, so the keys made before
+    # they existed still hold.
+    spec = without_default_options(settings, asdict(settings))
     spec.pop("names", None)
     spec.pop("name", None)
     # The judge enters cross-model metrics, which are never cached; a suite whose own numbers depend on it says so
     # in its cache_spec.
     spec.pop("judge", None)
-    spec.pop("batch_size", None)  # batching does not change the values
+    # Greedy batching does not change the values; sampled values depend on the batch composition (each step draws
+    # the tokens of a whole batch at once: core/decoding.sampled_decode), so with sampling batch_size stays.
+    if "sampling" not in spec:
+        spec.pop("batch_size", None)
     return spec
 
 

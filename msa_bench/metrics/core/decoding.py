@@ -1,4 +1,4 @@
-"""The one batched greedy decoder: prompts (token ids) in, stripped continuations out.
+"""The one batched decoder: prompts (token ids) in, stripped continuations out; greedy, or k sampled ones.
 
 Prompts are padded on the left here rather than through `tokenizer.padding_side`, so that every prompt ends where
 generation starts and the result does not depend on how a tokenizer was saved. A continuation ends at the tokenizer's
@@ -13,6 +13,9 @@ cache (`cache_implementation="static"`): preallocated for prompt + max_new_token
 reallocation at every step and is what torch.compile needs on a GPU. The greedy tokens are the same either way
 (tests/test_decoding_cache.py); on this CPU the two run at the same speed.
 
+`sampled_decode` runs the same decoder k times with temperature and nucleus (top-p) sampling, one seeded pass per
+sample (leak@k: metrics.sampling); at temperature 0 it is `greedy_decode` itself.
+
 `generate_answers` is the question-answering front end (TOFU, the judged accuracies): the prompt is `encode_prompt`,
 the same prefix that scoring and training use (msa_bench/data/formatting.py).
 """
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -84,6 +89,10 @@ def supports_static_cache(model: torch.nn.Module) -> bool:
     )
 
 
+# generate()'s decoding arguments for greedy decoding: the argmax token at every step.
+GREEDY = MappingProxyType({"do_sample": False, "num_beams": 1})
+
+
 def greedy_decode(
     model: torch.nn.Module,
     tokenizer,
@@ -99,6 +108,23 @@ def greedy_decode(
 
     `static_cache`: None (the default) uses a static KV cache where `supports_static_cache`; False never does.
     """
+    return _decode(
+        model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, on_batch, static_cache, GREEDY
+    )
+
+
+def _decode(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    stop_strings: Sequence[str],
+    on_batch: Callable[[int], None] | None,
+    static_cache: bool | None,
+    decoding: Mapping[str, object],
+) -> Generations:
+    """One continuation of each prompt, with generate()'s `decoding` arguments (GREEDY or `_sampling_arguments`)."""
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer needs pad and eos tokens for batched generation")
     use_static_cache = supports_static_cache(model) if static_cache is None else static_cache
@@ -136,8 +162,7 @@ def greedy_decode(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=batch_max_new,
-                do_sample=False,
-                num_beams=1,
+                **decoding,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
@@ -161,6 +186,105 @@ def greedy_decode(
     if capped_batches > 1:
         log.warning("generation was capped by the context length in %d batches", capped_batches)
     return Generations(texts=texts, tokens_processed=tokens_processed)
+
+
+@dataclass(frozen=True)
+class SampledGenerations:
+    # Per prompt, in input order: its continuations (as Generations.texts), sample 0 first.
+    samples: list[list[str]]
+    # Over every sample's pass, each counted as Generations.tokens_processed.
+    tokens_processed: int
+
+
+def is_greedy(sampling) -> bool:
+    """Whether `sampling` (a SamplingConfig, or None) decodes greedily: temperature 0 (validation allows it only
+    with one sample)."""
+    return sampling is None or sampling.temperature == 0
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """The torch seed of one sample: an independent stream per (seed, index), so that the samples of seed s share
+    none with those of seed s + 1 (as `seed + index` would)."""
+    return int(np.random.SeedSequence([seed, sample_index]).generate_state(1)[0])
+
+
+def _sampling_arguments(sampling) -> dict[str, object]:
+    # top_k=0 turns top-k off: a model's generation_config (Llama-3's, say) may set one, and the settings name only
+    # temperature and top_p.
+    return {
+        "do_sample": True,
+        "num_beams": 1,
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+        "top_k": 0,
+    }
+
+
+def sampled_decode(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    sampling,
+    batch_size: int = 32,
+    stop_strings: Sequence[str] = (),
+    on_batch: Callable[[int], None] | None = None,
+    *,
+    static_cache: bool | None = None,
+) -> SampledGenerations:
+    """`sampling.num_samples` continuations of each prompt (`sampling`: a SamplingConfig); when it is greedy
+    (`is_greedy`), the one continuation is `greedy_decode`'s, by the same call.
+
+    Sample i is one pass of the batched decoder over all prompts, with torch seeded by `sample_seed(seed, i)` inside
+    `torch.random.fork_rng` (the caller's random state is left as it was). Its texts are therefore reproducible for
+    the same seed, prompts, model, batch_size, device and library versions, and do not depend on num_samples. They
+    do depend on the batch composition: generate() draws each step's tokens for the whole batch at once, so a prompt
+    batched with others (another batch_size, or other prompts) receives other random numbers. `on_batch` is called
+    after every batch of every pass (num_samples times per prompt).
+    """
+    if is_greedy(sampling):
+        if sampling is not None and sampling.num_samples != 1:
+            raise ValueError(
+                f"num_samples={sampling.num_samples} at temperature 0 would decode the same greedy answer "
+                f"{sampling.num_samples} times; set a temperature > 0"
+            )
+        generated = greedy_decode(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            stop_strings,
+            on_batch,
+            static_cache=static_cache,
+        )
+        return SampledGenerations([[text] for text in generated.texts], generated.tokens_processed)
+    device = model_device(model)
+    forked_cuda_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    samples: list[list[str]] = [[] for _ in prompts]
+    tokens_processed = 0
+    for sample_index in range(sampling.num_samples):
+        with torch.random.fork_rng(devices=forked_cuda_devices):
+            torch.manual_seed(sample_seed(int(sampling.seed), sample_index))
+            generated = _decode(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                stop_strings,
+                on_batch,
+                static_cache,
+                _sampling_arguments(sampling),
+            )
+        for prompt_samples, text in zip(samples, generated.texts, strict=True):
+            prompt_samples.append(text)
+        tokens_processed += generated.tokens_processed
+    return SampledGenerations(samples, tokens_processed)
 
 
 def declared_context_length(model: torch.nn.Module, tokenizer) -> int | None:
@@ -194,6 +318,20 @@ def generate_answers(
     """Greedy answer to each question, prompted in the tokenizer's format (plain or chat), with token counts."""
     prompts = [encode_prompt(tokenizer, question) for question in questions]
     return greedy_decode(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=on_batch)
+
+
+def sample_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    sampling,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> SampledGenerations:
+    """`generate_answers` with `sampled_decode`: `sampling.num_samples` answers to each question."""
+    prompts = [encode_prompt(tokenizer, question) for question in questions]
+    return sampled_decode(model, tokenizer, prompts, max_new_tokens, sampling, batch_size, on_batch=on_batch)
 
 
 def greedy_generate(
