@@ -93,6 +93,11 @@ class AttackRunner:
                 self._sampling(name, settings)
         return self.results
 
+    def _relabelled(self, role: str, what: str) -> ModelRef:
+        """The unattacked model of `role`, labelled for a stage of its own (`eval:<role> [<what>]` in the costs)."""
+        model = self.models[role]
+        return ModelRef(model.path, model.key, f"{role} [{what}]")
+
     def _recovery_metrics(self, candidates) -> list[str]:
         return [metric for metric in candidates if metric in self.names]
 
@@ -161,7 +166,10 @@ class AttackRunner:
         )
         if excluded:  # the unattacked models on the same items, the baseline of this attack's recovery
             plain_on_items = {
-                role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()
+                role: evaluate_model(
+                    self.pipeline, self._relabelled(role, "unattacked, relearning's items"), view
+                )
+                for role in self.models
             }
             self.results.add(
                 name,
@@ -197,7 +205,9 @@ class AttackRunner:
         )
         metrics_settings = dataclasses.replace(self.cfg.metrics, names=names, sampling=sampling)
         view = EvalView(names=tuple(names), settings=metrics_settings)
-        evaluations = {role: evaluate_model(self.pipeline, ref, view) for role, ref in self.models.items()}
+        evaluations = {
+            role: evaluate_model(self.pipeline, self._relabelled(role, name), view) for role in self.models
+        }
         self.results.add(
             name,
             evaluations,
