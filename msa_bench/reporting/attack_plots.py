@@ -26,7 +26,9 @@ def plot_attack_recovery(section: AttackSection, out_dir: Path) -> Path | None:
     if not attacks or not methods:
         return None
     width = GROUP_WIDTH / len(methods)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.0 + 0.35 * len(attacks) * len(methods)), 4.5))
+    # Each attack gets room for its bars and for its two-line tick label, written level so that labels never overlap.
+    per_attack = max(1.3, 0.35 * len(methods))
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.0 + per_attack * len(attacks)), 4.5))
     drawn = False
     colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
     for index, (label, cells) in enumerate(methods):
@@ -80,7 +82,7 @@ def plot_attack_recovery(section: AttackSection, out_dir: Path) -> Path | None:
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="target (recovery 1)")
     metrics = {a.attack: a.metrics[0] for a in section.attacks}
-    axes.set_xticks(range(len(attacks)), [f"{a}\n{metrics[a]}" for a in attacks], fontsize=7, rotation=20)
+    axes.set_xticks(range(len(attacks)), [f"{a}\n{metrics[a]}" for a in attacks], fontsize=7)
     axes.set_ylabel("recovery (0: none, 1: back to target)")
     title = f"Recovery under attack (mean ± std over seeds): {section.table.title}"
     axes.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
