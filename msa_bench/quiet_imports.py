@@ -20,21 +20,27 @@ TORCHAO_IMPORT_LOGGERS = ("torchao", "torchao.kernel.intmm", "torch.utils._pytre
 
 @contextlib.contextmanager
 def quiet_torchao_import() -> Iterator[None]:
-    """Drop the records of `TORCHAO_IMPORT_LOGGERS` while the body runs: wrap the import that first loads torchao.
-    Once torchao is imported, importing it again prints nothing, so this is needed only around the first import
-    (transformers' model classes import torchao too when it is installed)."""
+    """Drop the records of `TORCHAO_IMPORT_LOGGERS` and their children while the body runs: wrap the import that
+    first loads torchao. Once torchao is imported, importing it again prints nothing, so this is needed only around
+    the first import (transformers' model classes import torchao too when it is installed)."""
 
-    def drop(record: logging.LogRecord) -> bool:
-        return False
+    def keep(record: logging.LogRecord) -> bool:
+        return not any(
+            record.name == name or record.name.startswith(f"{name}.") for name in TORCHAO_IMPORT_LOGGERS
+        )
 
-    loggers = [logging.getLogger(name) for name in TORCHAO_IMPORT_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(drop)
+    # A logger's filter sees only its own records, so the filter goes where the children's records end up too: the
+    # named loggers, every handler of the root logger, and the last-resort handler used when none is configured.
+    targets = [logging.getLogger(name) for name in TORCHAO_IMPORT_LOGGERS]
+    targets += [*logging.getLogger().handlers, logging.lastResort]
+    targets = [target for target in targets if target is not None]
+    for target in targets:
+        target.addFilter(keep)
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(drop)
+        for target in targets:
+            target.removeFilter(keep)
 
 
 def import_torchao_quietly() -> None:

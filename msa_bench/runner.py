@@ -114,6 +114,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
+    attack_runner = AttackRunner(pipeline)
+    attack_runner.preflight()  # the attacks' data and settings, before any training
     if main_process:
         # The run's own files are written after all the training: a full output disk is refused now, not then.
         require_free_space(
@@ -170,9 +172,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         }
         columns = {model: metrics for model, (metrics, _) in references.items()}
         method_metrics, provenance = against_oracle(method_eval, cfg.method.name)
-        attacks = AttackRunner(pipeline, {"method": unlearned, "target": target, "oracle": oracle}).run(
-            progress
-        )
+        attacks = attack_runner.run(progress, {"method": unlearned, "target": target, "oracle": oracle})
         method_metrics |= attacks.metrics["method"]
         provenance |= attacks.provenance["method"]
         for model in ("target", "oracle"):

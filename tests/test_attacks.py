@@ -7,7 +7,9 @@ import json
 import pytest
 
 from msa_bench.attacks.stages import refuse_overlap
-from msa_bench.errors import AttackError, ConfigError
+from msa_bench.benchmarks.base import RelearningData
+from msa_bench.data.overlap import shingles
+from msa_bench.errors import AttackError, BenchmarkError, ConfigError
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.validation import validate_config
@@ -97,11 +99,15 @@ def test_tofu_relearning_data_are_disjoint_from_what_is_evaluated(tmp_path):
     assert len(eval_sets["forget"]) == n_forget - len(forget.items)
     evaluated = {item["question"] for items in eval_sets.values() for item in items}
     assert not evaluated & {x["question"] for x in forget.items + retain.items}
-    refuse_overlap("relearn_forget_10", forget.items, eval_sets)  # nothing overlaps: no error
-    refuse_overlap("relearn_retain_10", retain.items, eval_sets)
+    refuse_overlap("relearn_forget_10", forget, eval_sets)  # nothing overlaps: no error
+    refuse_overlap("relearn_retain_10", retain, eval_sets)
     # Seeded: the same seed draws the same items, another seed others.
     assert benchmark.relearning_data("forget", 0.25, seed=3).items == forget.items
     assert benchmark.relearning_data("forget", 0.25, seed=4).items != forget.items
+
+
+def _data(items, ignored=frozenset()):
+    return RelearningData(items, "test", frozenset(), f"{len(items)} test items", "every eval item", ignored)
 
 
 def test_relearning_data_that_overlap_an_evaluated_item_are_refused(tmp_path):
@@ -109,28 +115,86 @@ def test_relearning_data_that_overlap_an_evaluated_item_are_refused(tmp_path):
     eval_sets = benchmark.eval_sets({"forget", "retain"})
     duplicate = dict(eval_sets["forget"][2])
     with pytest.raises(AttackError, match=r"attack relearn_retain_10: .*eval set 'forget' item 2"):
-        refuse_overlap("relearn_retain_10", [{"question": "unrelated?", "answer": "x"}, duplicate], eval_sets)
-    muse_sets = {"muse_verbmem_forget": [{"prompt": "The council met on Monday " * 5, "gt": "..."}]}
-    article = {"text": "Earlier text. " + "The council met on Monday " * 6}
+        refuse_overlap(
+            "relearn_retain_10", _data([{"question": "unrelated?", "answer": "x"}, duplicate]), eval_sets
+        )
+    # A question inside an evaluated prompt (the MUSE-format sets built from QA) overlaps too.
+    prompt_sets = {
+        "muse_verbmem_forget": [{"prompt": f"Question: {duplicate['question']}\nAnswer:", "gt": "a"}]
+    }
     with pytest.raises(AttackError, match="muse_verbmem_forget"):
-        refuse_overlap("relearn_forget_10", [article], muse_sets)
+        refuse_overlap("relearn_forget_10", _data([duplicate]), prompt_sets)
+    # An article holding an evaluated passage that starts mid-article, with other whitespace, overlaps.
+    body = " ".join(f"word{k}" for k in range(40))
+    muse_sets = {"muse_privleak_forget": [{"text": body[100:]}]}
+    article = {"text": "An earlier story ends here. " + body.replace(" ", "\n  ", 5)}
+    with pytest.raises(AttackError, match="muse_privleak_forget"):
+        refuse_overlap("relearn_forget_10", _data([article]), muse_sets)
+    # ... but sharing only boilerplate is not overlap.
+    refuse_overlap("relearn_forget_10", _data([article], ignored=shingles(body)), muse_sets)
 
 
-def test_muse_relearns_only_articles_that_hold_no_evaluated_passage(tmp_path):
+def test_tofu_relearning_leaves_the_relearned_questions_out_of_muse_format_sets(tmp_path):
+    benchmark = _tofu_benchmark(tmp_path)
+    forget = benchmark.relearning_data("forget", 0.25, seed=0)
+    sets = {
+        "muse_verbmem_forget": [
+            {"prompt": f"Question: {x['question']}\nAnswer:", "gt": x["answer"]}
+            for x in benchmark.forget_items()
+        ]
+    }
+    narrowed = benchmark.without_relearned(sets, forget.excluded_questions)
+    assert len(narrowed["muse_verbmem_forget"]) == len(benchmark.forget_items()) - len(forget.items)
+    refuse_overlap("relearn_forget_10", forget, narrowed)
+
+
+def test_muse_relearns_only_articles_that_share_no_passage_with_an_evaluated_item(tmp_path):
     data = write_tiny_muse(tmp_path / "muse")
     articles = json.loads((data / "raw" / "forget.json").read_text())
-    unevaluated = [f"An unrelated story number {k} about the weather in the north. " * 4 for k in range(6)]
-    (data / "raw" / "forget.json").write_text(json.dumps(articles + unevaluated))
+    notice = "This video can not be played. To play this video you need to enable JavaScript in your browser."
+    unevaluated = [
+        f"{notice} An unrelated story number {k} about the weather in the north. " * 4 for k in range(6)
+    ]
+    # An evaluated article's body, behind another article's end: held, although it does not start the text.
+    spliced = "A story about the harbour ends here. " + articles[0][30:]
+    (data / "raw" / "forget.json").write_text(json.dumps(articles + unevaluated + [spliced]))
     overrides = ["benchmark=muse_news", "metrics=muse", f"benchmark.data_dir={data}", "logger=none"]
     config = validate_config(compose_config(["experiment=smoke", *overrides], tmp_path))
     benchmark = Pipeline(config, ArtifactStore(tmp_path / "cache"), "cpu").benchmark
-    relearning = benchmark.relearning_data("forget", 0.25, seed=0)
-    assert len(relearning.items) == 3  # a quarter of 12 articles
+    # The evaluated items carry the notice too: as boilerplate (in most articles) it is not shared content.
+    relearning = benchmark.relearning_data("forget", 0.5, seed=0)
+    assert len(relearning.items) == 6  # half of 13 articles, drawn from the 6 unevaluated ones
     assert all(item["text"] in unevaluated for item in relearning.items)
     assert relearning.excluded_questions == frozenset()  # every eval item stays evaluated
-    refuse_overlap(
-        "relearn_forget_10", relearning.items, benchmark.eval_sets(set(benchmark.default_eval_sets))
-    )
+    refuse_overlap("relearn_forget_10", relearning, benchmark.eval_sets(set(benchmark.default_eval_sets)))
+    with pytest.raises(BenchmarkError, match="relearning needs 9 forget articles sharing no passage"):
+        benchmark.relearning_data("forget", 0.7, seed=0)
+
+
+def test_relearning_that_cannot_be_drawn_fails_before_any_training_naming_the_key(tmp_path):
+    data = write_tiny_muse(tmp_path / "muse")  # every forget article is evaluated: none can be relearned
+    with pytest.raises(AttackError, match=r"attack relearn_forget_10 \(attacks.relearning.relearn_forget_10"):
+        run_job(
+            tmp_path / "cache",
+            tmp_path / "run",
+            [
+                "benchmark=muse_news",
+                "metrics=muse",
+                f"benchmark.data_dir={data}",
+                "attacks=relearn_forget_10",
+            ],
+        )
+    assert not (tmp_path / "cache" / "history").exists()
+
+
+def test_an_int4_group_that_does_not_divide_the_model_fails_before_any_training(tmp_path):
+    with pytest.raises(AttackError, match=r"group_size=48 does not divide model.hidden_size=64"):
+        run_job(
+            tmp_path / "cache",
+            tmp_path / "run",
+            ["attacks=quantize_int4", "attacks.quantization.quantize_int4.group_size=48"],
+        )
+    assert not (tmp_path / "cache" / "history").exists()
 
 
 @pytest.mark.slow

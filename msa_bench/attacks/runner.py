@@ -20,8 +20,10 @@ import logging
 from dataclasses import dataclass, field
 
 from msa_bench.attacks.stages import quantized_model, refuse_overlap, relearned_model
-from msa_bench.config.attacks import QUANTIZATION_SCHEMES
+from msa_bench.benchmarks.base import RelearningData
+from msa_bench.config.attacks import GROUPED_SCHEMES, QUANTIZATION_SCHEMES
 from msa_bench.config.schema import SamplingConfig
+from msa_bench.errors import AttackError, BenchmarkError
 from msa_bench.pipeline.evaluation import EvalView, evaluate_model, final_metrics
 from msa_bench.pipeline.refs import ModelRef, plain
 
@@ -72,15 +74,40 @@ class AttackResults:
 class AttackRunner:
     """The attacks of one run, over its three models."""
 
-    def __init__(self, pipeline, models: dict[str, ModelRef]):
+    def __init__(self, pipeline):
         self.pipeline = pipeline
         self.cfg = pipeline.cfg
-        self.models = models
+        self.models: dict[str, ModelRef] = {}
         self.names = list(self.cfg.metrics.names)
         self.benchmark = pipeline.benchmark
         self.results = AttackResults()
+        self._relearning_inputs: dict[str, tuple[RelearningData, EvalView, dict] | None] = {}
 
-    def run(self, progress) -> AttackResults:
+    def preflight(self) -> None:
+        """Before any training: each relearning attack's data (drawn, and checked for overlap with the evaluated
+        items) and each grouped quantization's group size against the embedded model's layer widths."""
+        for name, settings in self.cfg.attacks.relearning.items():
+            self._relearning_inputs[name] = self._relearning_input(name, settings)
+        model = self.cfg.model
+        if self.pipeline.embedded:
+            widths = {
+                "model.hidden_size": model.hidden_size,
+                "model.intermediate_size": model.intermediate_size,
+            }
+            for name, settings in self.cfg.attacks.quantization.items():
+                if settings.scheme not in GROUPED_SCHEMES:
+                    continue
+                for key, width in widths.items():
+                    if width % settings.group_size:
+                        raise AttackError(
+                            f"attack {name}: attacks.quantization.{name}.group_size={settings.group_size} does not "
+                            f"divide {key}={width}, the input width of some of the model's linear layers; choose a "
+                            f"group_size that divides {sorted(widths.values())}"
+                        )
+
+    def run(self, progress, models: dict[str, ModelRef]) -> AttackResults:
+        """Every configured attack on `models` (method, target, oracle), one console stage each."""
+        self.models = models
         attacks = self.cfg.attacks
         for name, settings in attacks.quantization.items():
             with progress.stage():
@@ -136,16 +163,18 @@ class AttackRunner:
 
         return self.pipeline.eval_sets(required_eval_sets(evaluation_plan(self.names)))
 
-    def _relearning(self, name: str, settings) -> None:
-        data = self.benchmark.relearning_data(settings.data, settings.fraction, self.cfg.seed)
+    def _relearning_input(self, name: str, settings) -> tuple[RelearningData, EvalView, dict] | None:
+        """The attack's data, the view of the eval sets it is read on, and those eval sets; None when the benchmark
+        defines no relearning."""
+        try:
+            data = self.benchmark.relearning_data(settings.data, settings.fraction, self.cfg.seed)
+        except BenchmarkError as error:
+            raise AttackError(
+                f"attack {name} (attacks.relearning.{name}.data={settings.data}, fraction={settings.fraction}): "
+                f"{error}"
+            ) from error
         if data is None:
-            self._skip(
-                name,
-                "relearning",
-                settings,
-                f"benchmark kind {self.benchmark.kind} defines no relearning split (Benchmark.relearning_data)",
-            )
-            return
+            return None
         excluded = data.excluded_questions
         digest = hashlib.sha256(json.dumps(sorted(excluded)).encode()).hexdigest()[:16]
         view = EvalView(
@@ -155,7 +184,23 @@ class AttackRunner:
             narrow=(lambda sets: self.benchmark.without_relearned(sets, excluded)) if excluded else None,
         )
         eval_sets = view.eval_sets(self.pipeline)
-        refuse_overlap(name, data.items, eval_sets)
+        refuse_overlap(name, data, eval_sets)
+        return data, view, eval_sets
+
+    def _relearning(self, name: str, settings) -> None:
+        if name not in self._relearning_inputs:
+            self._relearning_inputs[name] = self._relearning_input(name, settings)
+        inputs = self._relearning_inputs[name]
+        if inputs is None:
+            self._skip(
+                name,
+                "relearning",
+                settings,
+                f"benchmark kind {self.benchmark.kind} defines no relearning split (Benchmark.relearning_data)",
+            )
+            return
+        data, view, eval_sets = inputs
+        excluded = data.excluded_questions
         attacked = {
             role: relearned_model(self.pipeline, name, settings, data, model, role)
             for role, model in self.models.items()
@@ -167,7 +212,7 @@ class AttackRunner:
         if excluded:  # the unattacked models on the same items, the baseline of this attack's recovery
             plain_on_items = {
                 role: evaluate_model(
-                    self.pipeline, self._relabelled(role, "unattacked, relearning's items"), view
+                    self.pipeline, self._relabelled(role, f"unattacked, {name}'s items"), view
                 )
                 for role in self.models
             }
@@ -191,13 +236,16 @@ class AttackRunner:
         )
 
     def _sampling(self, name: str, settings) -> None:
-        names = [metric for metric in self.benchmark.generation_forget_metrics]
+        # Only the generation metrics the run computes greedily too: leak@k is read against their greedy value.
+        names = [metric for metric in self.benchmark.generation_forget_metrics if metric in self.names]
         if not names:
+            declared = list(self.benchmark.generation_forget_metrics)
             self._skip(
                 name,
                 "sampling",
                 settings,
-                f"benchmark kind {self.benchmark.kind} declares no generation forget metric to sample",
+                f"metrics.names holds none of benchmark kind {self.benchmark.kind}'s generation forget metrics "
+                f"{declared or '(it declares none)'}; add one to metrics.names to sample it",
             )
             return
         sampling = SamplingConfig(

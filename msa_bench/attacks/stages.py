@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from importlib import metadata
 from pathlib import Path
 
 from msa_bench.benchmarks.base import RelearningData
-from msa_bench.config.attacks import QuantizationAttackConfig, RelearningAttackConfig
+from msa_bench.config.attacks import QUANTIZATION_SCHEMES, QuantizationAttackConfig, RelearningAttackConfig
+from msa_bench.data.overlap import collapsed, content_shingles, shares_content
 from msa_bench.errors import AttackError
 from msa_bench.models.build import load_model, save_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
@@ -19,9 +21,12 @@ from msa_bench.pipeline.refs import ModelRef, plain
 
 log = logging.getLogger("msa_bench.attacks")
 
-# What a relearned item is compared on with the evaluated items: QA items by question, text items by their start.
-_TEXT_FIELDS = ("question", "prompt", "text")
-_PASSAGE_CHARS = 80
+
+def library_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"  # quantize_weights then says how to install it
 
 
 def quantized_model(
@@ -31,7 +36,14 @@ def quantized_model(
     computes with, and the quantization's report (the quantized model's size, the library)."""
     from msa_bench.attacks.quantization import quantize_weights  # imports torchao only when an attack runs
 
-    spec = {"model": model.key, "quantization": plain(settings), "dtype": pipeline.cfg.model.dtype}
+    library = QUANTIZATION_SCHEMES[settings.scheme][0]
+    spec = {
+        "model": model.key,
+        "quantization": plain(settings),
+        "dtype": pipeline.cfg.model.dtype,
+        # Another version of the library may round differently: its quantized models are not reused.
+        "library": f"{library} {library_version(library)}",
+    }
 
     def build(out: Path) -> dict:
         loaded = load_model(
@@ -66,22 +78,27 @@ def relearned_model(
     return ModelRef(relearned.path, relearned.key, f"{role} [{attack}]")
 
 
-def refuse_overlap(attack: str, relearned: list[dict], eval_sets: dict[str, list[dict]]) -> None:
+def refuse_overlap(attack: str, data: RelearningData, eval_sets: dict[str, list[dict]]) -> None:
     """AttackError when a relearned item is also an evaluated item: the attack would be scored on what it trained
-    on. QA items match by question; a text item holds an evaluated passage when it contains the passage's start."""
-    questions = {item["question"] for item in relearned if "question" in item}
-    texts = [item["text"] for item in relearned if "text" in item and "question" not in item]
+    on. A QA item overlaps an eval item that asks its question (as its question, or inside its prompt or text); a text
+    item overlaps an eval item with which it shares a passage (msa_bench/data/overlap.py)."""
+    questions = {item["question"] for item in data.items if "question" in item}
+    collapsed_questions = [collapsed(question) for question in questions]
+    texts = [item["text"] for item in data.items if "text" in item and "question" not in item]
     for set_name, items in eval_sets.items():
         for index, item in enumerate(items):
-            for field_name in _TEXT_FIELDS:
-                value = item.get(field_name)
-                if not isinstance(value, str) or not value.strip():
-                    continue
-                passage = value.strip()[:_PASSAGE_CHARS]
-                if value in questions or any(passage in text for text in texts):
-                    raise AttackError(
-                        f"attack {attack}: relearning data overlap the evaluated items: eval set {set_name!r} "
-                        f"item {index} ({field_name} {value[:60]!r}) is among the relearned items, so the attack "
-                        "would be scored on what it trained on. Remove the duplicate from the benchmark's data, or "
-                        "lower the attack's fraction"
-                    )
+            passages = [item[key] for key in ("prompt", "gt", "text") if isinstance(item.get(key), str)]
+            overlaps = item.get("question") in questions or any(
+                question in collapsed(passage) for question in collapsed_questions for passage in passages
+            )
+            if not overlaps and texts and passages:
+                evaluated = content_shingles(passages, data.ignored_shingles)
+                overlaps = any(shares_content(text, evaluated, data.ignored_shingles) for text in texts)
+            if overlaps:
+                shown = item.get("question") or passages[0]
+                raise AttackError(
+                    f"attack {attack}: its relearning data ({data.relearned}) overlap the evaluated items: eval set "
+                    f"{set_name!r} item {index} ({shown[:60]!r}) is among what it trains on, so the attack would be "
+                    "scored on what it learnt. The benchmark's data hold the same item in the relearning pool and "
+                    "in an eval set: remove the duplicate"
+                )

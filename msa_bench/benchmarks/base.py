@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from msa_bench.config.schema import BenchmarkConfig
+from msa_bench.data.overlap import collapsed
 from msa_bench.errors import BenchmarkError, ConfigError
 
 # Modules of this package that hold no benchmark.
@@ -92,6 +93,8 @@ class RelearningData:
     excluded_questions: frozenset[str]
     relearned: str  # for results.json: what the attack trains on ("10 forget10 items")
     evaluated: str  # ... and which items it is read on
+    # Text items: the shingles that are the corpus's boilerplate, not shared content (msa_bench/data/overlap.py).
+    ignored_shingles: frozenset = frozenset()
 
 
 def relearned_count(n_forget: int, fraction: float) -> int:
@@ -201,10 +204,18 @@ class Benchmark(ABC):
         return None
 
     def without_relearned(self, eval_sets: dict[str, list[dict]], excluded: frozenset[str]) -> dict:
-        """The eval sets without the items whose question is among `excluded` (the relearned forget items)."""
+        """The eval sets without the items that ask an `excluded` question (the relearned forget items): by their
+        question, or inside their prompt or text (the MUSE-format sets built from QA items)."""
+        questions = [collapsed(question) for question in excluded]
+
+        def asks_excluded(item: dict) -> bool:
+            if item.get("question") in excluded:
+                return True
+            texts = [collapsed(item[key]) for key in ("prompt", "text") if isinstance(item.get(key), str)]
+            return any(question in text for question in questions for text in texts)
+
         return {
-            name: [item for item in items if item.get("question") not in excluded]
-            for name, items in eval_sets.items()
+            name: [item for item in items if not asks_excluded(item)] for name, items in eval_sets.items()
         }
 
 

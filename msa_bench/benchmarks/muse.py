@@ -33,20 +33,21 @@ from msa_bench.data.muse import (
     load_muse_eval_sets,
     muse_required_files,
 )
+from msa_bench.data.overlap import boilerplate, content_shingles, shares_content
 from msa_bench.data.sources import download_muse, local_data_source
 
 FORGET_ID = "forget"
-# How much of an evaluated passage (its start) must not appear in a relearned article.
-PASSAGE_CHARS = 80
+# The fields of an eval item that hold passages of text a relearned article could contain.
+PASSAGE_FIELDS = ("prompt", "gt", "text")
 
 
 def evaluated_passages(eval_sets: dict[str, list[dict]]) -> list[str]:
-    """The start of every verbmem prompt and privleak text that is evaluated (the text eval items)."""
+    """Every verbmem prompt and continuation and every privleak text that is evaluated."""
     return [
-        value.strip()[:PASSAGE_CHARS]
+        value
         for items in eval_sets.values()
         for item in items
-        for field_name in ("prompt", "text")
+        for field_name in PASSAGE_FIELDS
         if isinstance(value := item.get(field_name), str) and value.strip()
     ]
 
@@ -134,32 +135,39 @@ class MuseBenchmark(Benchmark):
         return self._retain
 
     def relearning_data(self, data: str, fraction: float, seed: int) -> RelearningData:
-        """Forget data: a seeded `fraction` of the forget articles, among those that hold none of the evaluated
-        verbmem prompts and privleak texts, so every eval item stays evaluated. Retain data: as many retain articles
-        (all of them when the corpus is smaller). knowmem's questions name no source article, so a relearned article
-        may hold the answer to one: that is relearning on related data, not on an evaluated item."""
-        forget = self._forget
-        count = relearned_count(len(forget), fraction)
-        passages = evaluated_passages(self._eval_sets)
-        if data == "forget":
-            pool = [item for item in forget if not any(passage in item["text"] for passage in passages)]
-            name = "forget articles"
-        else:
-            pool, name = self._retain, "retain articles"
+        """Forget data: a seeded `fraction` of the forget articles, among those that share no passage (a run of 12
+        words that is not boilerplate, msa_bench/data/overlap.py) with any evaluated verbmem or privleak text, so every
+        eval item stays evaluated. Retain data: as many retain articles, with the same rule (all of them that pass it
+        when the corpus is smaller). knowmem's questions name no source article, so a relearned article may hold the
+        answer to one: that is relearning on related data, not on an evaluated item."""
+        count = relearned_count(len(self._forget), fraction)
+        ignored = self._boilerplate
+        evaluated = content_shingles(evaluated_passages(self._eval_sets), ignored)
+        corpus, name = (
+            (self._forget, "forget articles") if data == "forget" else (self._retain, "retain articles")
+        )
+        pool = [item for item in corpus if not shares_content(item["text"], evaluated, ignored)]
+        if data == "retain":
             count = min(count, len(pool))
-        if len(pool) < count:
+        if len(pool) < count or not pool:
             raise BenchmarkError(
-                f"relearning needs {count} {name} holding none of the evaluated passages and the corpus has "
-                f"{len(pool)}; lower the attack's fraction"
+                f"relearning needs {max(count, 1)} {name} sharing no passage with the evaluated items, and "
+                f"{len(pool)} of the {len(corpus)} do; lower the attack's fraction"
             )
         items = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), count))]
         return RelearningData(
             items,
             f"muse:{data}[relearn {count} of {len(pool)}, seed {seed}]",
             frozenset(),
-            f"{count} {name} holding no evaluated verbmem or privleak passage",
+            f"{count} of the {len(pool)} {name} sharing no passage with an evaluated verbmem or privleak text",
             "every eval item",
+            ignored,
         )
+
+    @cached_property
+    def _boilerplate(self) -> frozenset:
+        """The runs of words the news corpora repeat (e.g. a video player's notice): not shared content."""
+        return boilerplate([item["text"] for item in self._forget + self._retain])
 
     @cached_property
     def _eval_sets(self) -> dict[str, list[dict]]:

@@ -40,8 +40,16 @@ class TofuBenchmark(Benchmark):
     # The holdout authors feed only the MUSE-style privleak sets; the MUSE-format sets are built on request.
     optional_eval_sets = ("holdout", *MUSE_EVAL_SET_NAMES)
     tokenizer_key_identifies_training_data = True
-    forget_metrics = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio")
-    generation_forget_metrics = ("forget_Q_A_ROUGE",)
+    # TOFU's own, then those of the MUSE-format sets built from its QA (metrics=muse).
+    forget_metrics = (
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_truth_ratio",
+        "muse_mia_min_k",
+        "forget_verbmem_ROUGE",
+        "forget_knowmem_ROUGE",
+    )
+    generation_forget_metrics = ("forget_Q_A_ROUGE", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
 
     @property
     def retain_split(self) -> str:
@@ -162,7 +170,7 @@ class TofuBenchmark(Benchmark):
             f"{self.retain_split}[relearn {count} of {len(pool)} not evaluated, seed {seed}]",
             excluded,
             f"{count} {self.retain_split} items outside the retain eval set",
-            f"{evaluated} (those the forget-set attack leaves out)",
+            f"{evaluated} (those a forget-set attack with this fraction relearns are left out)",
         )
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
