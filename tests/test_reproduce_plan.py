@@ -132,3 +132,30 @@ def test_runs_record_keeps_earlier_sweeps_and_replaces_rerun_ones(tmp_path):
     ]
     assert json.loads(path.read_text())["sweeps"] == log
     assert list(tmp_path.iterdir()) == [path]
+
+
+def _load_attacks_script():
+    path = SCRIPT.with_name("reproduce_attacks.py")
+    spec = importlib.util.spec_from_file_location("reproduce_attacks", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu", "muse_news"])
+def test_every_planned_attack_job_composes_and_validates(benchmark, compose_cfg, tmp_path):
+    attacks = _load_attacks_script()
+    groups = attacks.sweeps(benchmark, seed=0, extra=[])
+    assert set(groups) == {"defaults", "matched"}
+    methods_run = set()
+    for commands in groups.values():
+        for overrides in commands:
+            load_multirun_config(overrides)
+            assert "attacks=standard" in overrides
+            for variant in job_variants(overrides):
+                cfg = validate_config(compose_cfg(variant, tmp_path))
+                assert cfg.attacks.names()  # every job is attacked
+                if commands is groups["defaults"]:
+                    methods_run.add(cfg.method.name)
+    assert methods_run == set(f"{reproduce.ARITHMETIC_METHODS},{reproduce.BASELINES}".split(","))
