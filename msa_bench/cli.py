@@ -147,6 +147,10 @@ def _report_failure(error: BaseException, config, status, output_dir: Path) -> N
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_entry(cfg: DictConfig) -> float | None:
+    # Before validation's registries load transformers' model classes, which import torchao: its import-time lines
+    # are dropped (msa_bench/quiet_imports.py). Here, not at the command's start: a malformed override fails in
+    # Hydra's composition without importing torch.
+    import_torchao_quietly()
     # SIGTERM/SIGINT unwind the job (its finally blocks run, status.json says interrupted); main() sets the exit code.
     with signals_raise_run_interrupted():
         return _job(cfg)
@@ -262,7 +266,6 @@ def follower_run_folder_overrides(arguments: list[str]) -> list[str]:
 
 
 def main() -> None:
-    import_torchao_quietly()  # before transformers' model classes import it (msa_bench/quiet_imports.py)
     # Subcommands that are not Hydra jobs; everything else is a Hydra run (or sweep with -m).
     if len(sys.argv) > 1 and sys.argv[1] == "parity":
         from msa_bench.parity.command import main as parity_main

@@ -48,4 +48,11 @@ def import_torchao_quietly() -> None:
     if importlib.util.find_spec("torchao") is None:
         return
     with quiet_torchao_import():
-        import torchao  # noqa: F401
+        # torchao.quantization too: it registers more pytree constants on its first import (transformers' torchao
+        # integration and the quantization attacks import it)...
+        import torchao.quantization  # noqa: F401
+
+        with contextlib.suppress(
+            ImportError
+        ):  # ... and so does the mx_formats prototype transformers imports
+            import torchao.prototype.mx_formats  # noqa: F401
