@@ -20,13 +20,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,27 +100,10 @@ def main() -> int:
     if args.parallel > 1 and not any(o.startswith("num_threads=") for o in extra):
         extra.append(f"num_threads={max(1, (os.cpu_count() or 1) // args.parallel)}")
 
-    fresh: dict[tuple[str, int, int], dict] = {}
-    lock = threading.Lock()
-
-    def run_seed(seed: int) -> None:
-        for group, commands in sweeps(args.benchmark, seed, extra).items():
-            if group not in wanted:
-                continue
-            for index, overrides in enumerate(commands):
-                record = cpu.run_sweep(overrides, runs / group / f"seed{seed}-{index}", env)
-                record |= {"group": group, "seed": seed, "index": index}
-                with lock:
-                    fresh[(group, seed, index)] = record
-                print(
-                    f"{group} seed {seed}: rc={record['returncode']} {record['wall_seconds']} s", flush=True
-                )
-
-    started = time.perf_counter()
     seeds = [] if args.report_only else [int(s) for s in args.seeds.split(",")]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        list(pool.map(run_seed, seeds))
-    wall = time.perf_counter() - started
+    fresh, wall = cpu.run_seeds(
+        lambda seed: sweeps(args.benchmark, seed, extra), seeds, wanted, runs, env, args.parallel
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     reports = {"defaults": ["defaults"], "matched": ["defaults", "matched"]}
@@ -139,13 +118,7 @@ def main() -> int:
             command += ["--matched-forgetting", cpu.BENCHMARKS[args.benchmark].forget_metric]
         subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL)
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    total, log = cpu.record_sweeps(out / "runs.json", fresh, wall, machine)
+    total, log = cpu.record_sweeps(out / "runs.json", fresh, wall, cpu.machine_description())
     print(f"done in {wall:.0f} s ({total:.0f} s over every invocation); reports in {out}")
     return 0 if all(r["returncode"] == 0 for r in log) else 1
 

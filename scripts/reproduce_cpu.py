@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,47 @@ def record_sweeps(path: Path, fresh: dict, wall: float, machine: dict) -> tuple[
     return total, log
 
 
+def run_seeds(
+    sweeps_of: Callable[[int], dict[str, list[list[str]]]],
+    seeds: list[int],
+    wanted: list[str],
+    runs: Path,
+    env: dict,
+    parallel: int,
+) -> tuple[dict[tuple[str, int, int], dict], float]:
+    """Every wanted sweep group of every seed (`sweeps_of(seed)`), `parallel` seeds side by side; the records by
+    (group, seed, index) and the wall time."""
+    fresh: dict[tuple[str, int, int], dict] = {}
+    lock = threading.Lock()
+
+    def run_seed(seed: int) -> None:
+        for group, commands in sweeps_of(seed).items():
+            if group not in wanted:
+                continue
+            for index, overrides in enumerate(commands):
+                record = run_sweep(overrides, runs / group / f"seed{seed}-{index}", env)
+                record |= {"group": group, "seed": seed, "index": index}
+                with lock:
+                    fresh[(group, seed, index)] = record
+                print(
+                    f"{group} seed {seed}: rc={record['returncode']} {record['wall_seconds']} s", flush=True
+                )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(run_seed, seeds))  # list(): re-raise any exception from a seed
+    return fresh, time.perf_counter() - started
+
+
+def machine_description() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,27 +244,10 @@ def main() -> int:
         extra.append(f"num_threads={max(1, (os.cpu_count() or 1) // args.parallel)}")
     out = args.out / args.benchmark
 
-    fresh: dict[tuple[str, int, int], dict] = {}  # this invocation's sweeps
-    lock = threading.Lock()
-
-    def run_seed(seed: int) -> None:
-        for group, commands in sweeps(args.benchmark, seed, extra).items():
-            if group not in wanted:
-                continue
-            for index, overrides in enumerate(commands):
-                record = run_sweep(overrides, runs / group / f"seed{seed}-{index}", env)
-                record |= {"group": group, "seed": seed, "index": index}
-                with lock:
-                    fresh[(group, seed, index)] = record
-                print(
-                    f"{group} seed {seed}: rc={record['returncode']} {record['wall_seconds']} s", flush=True
-                )
-
-    started = time.perf_counter()
     seeds = [] if args.report_only else [int(s) for s in args.seeds.split(",")]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        list(pool.map(run_seed, seeds))  # list(): re-raise any exception from a seed
-    wall = time.perf_counter() - started
+    fresh, wall = run_seeds(
+        lambda seed: sweeps(args.benchmark, seed, extra), seeds, wanted, runs, env, args.parallel
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     forget_metric = BENCHMARKS[args.benchmark].forget_metric
@@ -244,13 +269,7 @@ def main() -> int:
             command += ["--matched-forgetting", forget_metric]
         subprocess.run(command, cwd=ROOT, env=env, check=False)
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    total, log = record_sweeps(out / "runs.json", fresh, wall, machine)
+    total, log = record_sweeps(out / "runs.json", fresh, wall, machine_description())
     print(f"done in {wall:.0f} s ({total:.0f} s over every invocation); tables and plots in {out}")
     return 0 if all(r["returncode"] == 0 for r in log) else 1
 

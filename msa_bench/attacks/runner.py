@@ -24,7 +24,13 @@ from msa_bench.benchmarks.base import RelearningData
 from msa_bench.config.attacks import GROUPED_SCHEMES, QUANTIZATION_SCHEMES
 from msa_bench.config.schema import SamplingConfig
 from msa_bench.errors import AttackError, BenchmarkError
-from msa_bench.pipeline.evaluation import EvalView, evaluate_model, final_metrics
+from msa_bench.pipeline.evaluation import (
+    EvalView,
+    evaluate_model,
+    evaluation_plan,
+    final_metrics,
+    required_eval_sets,
+)
 from msa_bench.pipeline.refs import ModelRef, plain
 
 log = logging.getLogger("msa_bench.attacks")
@@ -159,8 +165,6 @@ class AttackRunner:
         )
 
     def _all_eval_sets(self):
-        from msa_bench.pipeline.evaluation import evaluation_plan, required_eval_sets
-
         return self.pipeline.eval_sets(required_eval_sets(evaluation_plan(self.names)))
 
     def _relearning_input(self, name: str, settings) -> tuple[RelearningData, EvalView, dict] | None:
