@@ -27,7 +27,7 @@ from msa_bench.data.muse import (
 )
 from msa_bench.metrics import muse
 from msa_bench.metrics.core.attacks import attack_scores
-from msa_bench.metrics.core.decoding import greedy_decode
+from msa_bench.metrics.core.decoding import SampledGenerations, greedy_decode
 from msa_bench.metrics.core.result import EvalResult
 from msa_bench.metrics.core.scoring import AnswerTokenStatistics
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, SUITES, suite_of
@@ -119,9 +119,8 @@ def test_rouge_reproduces_open_unlearnings_muse_values():
     for metric in ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "forget_verbmem_ROUGE"):
         entries = list(log[metric]["value_by_index"].values())
         result = EvalResult()
-        muse._rouge_into(
-            result, metric, "x", [e["generation"] for e in entries], [e["ground_truth"] for e in entries]
-        )
+        greedy = SampledGenerations(samples=[[e["generation"]] for e in entries], tokens_processed=0)
+        muse._rouge_into(result, metric, "x", "logged", greedy, [e["ground_truth"] for e in entries])
         assert result.metrics[metric] == pytest.approx(summary[metric], abs=1e-12)
 
 
