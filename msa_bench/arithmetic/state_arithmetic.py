@@ -37,10 +37,17 @@ from msa_bench.arithmetic.checkpoint_files import (
     read_layout,
     remove_stale_weights,
 )
+from msa_bench.arithmetic.difference_transforms import DifferenceTransform
 from msa_bench.arithmetic.in_memory import StateVector, apply_deltas_in_place  # noqa: F401  (re-exported)
 from msa_bench.arithmetic.low_rank import LowRankDelta, LowRankFactors
 from msa_bench.arithmetic.non_finite import refuse_non_finite
-from msa_bench.arithmetic.safetensors_stream import RowChunk, StreamingSafetensorsWriter, row_chunks, rows_of
+from msa_bench.arithmetic.safetensors_stream import (
+    RowChunk,
+    StreamingSafetensorsWriter,
+    row_chunks,
+    rows_of,
+    torch_dtype,
+)
 from msa_bench.arithmetic.tensor_arithmetic import (  # noqa: F401  (arithmetic_dtype re-exported)
     ARITHMETIC_DTYPES,
     apply_differences,
@@ -93,6 +100,22 @@ def term_difference(
     return state_difference(finetuned, base, compute_dtype)
 
 
+def _term_differences(
+    name: str,
+    chunk: RowChunk,
+    reader: ChunkReader,
+    terms: Sequence[tuple[int, float, StateDelta | LowRankFactors]],
+    compute_dtype: torch.dtype,
+) -> dict[int, Tensor]:
+    """Each term's difference over rows ``chunk`` of tensor ``name``, by term index (absent: the term leaves it)."""
+    differences = {}
+    for i, _, term in terms:
+        difference = term_difference(term, name, chunk, reader, compute_dtype)
+        if difference is not None:
+            differences[i] = difference
+    return differences
+
+
 def _combine_chunk(
     name: str,
     chunk: RowChunk,
@@ -100,19 +123,34 @@ def _combine_chunk(
     target: Path,
     active: Sequence[tuple[int, float, StateDelta | LowRankFactors]],
     compute_dtype: torch.dtype,
+    transform: DifferenceTransform,
 ) -> tuple[Tensor, dict[int, float]]:
-    """Rows ``chunk`` of the combined tensor ``name``, and each active term's squared difference norm over them."""
+    """Rows ``chunk`` of the combined tensor ``name``, and each active term's squared difference norm over them (of
+    the difference as the term gives it, before ``transform``)."""
     target_rows = reader.read(target, name, chunk)
     if not target_rows.is_floating_point() or not active:
         return target_rows, {}
-    scaled_differences, squared_norms = [], {}
-    for i, coefficient, term in active:
-        difference = term_difference(term, name, chunk, reader, compute_dtype)
-        if difference is None:
-            continue
-        squared_norms[i] = squared_norm(difference)
-        scaled_differences.append((coefficient, difference))
-    return apply_differences(target_rows, scaled_differences, compute_dtype), squared_norms
+    differences = _term_differences(name, chunk, reader, active, compute_dtype)
+    squared_norms = {i: squared_norm(difference) for i, difference in differences.items()}
+    terms = [(i, coefficient, differences[i]) for i, coefficient, _ in active if i in differences]
+    return apply_differences(target_rows, transform.apply(name, terms), compute_dtype), squared_norms
+
+
+def _observe_tensor(
+    name: str,
+    layout: CheckpointLayout,
+    reader: ChunkReader,
+    active: Sequence[tuple[int, float, StateDelta | LowRankFactors]],
+    compute_dtype: torch.dtype,
+    transform: DifferenceTransform,
+) -> None:
+    """Stream the differences of the terms ``transform`` observes over every chunk of floating tensor ``name``."""
+    info = layout.tensors[name]
+    if not torch_dtype(info.dtype, name, layout.directory).is_floating_point:
+        return
+    observed = [term for term in active if term[0] in transform.observed_terms]
+    chunks = row_chunks(info.shape, CHUNK_ELEMENTS)
+    transform.observe(name, (_term_differences(name, c, reader, observed, compute_dtype) for c in chunks))
 
 
 def combine_checkpoints(
@@ -121,6 +159,7 @@ def combine_checkpoints(
     out_dir: Path,
     *,
     compute_dtype: torch.dtype = torch.float32,
+    transform: DifferenceTransform | None = None,
 ) -> dict[str, Any]:
     """Write ``target + Σ coefficient·(finetuned − base)`` as a Hugging Face model directory.
 
@@ -137,6 +176,11 @@ def combine_checkpoints(
     first, from the target's layout). Peak memory is the interpreter plus one chunk's working set, whatever the
     model's or shard's size; only when a tensor turns out non-finite is that whole tensor recomputed, to name its
     NaN and inf counts.
+
+    ``transform`` (difference_transforms.py) changes the terms' differences of each chunk before they are weighted
+    and summed (msa's layer scale, msa_ties, msa_projected); with its ``scope`` it first streams the differences it
+    observes over each tensor just before writing it (``"tensor"``), or over the whole model before writing anything
+    (``"model"``). None is plain ``Σ coefficient·(finetuned − base)``.
 
     Returns a report: ``output``, ``n_tensors``, ``n_files``, ``delta_norms`` (L2 norm of
     ``finetuned − base`` over all float tensors per delta, ``None`` for skipped ones), ``deltas`` and
@@ -180,6 +224,14 @@ def combine_checkpoints(
             f"out_dir {out_dir} is one of the input checkpoints; it would be overwritten"
         )
 
+    given_transform, transform = transform, transform if transform is not None else DifferenceTransform()
+    if transform.scope == "model" and active:  # before anything is written: a failed pass leaves no output
+        for names in target_layout.keys_by_file.values():
+            with ExitStack() as open_inputs:
+                reader = ChunkReader(layouts, open_inputs)
+                for name in names:
+                    _observe_tensor(name, target_layout, reader, active, compute_dtype, transform)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_weights(out_dir)
     copy_non_weight_files(target, out_dir)
@@ -195,15 +247,17 @@ def combine_checkpoints(
             with StreamingSafetensorsWriter(out_dir / file_name, entries, metadata) as writer:
                 for name in writer.order:
                     shape = target_layout.tensors[name].shape
+                    if transform.scope == "tensor" and active:
+                        _observe_tensor(name, target_layout, reader, active, compute_dtype, transform)
                     for chunk in row_chunks(shape, CHUNK_ELEMENTS):
                         rows, chunk_norms = _combine_chunk(
-                            name, chunk, reader, resolved_target, active, compute_dtype
+                            name, chunk, reader, resolved_target, active, compute_dtype, transform
                         )
                         if non_finite_tensor(name, rows) is not None:
                             # Name the counts of the whole tensor, and which input (if any) holds them.
                             whole = RowChunk(0, rows_of(shape))
                             tensor, _ = _combine_chunk(
-                                name, whole, reader, resolved_target, active, compute_dtype
+                                name, whole, reader, resolved_target, active, compute_dtype, transform
                             )
                             refuse_non_finite(tensor, name, reader.loaded, coefficients, out_dir)
                         for i, chunk_norm in chunk_norms.items():
@@ -221,7 +275,7 @@ def combine_checkpoints(
     logger.info(
         "combined %d tensors from %s into %s in %.2fs", len(target_layout.tensors), target, out_dir, seconds
     )
-    return {
+    report = {
         "output": str(out_dir),
         "n_tensors": len(target_layout.tensors),
         "n_files": len(target_layout.keys_by_file),
@@ -238,3 +292,6 @@ def combine_checkpoints(
         ],
         "seconds": seconds,
     }
+    if given_transform is not None:
+        report["transform"] = transform.summary()
+    return report

@@ -1,0 +1,226 @@
+"""Transforms of the terms' differences before :func:`combine_checkpoints` weights them and adds them to the target.
+
+Plain MSA adds ``Σ coefficient · (finetuned − base)``. Its variants change the forget difference τ_f = θ1 − θ0 first:
+scale its coefficient per tensor (`method.layer_scale`), trim and sign-elect it (`msa_ties`), or remove its
+projection on the retain difference τ_r = θ2 − θ0 (`msa_projected`). A transform sees the differences of one tensor's
+rows (a chunk) at a time, as the streaming arithmetic computes them, and may first look at statistics over the whole
+tensor (``scope = "tensor"``: one extra pass over that tensor's chunks just before it is written) or over the whole
+model (``scope = "model"``: one streaming pass over every tensor before anything is written). The terms are named by
+their index in the ``deltas`` given to combine_checkpoints.
+
+Every transform here leaves the differences untouched when its setting is off (density 1 and no election, no
+projection, factor 1), so the output is then plain MSA's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from msa_bench.arithmetic.tensor_arithmetic import squared_norm
+
+# (term index, coefficient, difference) in; (coefficient, difference) out, in the same order.
+Terms = Sequence[tuple[int, float, Tensor]]
+SCOPES = (None, "tensor", "model")
+
+
+class DifferenceTransform:
+    """The identity: what combine_checkpoints applies when given no transform.
+
+    Subclasses set `scope` and `observed_terms` and override `observe` to gather statistics first, and `apply` to
+    change a chunk's differences. combine_checkpoints calls ``observe(name, chunks)`` once per floating tensor (in the
+    model pass, or just before the tensor is written), `chunks` yielding each of its row chunks' differences of the
+    `observed_terms` ({index: difference}; a term that leaves the tensor unchanged, a LoRA term on an unadapted tensor,
+    is absent); then ``apply(name, terms)`` for each chunk, and once more on the whole tensor if it is non-finite."""
+
+    scope: str | None = None
+    observed_terms: tuple[int, ...] = ()
+
+    def observe(self, name: str, chunks: Iterable[Mapping[int, Tensor]]) -> None:
+        """Gather what `apply` needs about tensor `name` (or the model) from its chunks' differences."""
+
+    def apply(self, name: str, terms: Terms) -> list[tuple[float, Tensor]]:
+        return [(coefficient, difference) for _, coefficient, difference in terms]
+
+    def summary(self) -> dict:
+        """What the transform did, for the arithmetic's report."""
+        return {}
+
+
+class ChainedTransforms(DifferenceTransform):
+    """Transforms applied one after another (e.g. msa_ties' trim, then the layer scale of its coefficient). At most
+    one of them may gather statistics: two passes with different scopes would need two pre-passes."""
+
+    def __init__(self, transforms: Sequence[DifferenceTransform]) -> None:
+        self.transforms = list(transforms)
+        observing = [t for t in self.transforms if t.scope is not None]
+        if len(observing) > 1:
+            raise ValueError(f"at most one transform may observe statistics, got {len(observing)}")
+        self._observer = observing[0] if observing else None
+        self.scope = self._observer.scope if self._observer else None
+        self.observed_terms = self._observer.observed_terms if self._observer else ()
+
+    def observe(self, name, chunks):
+        if self._observer is not None:
+            self._observer.observe(name, chunks)
+
+    def apply(self, name, terms):
+        for transform in self.transforms:
+            indices = [i for i, _, _ in terms]
+            terms = [(i, c, d) for i, (c, d) in zip(indices, transform.apply(name, terms), strict=True)]
+        return [(coefficient, difference) for _, coefficient, difference in terms]
+
+    def summary(self):
+        return {key: value for transform in self.transforms for key, value in transform.summary().items()}
+
+
+class ScaleCoefficient(DifferenceTransform):
+    """Multiplies the coefficient of term `term` by ``factors[name]`` on each tensor listed (1 elsewhere)."""
+
+    def __init__(self, term: int, factors: Mapping[str, float]) -> None:
+        self.term, self.factors = term, dict(factors)
+
+    def apply(self, name, terms):
+        factor = self.factors.get(name, 1.0)
+        return [(c * factor if i == self.term else c, d) for i, c, d in terms]
+
+    def summary(self):
+        values = list(self.factors.values()) or [1.0]
+        return {"layer_scale": {"tensors_scaled": len(self.factors), "min": min(values), "max": max(values)}}
+
+
+ELECTIONS = ("retain", "mass", "none")
+
+
+class TrimAndElect(DifferenceTransform):
+    """TIES-style trim of the forget difference and sign election against the retain difference (see msa_ties).
+
+    Trim (per tensor): keep the entries of τ_f whose magnitude is at least that of its k-th largest, k = ⌈density·n⌉
+    for a tensor of n values (ties at the threshold are all kept); the others become 0. Election:
+
+    - ``retain``: also zero every kept τ_f entry whose sign equals that of τ_r's (τ_r ≠ 0): subtracting α·τ_f would
+      undo a change the retain fine-tune made too.
+    - ``mass`` (TIES' own rule on the two signed terms c_f·τ̂_f and c_r·τ_r): the elected sign of an entry is that of
+      their sum; an entry of either term whose sign differs from it is zeroed.
+    - ``none``: trim only.
+    """
+
+    observed_terms: tuple[int, ...]
+
+    def __init__(self, forget: int, retain: int | None, density: float, election: str) -> None:
+        if not 0 < density <= 1:
+            raise ValueError(f"density={density} must be in (0, 1]")
+        if election not in ELECTIONS:
+            raise ValueError(f"election={election!r} must be one of {', '.join(ELECTIONS)}")
+        self.forget, self.retain, self.density, self.election = forget, retain, density, election
+        self.scope = "tensor" if density < 1 else None
+        self.observed_terms = (forget,)
+        self._thresholds: dict[str, Tensor] = {}
+        self._counts = {"forget_values": 0, "trimmed": 0, "elected_out": 0}
+
+    def observe(self, name, chunks):
+        # The exact k-th largest magnitude needs the whole tensor's magnitudes at once: one fp32 (or compute-dtype)
+        # copy of the largest tensor is this method's extra peak memory (docs/memory.md).
+        parts = [chunk[self.forget].abs().reshape(-1) for chunk in chunks if self.forget in chunk]
+        if not parts:
+            return
+        magnitudes = torch.cat(parts)
+        del parts
+        n = magnitudes.numel()
+        if n == 0:
+            return
+        kept = max(1, math.ceil(self.density * n))
+        self._thresholds[name] = torch.kthvalue(magnitudes, n - kept + 1).values
+
+    def apply(self, name, terms):
+        by_index = {i: d for i, _, d in terms}
+        coefficients = {i: c for i, c, _ in terms}
+        forget = by_index.get(self.forget)
+        if forget is None:
+            return [(c, d) for _, c, d in terms]
+        keep = None
+        if name in self._thresholds:
+            keep = forget.abs() >= self._thresholds[name]
+            self._counts["trimmed"] += int(forget.numel() - keep.sum())
+        self._counts["forget_values"] += forget.numel()
+        retain = by_index.get(self.retain) if self.retain is not None else None
+        changed = dict(by_index)
+        if self.election != "none" and retain is not None:
+            trimmed = forget if keep is None else forget * keep
+            if self.election == "retain":
+                # One sign convention for the whole family: the conflict is τ_f and τ_r moving an entry the same way.
+                agree = (torch.sign(trimmed) == torch.sign(retain)) & (retain != 0)
+                elected_forget, elected_retain = ~agree, None
+            else:
+                forget_signed = torch.sign(coefficients[self.forget] * trimmed)
+                retain_signed = torch.sign(coefficients[self.retain] * retain)
+                elected = torch.sign(coefficients[self.forget] * trimmed + coefficients[self.retain] * retain)
+                elected_forget, elected_retain = forget_signed == elected, retain_signed == elected
+                changed[self.retain] = retain * elected_retain
+            before = int((trimmed != 0).sum())
+            keep = elected_forget if keep is None else keep & elected_forget
+            self._counts["elected_out"] += before - int((forget * keep != 0).sum())
+        if keep is not None:
+            changed[self.forget] = forget * keep
+        return [(c, changed[i]) for i, c, _ in terms]
+
+    def summary(self):
+        return {"ties": {"density": self.density, "election": self.election, **self._counts}}
+
+
+PROJECTIONS = ("per_tensor", "global", "none")
+
+
+class ProjectOffRetain(DifferenceTransform):
+    """τ_f − (⟨τ_f, τ_r⟩ / ‖τ_r‖²)·τ_r, the inner products over one tensor (``per_tensor``) or over the whole model
+    (``global``), accumulated in float64. A tensor (or model) with τ_r = 0 keeps τ_f as it is."""
+
+    def __init__(self, forget: int, retain: int, projection: str) -> None:
+        if projection not in PROJECTIONS[:2]:
+            raise ValueError(f"projection={projection!r} must be one of {', '.join(PROJECTIONS[:2])}")
+        self.forget, self.retain, self.projection = forget, retain, projection
+        self.scope = "tensor" if projection == "per_tensor" else "model"
+        self.observed_terms = (forget, retain)
+        self._inner: dict[str, tuple[float, float]] = {}  # name -> (⟨τ_f, τ_r⟩, ‖τ_r‖²) of that tensor
+
+    def observe(self, name, chunks):
+        inner = squared = 0.0
+        for chunk in chunks:
+            forget, retain = chunk.get(self.forget), chunk.get(self.retain)
+            if forget is None or retain is None:
+                continue
+            inner += float(torch.dot(forget.reshape(-1).double(), retain.reshape(-1).double()))
+            squared += squared_norm(retain)
+        self._inner[name] = (inner, squared)
+
+    def coefficient(self, name: str) -> float:
+        if self.projection == "global":
+            inner = sum(i for i, _ in self._inner.values())
+            squared = sum(s for _, s in self._inner.values())
+        else:
+            inner, squared = self._inner.get(name, (0.0, 0.0))
+        return inner / squared if squared > 0 else 0.0
+
+    def apply(self, name, terms):
+        by_index = {i: d for i, _, d in terms}
+        forget, retain = by_index.get(self.forget), by_index.get(self.retain)
+        scale = self.coefficient(name)
+        if forget is not None and retain is not None and scale != 0.0:
+            by_index[self.forget] = forget - scale * retain
+        return [(c, by_index[i]) for i, c, _ in terms]
+
+    def summary(self):
+        # The norm of what was removed from τ_f: per tensor the removed parts are orthogonal (disjoint tensors), so
+        # their squared norms add up.
+        if self.projection == "global":
+            inner = sum(i for i, _ in self._inner.values())
+            squared = sum(s for _, s in self._inner.values())
+            removed = abs(inner) / math.sqrt(squared) if squared > 0 else 0.0
+            return {
+                "projection": {"mode": "global", "coefficient": self.coefficient(""), "removed_norm": removed}
+            }
+        removed_squared = sum(i * i / s for i, s in self._inner.values() if s > 0)
+        return {"projection": {"mode": "per_tensor", "removed_norm": math.sqrt(removed_squared)}}
