@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def combine_into_artifact(pipeline, method: str, target, terms):
-    """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef)."""
+def combine_into_artifact(pipeline, method: str, target, terms, *, transforms=(), spec=None):
+    """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef).
+
+    `transforms` (arithmetic/difference_transforms.py, applied in order) change the terms' differences before the sum,
+    indexed by their position in `terms`; `spec` holds the settings they depend on, which join the cache key (none:
+    the key plain arithmetic always had)."""
     from msa_bench.arithmetic import combine_checkpoints
+    from msa_bench.arithmetic.difference_transforms import ChainedTransforms
     from msa_bench.arithmetic.low_rank import delta_between
     from msa_bench.arithmetic.state_arithmetic import arithmetic_dtype
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.disk_space import require_space_for_state_like
 
+    settings = dict(spec or {})
     spec = {
         "method": method,
         "target": target.key,
@@ -21,6 +27,7 @@ def combine_into_artifact(pipeline, method: str, target, terms):
     compute_dtype = pipeline.cfg.model.arithmetic_dtype
     if compute_dtype != "float32":  # float32 keys stay as they were before the choice existed
         spec["arithmetic_dtype"] = compute_dtype
+    spec.update(settings)
 
     def build(out: Path) -> dict:
         require_space_for_state_like(pipeline.store.root, f"the {method} arithmetic output", target.path)
@@ -31,6 +38,7 @@ def combine_into_artifact(pipeline, method: str, target, terms):
                 [delta_between(c, ft.path, b.path) for c, ft, b in terms],
                 out,
                 compute_dtype=arithmetic_dtype(compute_dtype),
+                transform=ChainedTransforms(transforms) if transforms else None,
             )
         return {"cost": meter.cost.to_dict(), "report": report}
 

@@ -3,6 +3,10 @@
 θ0 is a model state saved before the forget set was seen (`checkpoint=`). Fine-tune θ0 on the forget set to get θ1
 and on a small retain set to get θ2; the unlearned model is θ_D − α(θ1 − θ0) + β(θ2 − θ0). With β = 0 the method is
 forget-only and θ2 is never trained; with θ0 = θ_D (`checkpoint=target`) it is task arithmetic.
+
+`method.layer_scale` (methods/layer_scale.py) multiplies α per tensor by a factor that depends on the tensor's depth
+or name; the default, uniform, is the paper's formula. msa_ties and msa_projected (their own modules) subclass this
+method and change the forget vector θ1 − θ0 before the sum.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.data.retain_draw import RETAIN_DRAWS
+from msa_bench.errors import ConfigError
 from msa_bench.methods.arithmetic_output import combine_into_artifact
+from msa_bench.methods.layer_scale import check_layer_scale, is_uniform, layer_factors, layer_scale_spec
 from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
 
 
@@ -61,8 +67,12 @@ class MSAConfig(MethodConfig):
     retain_split: str | None = None
     retain_draw: str = "sample"
     retain_seed: int = 0
+    # uniform | linear | linear_decreasing | {regex: factor}: a per-tensor factor on α (methods/layer_scale.py). Typed
+    # Any so that it can hold a name or a mapping.
+    layer_scale: Any = "uniform"
 
     def __post_init__(self):
+        check_layer_scale(self.layer_scale)
         check_coefficient("method.alpha", self.alpha)
         check_coefficient("method.beta", self.beta)
         self.forget_recipe = optional_recipe("method.forget_recipe", self.forget_recipe)
@@ -106,6 +116,8 @@ class ModelStateArithmetic(UnlearningMethod):
                 draw=cfg.retain_draw,
             )
         target = pipeline.target()
+        # Checked against the target's tensor names before θ1 and θ2 are trained.
+        transforms = self.layer_scale_transforms(target, forget_term=0)
         theta0 = pipeline.checkpoint()
         terms = []
         if cfg.alpha != 0:
@@ -127,4 +139,41 @@ class ModelStateArithmetic(UnlearningMethod):
                 data_id=data_id,
             )
             terms.append((cfg.beta, theta2, theta0))
-        return combine_into_artifact(pipeline, "msa", target, terms)
+        forget_term = 0 if cfg.alpha != 0 else None
+        retain_term = len(terms) - 1 if retain is not None else None
+        # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
+        transforms = [*self.forget_vector_transforms(forget_term, retain_term), *transforms]
+        spec = self.arithmetic_spec()
+        if not is_uniform(cfg.layer_scale) and forget_term is not None:
+            spec["layer_scale"] = layer_scale_spec(cfg.layer_scale)
+        return combine_into_artifact(
+            pipeline,
+            self.name,
+            target,
+            terms,
+            transforms=transforms if forget_term is not None else [],
+            spec=spec,
+        )
+
+    def layer_scale_transforms(self, target, forget_term: int) -> list:
+        """The layer scale as a transform of the forget term's coefficient; none when uniform (plain MSA)."""
+        cfg: MSAConfig = self.config
+        if is_uniform(cfg.layer_scale) or cfg.alpha == 0:
+            return []
+        from msa_bench.arithmetic.checkpoint_files import read_layout
+        from msa_bench.arithmetic.difference_transforms import ScaleCoefficient
+
+        try:
+            factors = layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        return [ScaleCoefficient(forget_term, factors)]
+
+    def forget_vector_transforms(self, forget_term: int | None, retain_term: int | None) -> list:
+        """What a variant does to θ1 − θ0 (term `forget_term`) before the sum, given θ2 − θ0 (term `retain_term`,
+        None when β = 0); plain MSA does nothing."""
+        return []
+
+    def arithmetic_spec(self) -> dict:
+        """The variant's settings that enter the arithmetic's cache key; plain MSA has none."""
+        return {}
