@@ -31,6 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from msa_bench.errors import ConfigError
+
 LAYER_PROFILES = ("uniform", "linear", "linear_decreasing")
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _NAMES_SHOWN = 8
@@ -89,7 +91,8 @@ def _some_names(names: Sequence[str]) -> str:
 def layer_factors(
     value: Any, tensor_names: Sequence[str], key: str = "method.layer_scale"
 ) -> dict[str, float]:
-    """The factor of every tensor in `tensor_names` whose factor is not 1 (the others are left out)."""
+    """The factor of every tensor in `tensor_names` whose factor is not 1 (the others are left out). ConfigError
+    when the setting fits no tensor of the model (checked once the target's tensor names are known)."""
     check_layer_scale(value, key)
     names = list(tensor_names)
     if is_uniform(value):
@@ -97,7 +100,7 @@ def layer_factors(
     if isinstance(value, str):
         depths = {name: index for name in names if (index := layer_index(name)) is not None}
         if not depths:
-            raise ValueError(
+            raise ConfigError(
                 f"{key}={value}: no tensor name holds a block index (layers.<i>., h.<i>. or blocks.<i>.), so depth "
                 f"is unknown; the tensors are named e.g. {_some_names(names)}. Use a mapping {{regex: factor}}"
             )
@@ -108,7 +111,7 @@ def layer_factors(
     patterns = [(pattern, re.compile(str(pattern)), float(factor)) for pattern, factor in value.items()]
     unmatched = [pattern for pattern, compiled, _ in patterns if not any(compiled.search(n) for n in names)]
     if unmatched:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: the regex(es) {unmatched} match no tensor of the model; its tensors are named e.g. "
             f"{_some_names(names)}"
         )

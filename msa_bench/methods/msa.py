@@ -18,7 +18,6 @@ from typing import Any
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.data.retain_draw import RETAIN_DRAWS
-from msa_bench.errors import ConfigError
 from msa_bench.methods.arithmetic_output import combine_into_artifact
 from msa_bench.methods.layer_scale import check_layer_scale, is_uniform, layer_factors, layer_scale_spec
 from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
@@ -163,10 +162,7 @@ class ModelStateArithmetic(UnlearningMethod):
         from msa_bench.arithmetic.checkpoint_files import read_layout
         from msa_bench.arithmetic.difference_transforms import ScaleCoefficient
 
-        try:
-            factors = layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
+        factors = layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
         return [ScaleCoefficient(forget_term, factors)]
 
     def forget_vector_transforms(self, forget_term: int | None, retain_term: int | None) -> list:
