@@ -24,6 +24,7 @@ from msa_bench.arithmetic.difference_transforms import (
     ProjectOffRetain,
     ScaleCoefficient,
     TrimAndElect,
+    kth_largest,
 )
 from msa_bench.arithmetic.tensor_arithmetic import apply_differences, state_difference
 from msa_bench.errors import ConfigError
@@ -415,6 +416,17 @@ def test_layer_scale_regex_matching_nothing_lists_tensor_names(tmp_path):
     # (Hydra's override grammar cannot spell this one on the command line; a YAML file can.)
     with pytest.raises(ValueError, match=r"method\.layer_scale: 'mlp\(' is not a valid regex"):
         check_layer_scale({"mlp(": 2.0})
+
+
+def test_kth_largest_is_exact_with_ties_and_zeros():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, generator=generator).abs()
+    values[:700] = 0.0
+    values[700:900] = values[1000]  # a run of ties
+    descending = values.sort(descending=True).values
+    for k in (1, 2, 17, 899, 1000, 4300, 4301, 5000):
+        assert torch.equal(kth_largest(values, k), descending[k - 1]), k
+    assert torch.equal(kth_largest(torch.zeros(3), 2), torch.tensor(0.0))
 
 
 def test_transforms_refuse_bad_arguments():
