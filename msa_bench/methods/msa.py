@@ -100,7 +100,7 @@ class ModelStateArithmetic(UnlearningMethod):
             *(["forget vector θ1 (fine-tune θ0 on the forget set)"] if cfg.alpha != 0 else []),
             *(["retain vector θ2 (fine-tune θ0 on retain data)"] if cfg.beta != 0 else []),
         ]
-        return [*vectors, "arithmetic (msa)"]
+        return [*vectors, f"arithmetic ({self.name})"]
 
     def produce(self, pipeline):
         cfg: MSAConfig = self.config
@@ -150,7 +150,7 @@ class ModelStateArithmetic(UnlearningMethod):
             self.name,
             target,
             terms,
-            transforms=transforms if forget_term is not None else [],
+            transforms=transforms,
             spec=spec,
         )
 

@@ -21,7 +21,8 @@ With τ_f = θ1 − θ0 and τ_r = θ2 − θ0, the unlearned model is θ_D − 
 
 The retain vector is never trimmed. With density 1 and election none this is `msa`, bit for bit (same arithmetic;
 the cache key differs only by the method's name and these settings). The election needs τ_r, so β must be > 0.
-`method.layer_scale` applies on top, to the coefficient of the trimmed forget vector.
+`method.layer_scale` applies on top, to the coefficient of the trimmed forget vector (the mass election weighs
+−α·τ̂_f before that factor).
 """
 
 from __future__ import annotations
