@@ -34,7 +34,8 @@ class DifferenceTransform:
     change a chunk's differences. combine_checkpoints calls ``observe(name, chunks)`` once per floating tensor (in the
     model pass, or just before the tensor is written), `chunks` yielding each of its row chunks' differences of the
     `observed_terms` ({index: difference}; a term that leaves the tensor unchanged, a LoRA term on an unadapted tensor,
-    is absent); then ``apply(name, terms)`` for each chunk, and once more on the whole tensor if it is non-finite."""
+    is absent); then ``apply_rows(name, rows, terms)`` (by default `apply`) for each chunk, and once more on the whole
+    tensor if it is non-finite; and `close` when the arithmetic is done."""
 
     scope: str | None = None
     observed_terms: tuple[int, ...] = ()
@@ -44,6 +45,15 @@ class DifferenceTransform:
 
     def apply(self, name: str, terms: Terms) -> list[tuple[float, Tensor]]:
         return [(coefficient, difference) for _, coefficient, difference in terms]
+
+    def apply_rows(self, name: str, rows: slice, terms: Terms) -> list[tuple[float, Tensor]]:
+        """`apply` told which rows of tensor `name` the chunk holds (along its first dimension; a scalar is rows
+        0:1). What combine_checkpoints calls: a transform that reads per-entry data of its own in step with the
+        checkpoints (msa_fisher's importances) overrides this; the others only need `apply`."""
+        return self.apply(name, terms)
+
+    def close(self) -> None:
+        """Release what the transform opened (files it reads alongside the checkpoints); called once it is done."""
 
     def summary(self) -> dict:
         """What the transform did, for the arithmetic's report."""
@@ -68,10 +78,20 @@ class ChainedTransforms(DifferenceTransform):
             self._observer.observe(name, chunks)
 
     def apply(self, name, terms):
+        return self._chain(lambda transform, terms: transform.apply(name, terms), terms)
+
+    def apply_rows(self, name, rows, terms):
+        return self._chain(lambda transform, terms: transform.apply_rows(name, rows, terms), terms)
+
+    def _chain(self, step, terms):
         for transform in self.transforms:
             indices = [i for i, _, _ in terms]
-            terms = [(i, c, d) for i, (c, d) in zip(indices, transform.apply(name, terms), strict=True)]
+            terms = [(i, c, d) for i, (c, d) in zip(indices, step(transform, terms), strict=True)]
         return [(coefficient, difference) for _, coefficient, difference in terms]
+
+    def close(self):
+        for transform in self.transforms:
+            transform.close()
 
     def summary(self):
         return {key: value for transform in self.transforms for key, value in transform.summary().items()}

@@ -133,7 +133,8 @@ def _combine_chunk(
     differences = _term_differences(name, chunk, reader, active, compute_dtype)
     squared_norms = {i: squared_norm(difference) for i, difference in differences.items()}
     terms = [(i, coefficient, differences[i]) for i, coefficient, _ in active if i in differences]
-    return apply_differences(target_rows, transform.apply(name, terms), compute_dtype), squared_norms
+    changed = transform.apply_rows(name, slice(chunk.start, chunk.stop), terms)
+    return apply_differences(target_rows, changed, compute_dtype), squared_norms
 
 
 def _observe_tensor(

@@ -31,15 +31,20 @@ def combine_into_artifact(pipeline, method: str, target, terms, *, transforms=()
 
     def build(out: Path) -> dict:
         require_space_for_state_like(pipeline.store.root, f"the {method} arithmetic output", target.path)
+        transform = ChainedTransforms(transforms) if transforms else None
         with CostMeter("arithmetic", device="cpu") as meter:
-            report = combine_checkpoints(
-                target.path,
-                # A vector stored as LoRA factors (peft.vector_storage=factors) enters as a LowRankDelta.
-                [delta_between(c, ft.path, b.path) for c, ft, b in terms],
-                out,
-                compute_dtype=arithmetic_dtype(compute_dtype),
-                transform=ChainedTransforms(transforms) if transforms else None,
-            )
+            try:
+                report = combine_checkpoints(
+                    target.path,
+                    # A vector stored as LoRA factors (peft.vector_storage=factors) enters as a LowRankDelta.
+                    [delta_between(c, ft.path, b.path) for c, ft, b in terms],
+                    out,
+                    compute_dtype=arithmetic_dtype(compute_dtype),
+                    transform=transform,
+                )
+            finally:  # a transform may hold files open (msa_fisher's importances)
+                if transform is not None:
+                    transform.close()
         return {"cost": meter.cost.to_dict(), "report": report}
 
     return pipeline.cached_model("arithmetic", "unlearned", spec, build, label=method)

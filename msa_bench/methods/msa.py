@@ -106,7 +106,7 @@ class ModelStateArithmetic(UnlearningMethod):
         cfg: MSAConfig = self.config
         # The retain subset is drawn first, so that a bad retain_split or size fails before anything is trained.
         retain = None
-        if cfg.beta != 0:
+        if cfg.beta != 0 or self.reads_retain_data():
             retain = pipeline.retain_subset(
                 cfg.retain_size,
                 cfg.retain_seed,
@@ -117,6 +117,7 @@ class ModelStateArithmetic(UnlearningMethod):
         target = pipeline.target()
         # Checked against the target's tensor names before θ1 and θ2 are trained.
         transforms = self.layer_scale_transforms(target, forget_term=0)
+        self.prepare(pipeline, target, retain)
         theta0 = pipeline.checkpoint()
         terms = []
         if cfg.alpha != 0:
@@ -128,7 +129,7 @@ class ModelStateArithmetic(UnlearningMethod):
                 data_id=pipeline.forget_split,
             )
             terms.append((-cfg.alpha, theta1, theta0))
-        if retain is not None:
+        if cfg.beta != 0:
             retain_items, data_id = retain
             theta2 = pipeline.finetune(
                 "retain_vector",
@@ -139,7 +140,7 @@ class ModelStateArithmetic(UnlearningMethod):
             )
             terms.append((cfg.beta, theta2, theta0))
         forget_term = 0 if cfg.alpha != 0 else None
-        retain_term = len(terms) - 1 if retain is not None else None
+        retain_term = len(terms) - 1 if cfg.beta != 0 else None
         # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
         transforms = [*self.forget_vector_transforms(forget_term, retain_term), *transforms]
         spec = self.arithmetic_spec()
@@ -164,6 +165,15 @@ class ModelStateArithmetic(UnlearningMethod):
 
         factors = layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
         return [ScaleCoefficient(forget_term, factors)]
+
+    def reads_retain_data(self) -> bool:
+        """Whether the variant reads the retain subset even when β = 0 leaves θ2 untrained (msa_fisher's
+        importances); plain MSA draws it only for θ2."""
+        return False
+
+    def prepare(self, pipeline, target, retain: tuple[list[dict], str] | None) -> None:
+        """A variant's own stage on the target θ_D, before θ1 and θ2 (msa_fisher's importances): given the
+        retain subset (items and data id) when β > 0 or `reads_retain_data`; plain MSA has none."""
 
     def forget_vector_transforms(self, forget_term: int | None, retain_term: int | None) -> list:
         """What a variant does to θ1 − θ0 (term `forget_term`) before the sum, given θ2 − θ0 (term `retain_term`,
