@@ -23,7 +23,7 @@ from msa_bench.config.schema import ProgressMode
 from msa_bench.failures import remember_failure_context
 
 # The artifacts a method builds as its own stages (fine-tuned vectors, the unlearned model); others are prerequisites.
-METHOD_ARTIFACT_KINDS = frozenset({"finetune", "unlearned"})
+METHOD_ARTIFACT_KINDS = frozenset({"finetune", "unlearned", "fisher"})  # fisher: msa_fisher's importances
 _REDRAW_INTERVAL_S = 0.25
 
 
