@@ -39,6 +39,7 @@ from msa_bench.results import (
     build_per_item_records,
 )
 from msa_bench.results.provenance import device_name, distribution_versions, git_commit
+from msa_bench.sequential import REQUEST_PREFIX, SequentialResults, request_stage_names, run_requests
 
 log = logging.getLogger("msa_bench.runner")
 
@@ -123,10 +124,12 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         )
     # The console display (msa_bench/progress.py): one line per stage while library output goes to the run's log
     # file, from here until `progress.close()` below (the W&B banner and summary included).
+    # benchmark.requests > 1: the method runs request by request (msa_bench/sequential), one console stage each.
+    sequential = (cfg.benchmark.requests or 1) > 1
     stages = [
         "target θ_D (fine-tune on the benchmark)",
         "oracle (fine-tune without the forget set)",
-        *method.planned_stages(),
+        *(request_stage_names(cfg) if sequential else method.planned_stages()),
         "evaluate the oracle",
         "evaluate the target",
         f"evaluate {cfg.method.name}",
@@ -145,8 +148,13 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             target = pipeline.target()
         with progress.stage():
             oracle = pipeline.oracle()
-        with progress.method_stages(method.planned_stages()):
-            unlearned = method.produce(pipeline)
+        requests = SequentialResults()
+        if sequential:
+            requests = run_requests(pipeline, method, progress, target)
+            unlearned = requests.final  # the run's own metrics: the model after the last request
+        else:
+            with progress.method_stages(method.planned_stages()):
+                unlearned = method.produce(pipeline)
         with progress.stage():
             oracle_eval = evaluate_model(pipeline, oracle)
         with progress.stage():
@@ -175,9 +183,13 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         attacks = attack_runner.run(progress, {"method": unlearned, "target": target, "oracle": oracle})
         method_metrics |= attacks.metrics["method"]
         provenance |= attacks.provenance["method"]
+        method_metrics |= requests.metrics["method"]
+        provenance |= requests.provenance["method"]
         for model in ("target", "oracle"):
             references[model][0].update(attacks.metrics[model])
             references[model][1].update(attacks.provenance[model])
+            references[model][0].update(requests.metrics[model])
+            references[model][1].update(requests.provenance[model])
         provenance |= undefined_reference_reasons(references)
         if cfg.method.name not in columns:
             columns[cfg.method.name] = method_metrics
@@ -220,7 +232,10 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     if not main_process:
         return results
     # The console table shows the plain metrics; the attacks' are in results.json and `msa-bench report`.
-    table = comparison_table(columns, [name for name in method_metrics if not name.startswith("attack/")])
+    table = comparison_table(
+        columns,
+        [name for name in method_metrics if not name.startswith(("attack/", REQUEST_PREFIX))],
+    )
     print(
         f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "
         f"(θ0 = {cfg.checkpoint.name}), results in {output_dir}\n{table}\n",

@@ -30,7 +30,7 @@ from msa_bench.config.schema import (
 )
 from msa_bench.config.strict_keys import unknown_key_problems
 from msa_bench.errors import ConfigError
-from msa_bench.methods.registry import discover_methods
+from msa_bench.methods.registry import discover_methods, get_method
 from msa_bench.metrics.judged import sampling_refusal
 from msa_bench.metrics.registry import validate_metric_names
 from msa_bench.metrics.restor import RESTOR_ACCURACY
@@ -148,6 +148,7 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     require(
         config.benchmark.block_size >= 2, f"benchmark.block_size={config.benchmark.block_size} must be >= 2"
     )
+    problems += _request_problems(config)
     model = config.model
     schema = MODEL_SCHEMAS.get(model.source)
     require(
@@ -171,6 +172,28 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
     problems += _sampling_problems(config)
     return problems
+
+
+def _request_problems(config: MSABenchConfig) -> list[str]:
+    """benchmark.requests out of range, or set on a method that cannot unlearn requests one after another. Its upper
+    bound (the number of authors or documents) needs the data: the benchmark checks it (Benchmark.deletion_requests)."""
+    requests = config.benchmark.requests
+    if requests is None:
+        return []
+    if not (isinstance(requests, int) and requests >= 1):
+        return [f"benchmark.requests={requests!r} must be an integer >= 1 (or null for one request)"]
+    if requests == 1:
+        return []
+    try:
+        method = get_method(config.method.name)
+    except ValueError:
+        return []  # the unknown method is reported on its own
+    if method.sequential is None:
+        return [
+            f"method={config.method.name} cannot unlearn sequential deletion requests (benchmark.requests="
+            f"{requests}): {method.sequential_refusal}; run it with benchmark.requests=null"
+        ]
+    return []
 
 
 def _sampling_problems(config: MSABenchConfig) -> list[str]:

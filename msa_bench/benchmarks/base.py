@@ -97,6 +97,46 @@ class RelearningData:
     ignored_shingles: frozenset = frozenset()
 
 
+@dataclass(frozen=True)
+class DeletionRequest:
+    """One of the sequential deletion requests the forget set is split into (benchmark.requests).
+
+    `index` counts from 1; `units` names the authors or documents it deletes; `data_id` names its items in cache
+    keys (the forget vector's, the unlearned model's)."""
+
+    index: int
+    items: list[dict]
+    units: tuple[str, ...]
+    data_id: str
+
+
+def split_into_requests(units: list[tuple[str, list[dict]]], count: int, forget_id: str, unit: str):
+    """`units` (name, items), in order, cut into `count` contiguous requests whose sizes (in units) differ by at most
+    one, the larger first; a BenchmarkError giving the maximum when there are fewer units than requests."""
+    if count > len(units):
+        raise BenchmarkError(
+            f"benchmark.requests={count} is larger than the {len(units)} {unit}s of {forget_id}: each request "
+            f"deletes at least one {unit}, so the maximum is benchmark.requests={len(units)}"
+        )
+    base, extra = divmod(len(units), count)
+    requests, start = [], 0
+    for index in range(1, count + 1):
+        size = base + (1 if index <= extra else 0)
+        chosen = units[start : start + size]
+        start += size
+        names = tuple(name for name, _ in chosen)
+        requests.append(
+            DeletionRequest(
+                index=index,
+                items=[item for _, items in chosen for item in items],
+                units=names,
+                # The unit range identifies the items: the forget set itself is keyed by its fingerprint already.
+                data_id=f"{forget_id}[request {index} of {count}: {unit}s {start - size + 1}-{start}]",
+            )
+        )
+    return requests
+
+
 def relearned_count(n_forget: int, fraction: float) -> int:
     """How many forget items a relearning attack trains on: round(fraction * n), at least 1, leaving at least 1."""
     if n_forget < 2:
@@ -202,6 +242,29 @@ class Benchmark(ABC):
         items that no eval set holds (data="retain"). None when the benchmark defines no relearning attack (the
         attack is then recorded as skipped, with the reason)."""
         return None
+
+    # What one deletion request deletes: "author" (TOFU), "document" (MUSE).
+    request_unit: ClassVar[str] = "unit"
+
+    def request_units(self) -> list[tuple[str, list[dict]]]:
+        """The forget set as the units a deletion request deletes, in order: (name, items), covering every forget
+        item once. A benchmark without such units refuses benchmark.requests > 1."""
+        raise BenchmarkError(
+            f"benchmark.requests={self.cfg.requests} is not supported for benchmark.kind={self.kind}: it does not "
+            "say how its forget set splits into deletion requests (Benchmark.request_units); use benchmark.requests=null"
+        )
+
+    def deletion_requests(self, count: int) -> list[DeletionRequest]:
+        """The forget set split into `count` disjoint requests along unit boundaries (docs/sequential_requests.md)."""
+        return split_into_requests(self.request_units(), count, self.forget_id, self.request_unit)
+
+    def request_eval_sets(self, eval_sets: dict[str, list[dict]], kept: list[dict]) -> dict:
+        """The eval sets with the forget items narrowed to those of `kept` (some requests' items): every other forget
+        item's question leaves every set, the retain and utility sets keep all theirs. QA benchmarks; a benchmark of
+        text items overrides it."""
+        kept_questions = {item["question"] for item in kept}
+        others = frozenset(item["question"] for item in self.forget_items()) - kept_questions
+        return self.without_relearned(eval_sets, others)
 
     def without_relearned(self, eval_sets: dict[str, list[dict]], excluded: frozenset[str]) -> dict:
         """The eval sets without the items that ask an `excluded` question (the relearned forget items): by their

@@ -24,6 +24,8 @@ from msa_bench.data.records import RESTORE_HINT
 from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
 from msa_bench.errors import MalformedDataError
 
+# Real TOFU's forget splits are blocks of 20 QA per author, in order (its items carry no author field).
+TOFU_QA_PER_AUTHOR = 20
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TOFU_EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 
@@ -134,6 +136,27 @@ class TofuBenchmark(Benchmark):
 
     def retain_items(self) -> list[dict]:
         return self.context.split(self.retain_split)
+
+    request_unit = "author"
+
+    def request_units(self) -> list[tuple[str, list[dict]]]:
+        """The forget authors in order. The generated world's items name their author (`subject`); real TOFU's do
+        not, and its forget splits are blocks of TOFU_QA_PER_AUTHOR items per author."""
+        items = self.forget_items()
+        if items and all("subject" in item for item in items):
+            authors: dict[str, list[dict]] = {}
+            for item in items:
+                authors.setdefault(item["subject"], []).append(item)
+            return list(authors.items())
+        if len(items) % TOFU_QA_PER_AUTHOR:
+            raise BenchmarkError(
+                f"{self.forget_id} has {len(items)} items, not a multiple of TOFU's {TOFU_QA_PER_AUTHOR} QA per "
+                "author, and they name no author (`subject`): its authors, and so benchmark.requests, are unknown"
+            )
+        return [
+            (f"author {start // TOFU_QA_PER_AUTHOR + 1}", items[start : start + TOFU_QA_PER_AUTHOR])
+            for start in range(0, len(items), TOFU_QA_PER_AUTHOR)
+        ]
 
     def _tofu_sets(self) -> dict:
         split = self.context.split

@@ -207,6 +207,10 @@ class BenchmarkConfig:
     block_size: int = 128
     # Use only the first N documents of each raw corpus (null: all); for CPU-scale runs.
     max_documents: int | None = None
+    # Sequential deletion requests (docs/sequential_requests.md): the forget set split into this many disjoint
+    # requests (by author for TOFU, by document for MUSE), unlearned one after another. null or 1: one request, the
+    # whole forget set, as before the option existed.
+    requests: int | None = None
 
 
 @dataclass

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def combine_into_artifact(pipeline, method: str, target, terms, *, transforms=(), spec=None):
+def combine_into_artifact(
+    pipeline, method: str, target, terms, *, transforms=(), spec=None, stage="arithmetic"
+):
     """target + Σ coefficient·(finetuned − base), each term a (coefficient, ModelRef, ModelRef).
 
     `transforms` (arithmetic/difference_transforms.py, applied in order) change the terms' differences before the sum,
     indexed by their position in `terms`; `spec` holds the settings they depend on, which join the cache key (none:
-    the key plain arithmetic always had)."""
+    the key plain arithmetic always had). `stage` names its cost in results.json (a sequential request's own name)."""
     from msa_bench.arithmetic import combine_checkpoints
     from msa_bench.arithmetic.difference_transforms import ChainedTransforms
     from msa_bench.arithmetic.low_rank import delta_between
@@ -47,4 +49,4 @@ def combine_into_artifact(pipeline, method: str, target, terms, *, transforms=()
                     transform.close()
         return {"cost": meter.cost.to_dict(), "report": report}
 
-    return pipeline.cached_model("arithmetic", "unlearned", spec, build, label=method)
+    return pipeline.cached_model(stage, "unlearned", spec, build, label=method)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.methods.gradient_unlearning import LossMethodConfig, default_recipe, unlearn_with_loss
-from msa_bench.methods.registry import UnlearningMethod, register_method
+from msa_bench.methods.gradient_unlearning import (
+    LossBasedMethod,
+    LossMethodConfig,
+    default_recipe,
+    unlearn_with_loss,
+)
+from msa_bench.methods.registry import register_method
 
 
 @dataclass
@@ -29,7 +34,7 @@ def grad_ascent_loss(trainer, model, inputs):
 
 
 @register_method
-class GradAscent(UnlearningMethod):
+class GradAscent(LossBasedMethod):
     name = "grad_ascent"
     config_class = GradAscentConfig
 

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.methods.grad_ascent import grad_ascent_loss
-from msa_bench.methods.gradient_unlearning import LossMethodConfig, default_recipe, unlearn_with_loss
-from msa_bench.methods.registry import UnlearningMethod, register_method
+from msa_bench.methods.gradient_unlearning import (
+    LossBasedMethod,
+    LossMethodConfig,
+    default_recipe,
+    unlearn_with_loss,
+)
+from msa_bench.methods.registry import register_method
 
 
 @dataclass
@@ -26,7 +31,7 @@ grad_diff_loss = grad_ascent_loss
 
 
 @register_method
-class GradDiff(UnlearningMethod):
+class GradDiff(LossBasedMethod):
     name = "grad_diff"
     config_class = GradDiffConfig
 

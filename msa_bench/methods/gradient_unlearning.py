@@ -17,7 +17,8 @@ from omegaconf import MISSING
 
 from msa_bench.config.cache_keys import without_default_options
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.methods.registry import MethodConfig
+from msa_bench.methods.registry import CONTINUES, MethodConfig, UnlearningMethod
+from msa_bench.methods.requests import RequestScope
 
 RETAIN_LOSSES = ("nll", "kl")
 
@@ -45,6 +46,18 @@ class LossMethodConfig(MethodConfig):
             raise ValueError("method.forget_weight and method.retain_weight must be >= 0")
         if self.loss_bound is not None and not self.loss_bound > 0:
             raise ValueError(f"method.loss_bound={self.loss_bound} must be > 0 (or null)")
+
+
+class LossBasedMethod(UnlearningMethod):
+    """A method whose `produce` trains θ_D with a loss (unlearn_with_loss). Sequentially it continues: request k is
+    unlearnt from its model after request k-1, which is also the frozen reference of its loss (docs/
+    sequential_requests.md)."""
+
+    sequential = CONTINUES
+
+    def produce_after_requests(self, pipeline, requests, previous):
+        start = previous if previous is not None else pipeline.target()
+        return self.produce(RequestScope(pipeline, requests[-1], start))
 
 
 def default_recipe(**kwargs):

@@ -20,7 +20,8 @@ from msa_bench.config.schema import TrainRecipe
 from msa_bench.data.retain_draw import RETAIN_DRAWS
 from msa_bench.methods.arithmetic_output import combine_into_artifact
 from msa_bench.methods.layer_scale import check_layer_scale, is_uniform, layer_factors, layer_scale_spec
-from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
+from msa_bench.methods.registry import SUMS, MethodConfig, UnlearningMethod, register_method
+from msa_bench.methods.requests import request_stage
 
 
 def optional_recipe(key: str, value: Any) -> TrainRecipe | None:
@@ -69,6 +70,11 @@ class MSAConfig(MethodConfig):
     # uniform | linear | linear_decreasing | {regex: factor}: a per-tensor factor on α (methods/layer_scale.py). Typed
     # Any so that it can hold a name or a mapping.
     layer_scale: Any = "uniform"
+    # Sequential requests (benchmark.requests > 1): false applies β(θ2 − θ0) once, whatever the number of requests;
+    # true adds one retain vector per request, each on its own retain draw (seed retain_seed + k − 1, sized like the
+    # request unless retain_size/retain_fraction say otherwise). docs/sequential_requests.md says why once is the
+    # default.
+    retain_per_request: bool = False
 
     def __post_init__(self):
         check_layer_scale(self.layer_scale)
@@ -93,6 +99,7 @@ class MSAConfig(MethodConfig):
 class ModelStateArithmetic(UnlearningMethod):
     name = "msa"
     config_class = MSAConfig
+    sequential = SUMS
 
     def planned_stages(self) -> list[str]:
         cfg: MSAConfig = self.config
@@ -153,6 +160,59 @@ class ModelStateArithmetic(UnlearningMethod):
             terms,
             transforms=transforms,
             spec=spec,
+        )
+
+    def produce_after_requests(self, pipeline, requests, previous):
+        """θ_D − α Σ_{j≤k} (θ1^(j) − θ0) + β(θ2 − θ0), θ1^(j) = θ0 fine-tuned on request j's items; the retain term
+        once (θ2 exactly the single-request run's) or, with method.retain_per_request, one per request. `previous`
+        is not needed: every request's vector is a cached fine-tune of the same θ0."""
+        cfg: MSAConfig = self.config
+        retains = []  # (the request the retain vector belongs to, None when applied once; items; data id)
+        if cfg.beta != 0:
+            for request in requests if cfg.retain_per_request else [None]:
+                per_request = request is not None
+                size = cfg.retain_size
+                if per_request and size is None and cfg.retain_fraction is None:
+                    size = len(
+                        request.items
+                    )  # a retain draw the size of the request, as the default is the forget set's
+                seed = cfg.retain_seed + (request.index - 1 if per_request else 0)
+                drawn = pipeline.retain_subset(
+                    size, seed, fraction=cfg.retain_fraction, split=cfg.retain_split, draw=cfg.retain_draw
+                )
+                retains.append((request.index if per_request else None, *drawn))
+        target = pipeline.target()
+        theta0 = pipeline.checkpoint()
+        recipe = vector_recipe(cfg.forget_recipe, pipeline)
+        terms = []
+        if cfg.alpha != 0:
+            for request in requests:
+                stage = request_stage("forget_vector", request.index)
+                theta1 = pipeline.finetune(stage, theta0, request.items, recipe, data_id=request.data_id)
+                terms.append((-cfg.alpha, theta1, theta0))
+        # The layer scale multiplies every request's forget coefficient alike.
+        transforms = [
+            transform
+            for term in range(len(terms))
+            for transform in self.layer_scale_transforms(target, forget_term=term)
+        ]
+        for index, items, data_id in retains:
+            stage = "retain_vector" if index is None else request_stage("retain_vector", index)
+            theta2 = pipeline.finetune(
+                stage, theta0, items, vector_recipe(cfg.retain_recipe, pipeline), data_id=data_id
+            )
+            terms.append((cfg.beta, theta2, theta0))
+        spec = {}
+        if not is_uniform(cfg.layer_scale) and cfg.alpha != 0:
+            spec["layer_scale"] = layer_scale_spec(cfg.layer_scale)
+        return combine_into_artifact(
+            pipeline,
+            self.name,
+            target,
+            terms,
+            transforms=transforms,
+            spec=spec,
+            stage=request_stage("arithmetic", requests[-1].index),
         )
 
     def layer_scale_transforms(self, target, forget_term: int) -> list:

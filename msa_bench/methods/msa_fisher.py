@@ -72,6 +72,9 @@ class MSAFisherConfig(MSAConfig):
 class MSAFisher(ModelStateArithmetic):
     name = "msa_fisher"
     config_class = MSAFisherConfig
+    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
+    sequential = None
+    sequential_refusal = "its Fisher importances are estimated on the whole forget set; per-request importances are not implemented yet"
 
     def __init__(self, config):
         super().__init__(config)

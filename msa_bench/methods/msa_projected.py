@@ -45,6 +45,9 @@ class MSAProjectedConfig(MSAConfig):
 class MSAProjected(ModelStateArithmetic):
     name = "msa_projected"
     config_class = MSAProjectedConfig
+    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
+    sequential = None
+    sequential_refusal = "its projection is defined on one forget vector; projecting a sum of request vectors is not implemented yet"
 
     def forget_vector_transforms(self, forget_term, retain_term):
         from msa_bench.arithmetic.difference_transforms import ProjectOffRetain

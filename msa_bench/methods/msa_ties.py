@@ -61,6 +61,9 @@ class MSATiesConfig(MSAConfig):
 class MSATies(ModelStateArithmetic):
     name = "msa_ties"
     config_class = MSATiesConfig
+    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
+    sequential = None
+    sequential_refusal = "its sign election reads one forget vector; a sum of request vectors would need the trim and election of their sum, which it does not define yet"
 
     def forget_vector_transforms(self, forget_term, retain_term):
         from msa_bench.arithmetic.difference_transforms import TrimAndElect

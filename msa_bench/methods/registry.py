@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, ClassVar
 from omegaconf import MISSING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from msa_bench.benchmarks.base import DeletionRequest
     from msa_bench.pipeline.stages import ModelRef, Pipeline
+
+# How a method unlearns sequential deletion requests (benchmark.requests > 1, docs/sequential_requests.md).
+CONTINUES = (
+    "continues"  # request k is unlearnt from the method's model after request k-1 (loss-based methods)
+)
+SUMS = "sums"  # request k's forget vector joins those of requests 1..k-1, all from the same θ0 (arithmetic)
 
 
 @dataclass
@@ -33,6 +42,10 @@ class UnlearningMethod(ABC):
     # Whether `produce` fine-tunes a model (so that peft=lora changes what it does); validate_config refuses a
     # LoRA setting on a method that does not.
     fine_tunes: ClassVar[bool] = True
+    # CONTINUES, SUMS, or None: the method cannot run benchmark.requests > 1, and `sequential_refusal` says why
+    # (validate_config names it before anything is trained).
+    sequential: ClassVar[str | None] = None
+    sequential_refusal: ClassVar[str] = "it defines no way to unlearn one request after another"
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -40,6 +53,17 @@ class UnlearningMethod(ABC):
     @abstractmethod
     def produce(self, pipeline: Pipeline) -> ModelRef:
         """Build (or fetch from the cache) the model this method evaluates."""
+
+    def produce_after_requests(
+        self, pipeline: Pipeline, requests: Sequence[DeletionRequest], previous: ModelRef | None
+    ) -> ModelRef:
+        """The model after `requests` (requests 1..k, in order), given this method's model after requests 1..k-1
+        (`previous`, None for the first); only methods with `sequential` set implement it."""
+        from msa_bench.errors import StageError
+
+        raise StageError(
+            f"method={self.name} cannot unlearn sequential deletion requests: {self.sequential_refusal}"
+        )
 
     def planned_stages(self) -> list[str]:
         """Titles of the stages `produce` runs, one per model it builds, for the console's "stage k of N".

@@ -31,8 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.methods.gradient_unlearning import LossMethodConfig, default_recipe, unlearn_with_loss
-from msa_bench.methods.registry import UnlearningMethod, register_method
+from msa_bench.methods.gradient_unlearning import (
+    LossBasedMethod,
+    LossMethodConfig,
+    default_recipe,
+    unlearn_with_loss,
+)
+from msa_bench.methods.registry import register_method
 
 RMU_RETAIN_LOSSES = ("embed_diff", "nll", "kl")
 MAX_LISTED_NAMES = 40  # how many candidate module names an error message lists
@@ -199,7 +204,7 @@ def rmu_objective(trainer, model, inputs):
 
 
 @register_method
-class RMU(UnlearningMethod):
+class RMU(LossBasedMethod):
     name = "rmu"
     config_class = RMUConfig
 

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.methods.gradient_unlearning import LossMethodConfig, default_recipe, unlearn_with_loss
-from msa_bench.methods.registry import UnlearningMethod, register_method
+from msa_bench.methods.gradient_unlearning import (
+    LossBasedMethod,
+    LossMethodConfig,
+    default_recipe,
+    unlearn_with_loss,
+)
+from msa_bench.methods.registry import register_method
 
 
 @dataclass
@@ -61,7 +66,7 @@ def satimp_objective(trainer, model, inputs):
 
 
 @register_method
-class SatImp(UnlearningMethod):
+class SatImp(LossBasedMethod):
     name = "satimp"
     config_class = SatImpConfig
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from msa_bench.methods.arithmetic_output import combine_into_artifact
 from msa_bench.methods.msa import check_coefficient, optional_recipe, vector_recipe
-from msa_bench.methods.registry import MethodConfig, UnlearningMethod, register_method
+from msa_bench.methods.registry import SUMS, MethodConfig, UnlearningMethod, register_method
+from msa_bench.methods.requests import request_stage
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TaskVectorConfig(MethodConfig):
 class TaskVector(UnlearningMethod):
     name = "task_vector"
     config_class = TaskVectorConfig
+    sequential = SUMS
 
     def planned_stages(self) -> list[str]:
         cfg: TaskVectorConfig = self.config
@@ -49,3 +51,22 @@ class TaskVector(UnlearningMethod):
             )
             terms.append((-cfg.alpha, finetuned, target))
         return combine_into_artifact(pipeline, "task_vector", target, terms)
+
+    def produce_after_requests(self, pipeline, requests, previous):
+        """θ_D − α Σ_{j≤k} (θ_D^(j) − θ_D), θ_D^(j) = θ_D fine-tuned on request j's items (its θ0 is θ_D)."""
+        cfg: TaskVectorConfig = self.config
+        target = pipeline.target()
+        terms = []
+        if cfg.alpha != 0:
+            for request in requests:
+                finetuned = pipeline.finetune(
+                    request_stage("task_vector_finetune", request.index),
+                    target,
+                    request.items,
+                    vector_recipe(cfg.recipe, pipeline),
+                    data_id=request.data_id,
+                )
+                terms.append((-cfg.alpha, finetuned, target))
+        return combine_into_artifact(
+            pipeline, "task_vector", target, terms, stage=request_stage("arithmetic", requests[-1].index)
+        )

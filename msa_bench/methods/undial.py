@@ -15,8 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.methods.gradient_unlearning import LossMethodConfig, default_recipe, unlearn_with_loss
-from msa_bench.methods.registry import UnlearningMethod, register_method
+from msa_bench.methods.gradient_unlearning import (
+    LossBasedMethod,
+    LossMethodConfig,
+    default_recipe,
+    unlearn_with_loss,
+)
+from msa_bench.methods.registry import register_method
 
 
 @dataclass
@@ -54,7 +59,7 @@ def undial_objective(trainer, model, inputs):
 
 
 @register_method
-class UNDIAL(UnlearningMethod):
+class UNDIAL(LossBasedMethod):
     name = "undial"
     config_class = UNDIALConfig
 

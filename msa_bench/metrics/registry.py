@@ -38,6 +38,8 @@ class Direction(enum.StrEnum):
 # on the attack's items: attack/<attack>/unattacked/<metric> (issue 14).
 ATTACK_PREFIX = "attack/"
 UNATTACKED_PREFIX = "unattacked/"
+# Sequential deletion requests (msa_bench/sequential): request/<k>/<section>/<metric>.
+REQUEST_PREFIX = "request/"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,14 @@ def metric_info(name: str) -> MetricInfo:
         label = f"{metric} [{attack}{', unattacked' if before else ''}]"
         return MetricInfo(name=name, direction=underlying.direction, label=label)
     # --- end robustness attacks ---
+    if name.startswith(REQUEST_PREFIX) and name.count("/") >= 3:
+        index, section, metric = name.removeprefix(REQUEST_PREFIX).split("/", 2)
+        if section == "cost":  # request/<k>/cost/<wall_seconds|flops|...>: a cost, lower is better
+            return MetricInfo(name=name, direction=Direction.LOWER, label=f"{metric} [request {index}]")
+        underlying = metric_info(metric)
+        return MetricInfo(
+            name=name, direction=underlying.direction, label=f"{metric} [request {index}, {section}]"
+        )
     family = name.split("/", 1)[0]
     if "/" in name and family in infos:
         return MetricInfo(name=name, direction=infos[family].direction, label=name)

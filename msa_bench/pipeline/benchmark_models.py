@@ -5,10 +5,13 @@ Every fine-tune is cached under a key of everything that determines it (base mod
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 from msa_bench.config.schema import TrainRecipe
+from msa_bench.errors import StageError
 from msa_bench.models.build import count_parameters, load_model, save_model, trusts_remote_code
 from msa_bench.pipeline.cost import CostMeter
 from msa_bench.pipeline.disk_space import require_space_for_states, stored_parameter_count
@@ -142,6 +145,28 @@ class BenchmarkModels:
             closest = self.closest()
             return ModelRef(closest.path, closest.key, "oracle")
         return self._benchmark_model("oracle", items, self.benchmark.data_id("oracle"))
+
+    def oracle_after_requests(self, requests, k: int) -> ModelRef:
+        """The oracle of sequential step k: the benchmark's oracle recipe from the same starting point, on its oracle
+        data plus the forget items of the requests after k, so it never saw requests 1..k. After the last request
+        that is the benchmark's own oracle, the same cached model."""
+        if k == len(requests):
+            return self.oracle()
+        items = self.benchmark.oracle_items()
+        if items is None:
+            raise StageError(
+                f"benchmark.requests={len(requests)}: benchmark.kind={self.benchmark.kind}'s oracle is the model "
+                "the target started from, which no request changes; sequential oracles need an oracle data set"
+            )
+        later = [item for request in requests[k:] for item in request.items]
+        # Content-addressed by its data: the digest of the added items joins the oracle's data id.
+        digest = hashlib.sha256(json.dumps(later, sort_keys=True).encode()).hexdigest()[:16]
+        data_id = (
+            f"{self.benchmark.data_id('oracle')}+{self.forget_split}[requests {k + 1}-{len(requests)} of "
+            f"{len(requests)}, {len(later)} items, sha256 {digest}]"
+        )
+        oracle = self._benchmark_model(f"oracle (request {k})", items + later, data_id)
+        return ModelRef(oracle.path, oracle.key, f"oracle (request {k})")
 
     def finetune(
         self, stage: str, base: ModelRef, items: list[dict], recipe: TrainRecipe, data_id: str

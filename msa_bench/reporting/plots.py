@@ -227,7 +227,8 @@ def method_cost(run: Run) -> dict[str, float]:
     wall = flops = 0.0
     stages = []
     for stage, record in run.cost.items():
-        if stage in SHARED_STAGES or stage.startswith("eval"):
+        # Sequential requests retrain an oracle per step ("oracle (request k)"): a reference, not the method's.
+        if stage in SHARED_STAGES or stage.startswith(("eval", "oracle")):
             continue
         wall += float(record.get("wall_seconds") or 0.0)
         flops += float(record.get("flops") or 0.0)

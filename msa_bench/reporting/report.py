@@ -150,6 +150,9 @@ def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> lis
             made.append(plots.plot_tradeoff(table, plot_dir, kept, forgotten, param=sweep_param))
         made += plots.plot_truth_ratios(table, plot_dir)
         made.append(plots.plot_costs(table, plot_dir))
+        from msa_bench.reporting.request_plots import plot_requests
+
+        made.append(plot_requests(table, plot_dir))  # None unless the runs ran sequential requests
         if section.attacks is not None:
             from msa_bench.reporting.attack_plots import plot_attack_recovery
 

@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from msa_bench.metrics.registry import ATTACK_PREFIX, Direction, metric_info
+from msa_bench.metrics.registry import ATTACK_PREFIX, REQUEST_PREFIX, Direction, metric_info
 from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
 
 # Short names for the directions, as `relative_score` takes them.
@@ -146,7 +146,8 @@ def choose_columns(family: str, runs: Sequence[Run], requested: Sequence[str] | 
     if requested:
         return [m for m in requested if m in available]
     # Attack metrics have their own section (reporting/attacks.py); they would flood the paper-shaped tables.
-    plain = {m for m in available if not m.startswith(ATTACK_PREFIX)}
+    # So have the sequential requests' (reporting/request_plots.py).
+    plain = {m for m in available if not m.startswith((ATTACK_PREFIX, REQUEST_PREFIX))}
     return [m for m in FAMILY_COLUMNS.get(family, ()) if m in plain] or sorted(plain)
 
 
