@@ -93,6 +93,29 @@ def test_a_request_view_keeps_only_its_forget_items_and_every_utility_item(tmp_p
     assert both["forget"] == sets["forget"]
 
 
+def test_forget_metrics_are_those_read_on_a_forget_set():
+    from omegaconf import OmegaConf
+
+    from msa_bench.benchmarks.muse import MuseBenchmark
+    from msa_bench.benchmarks.tofu import TofuBenchmark
+    from msa_bench.metrics.registry import discover_suites
+    from msa_bench.sequential.driver import forget_metric_names
+
+    discover_suites()
+    names = list(OmegaConf.load(Path(__file__).parents[1] / "conf/metrics/tofu_full.yaml").names)
+    forget = forget_metric_names(names, TofuBenchmark)
+    for name in ("extraction_strength", "exact_memorization", "mia_loss", "mia_gradnorm", "privleak"):
+        assert name in forget, name
+    assert {"mia_reference", "forget_quality", "forget_Q_A_Prob"} <= set(forget)
+    assert not {"model_utility", "retain_Q_A_Prob", "ra_Q_A_ROUGE", "wf_Truth_Ratio"} & set(forget)
+    muse = ["forget_verbmem_ROUGE", "retain_knowmem_ROUGE", "muse_exact_memorization", "muse_privleak"]
+    assert forget_metric_names(muse, MuseBenchmark) == [
+        "forget_verbmem_ROUGE",
+        "muse_exact_memorization",
+        "muse_privleak",
+    ]
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 from msa_bench.errors import StageError
-from msa_bench.metrics.registry import CROSS_MODEL_METRICS, REQUEST_PREFIX
+from msa_bench.metrics.registry import CROSS_MODEL_METRICS, REQUEST_PREFIX, suite_of
 from msa_bench.pipeline.evaluation import EvalView, evaluate_model, final_metrics
 from msa_bench.pipeline.refs import ModelRef
 
@@ -56,15 +56,30 @@ class SequentialResults:
     )  # what each request deletes, for results.json's config record
 
 
+def is_forget_eval_set(name: str) -> bool:
+    """Whether eval set `name` holds the forget items a request narrows: TOFU's "forget", MUSE's
+    muse_verbmem_forget, muse_knowmem_forget(_icl) and muse_privleak_forget."""
+    return "forget" in name.split("_")
+
+
+def _reads_forget_set(name: str, seen: frozenset = frozenset()) -> bool:
+    """Whether metric `name` is read on a forget set: a suite's metric by the eval sets its suite says it reads, a
+    cross-model metric through the per-model metrics it needs."""
+    metric = CROSS_MODEL_METRICS.get(name)
+    if metric is not None:
+        return any(_reads_forget_set(need, seen | {name}) for need in metric.needs if need not in seen)
+    try:
+        suite = suite_of(name)
+    except KeyError:
+        return False
+    return any(is_forget_eval_set(eval_set) for eval_set in suite.required_sets([name]))
+
+
 def forget_metric_names(names, benchmark) -> list[str]:
-    """The run's metrics that the forget items determine: the benchmark's forget metrics, those read on a forget set
-    (named forget_*), and the cross-model metrics computed from one of them (forget quality from the truth ratio)."""
-    direct = {n for n in names if n in benchmark.forget_metrics or n.startswith("forget")}
-    for name in names:
-        metric = CROSS_MODEL_METRICS.get(name)
-        if metric is not None and (set(metric.needs) & (direct | set(benchmark.forget_metrics))):
-            direct.add(name)
-    return [n for n in names if n in direct]
+    """The run's metrics that the forget items determine: the benchmark's forget metrics, every metric its suite reads
+    on a forget set (e.g. extraction strength, the membership attacks), and the cross-model metrics computed from
+    one of them (forget quality from the truth ratio, privleak and mia_reference from an attack's AUC)."""
+    return [n for n in names if n in benchmark.forget_metrics or _reads_forget_set(n)]
 
 
 def _view(pipeline, requests, label: str) -> EvalView:
