@@ -39,7 +39,13 @@ from msa_bench.results import (
     build_per_item_records,
 )
 from msa_bench.results.provenance import device_name, distribution_versions, git_commit
-from msa_bench.sequential import REQUEST_PREFIX, SequentialResults, request_stage_names, run_requests
+from msa_bench.sequential import (
+    REQUEST_PREFIX,
+    SequentialResults,
+    checked_requests,
+    request_stage_names,
+    run_requests,
+)
 
 log = logging.getLogger("msa_bench.runner")
 
@@ -115,6 +121,10 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
+    if (
+        cfg.benchmark.requests or 1
+    ) > 1:  # the split into requests and the forget metrics, before any training
+        checked_requests(pipeline)
     attack_runner = AttackRunner(pipeline)
     attack_runner.preflight()  # the attacks' data and settings, before any training
     if main_process:

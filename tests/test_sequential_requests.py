@@ -116,6 +116,19 @@ def test_forget_metrics_are_those_read_on_a_forget_set():
     ]
 
 
+def test_too_many_requests_fail_before_anything_trains(tmp_path, monkeypatch):
+    from msa_bench.pipeline.stages import Pipeline
+
+    def trains(self):
+        raise AssertionError("a model was trained before the requests were checked")
+
+    monkeypatch.setattr(Pipeline, "target", trains)
+    monkeypatch.setattr(Pipeline, "oracle", trains)
+    with pytest.raises(BenchmarkError, match="maximum is benchmark.requests=2"):
+        run_job(tmp_path / "cache", tmp_path / "run", ["benchmark.requests=3"])
+    assert not (tmp_path / "cache" / "finetune").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -2,6 +2,19 @@
 evaluated on its own items, on the earlier requests' items and on utility (docs/sequential_requests.md)."""
 
 from msa_bench.metrics.registry import REQUEST_PREFIX
-from msa_bench.sequential.driver import SequentialResults, request_key, request_stage_names, run_requests
+from msa_bench.sequential.driver import (
+    SequentialResults,
+    checked_requests,
+    request_key,
+    request_stage_names,
+    run_requests,
+)
 
-__all__ = ["REQUEST_PREFIX", "SequentialResults", "request_key", "request_stage_names", "run_requests"]
+__all__ = [
+    "REQUEST_PREFIX",
+    "SequentialResults",
+    "checked_requests",
+    "request_key",
+    "request_stage_names",
+    "run_requests",
+]

@@ -105,8 +105,10 @@ def _stage_cost(costs: dict, stages) -> tuple[float, float]:
     return wall, flops
 
 
-def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResults:
-    """Every request in order, one console stage each; the final model is the method's after the last request."""
+def checked_requests(pipeline) -> tuple[list, list[str]]:
+    """The run's deletion requests and forget metrics, or the error of a bad setting (more requests than units, a
+    benchmark without request units, no forget metric); the runner calls it after Pipeline.preflight, before
+    anything trains."""
     cfg = pipeline.cfg
     benchmark = pipeline.benchmark
     requests = benchmark.deletion_requests(cfg.benchmark.requests)
@@ -117,6 +119,14 @@ def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResu
             f"benchmark.requests={cfg.benchmark.requests}: metrics.names={names} holds no forget metric of benchmark "
             f"kind {benchmark.kind} ({list(benchmark.forget_metrics)}), so no request's forgetting would be measured"
         )
+    return requests, forget_names
+
+
+def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResults:
+    """Every request in order, one console stage each; the final model is the method's after the last request."""
+    cfg = pipeline.cfg
+    requests, forget_names = checked_requests(pipeline)
+    names = list(cfg.metrics.names)
     results = SequentialResults(
         requests=[{"index": r.index, "units": list(r.units), "items": len(r.items)} for r in requests]
     )
