@@ -129,6 +129,29 @@ def test_too_many_requests_fail_before_anything_trains(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "finetune").exists()
 
 
+def test_sequential_msa_checks_the_layer_scale_before_training_any_request(tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from msa_bench.methods.registry import get_method
+    from tests.test_arithmetic_family import StandInPipeline
+    from tests.test_arithmetic_streaming import save_family
+
+    pipeline = StandInPipeline(
+        save_family(tmp_path / "in", tied=False, dtype=torch.float32), tmp_path / "out"
+    )
+
+    def finetune(*args, **kwargs):
+        raise AssertionError("a request's forget vector was trained before the layer scale was checked")
+
+    pipeline.finetune = finetune
+    msa = get_method("msa")
+    method = msa(replace(msa.config_class(), alpha=0.7, beta=0.0, layer_scale={"transformer[.]h[.]": 0.5}))
+    requests = [SimpleNamespace(index=k, items=[], data_id=f"request-{k}") for k in (1, 2)]
+    with pytest.raises(ConfigError, match="match no tensor"):
+        method.produce_after_requests(pipeline, requests, None)
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -182,6 +182,9 @@ class ModelStateArithmetic(UnlearningMethod):
                 )
                 retains.append((request.index if per_request else None, *drawn))
         target = pipeline.target()
+        # Checked against the target's tensor names before any θ1 is trained; it multiplies every request's
+        # forget coefficient alike.
+        factors = self.layer_scale_factors(target)
         theta0 = pipeline.checkpoint()
         recipe = vector_recipe(cfg.forget_recipe, pipeline)
         terms = []
@@ -190,12 +193,9 @@ class ModelStateArithmetic(UnlearningMethod):
                 stage = request_stage("forget_vector", request.index)
                 theta1 = pipeline.finetune(stage, theta0, request.items, recipe, data_id=request.data_id)
                 terms.append((-cfg.alpha, theta1, theta0))
-        # The layer scale multiplies every request's forget coefficient alike.
-        transforms = [
-            transform
-            for term in range(len(terms))
-            for transform in self.layer_scale_transforms(target, forget_term=term)
-        ]
+        transforms = (
+            [] if factors is None else [scale_coefficient(term, factors) for term in range(len(terms))]
+        )
         for index, items, data_id in retains:
             stage = "retain_vector" if index is None else request_stage("retain_vector", index)
             theta2 = pipeline.finetune(
@@ -215,16 +215,19 @@ class ModelStateArithmetic(UnlearningMethod):
             stage=request_stage("arithmetic", requests[-1].index),
         )
 
-    def layer_scale_transforms(self, target, forget_term: int) -> list:
-        """The layer scale as a transform of the forget term's coefficient; none when uniform (plain MSA)."""
+    def layer_scale_factors(self, target) -> dict[str, float] | None:
+        """The layer scale's factor of each tensor of `target` (ConfigError when it fits none); None when uniform."""
         cfg: MSAConfig = self.config
         if is_uniform(cfg.layer_scale) or cfg.alpha == 0:
-            return []
+            return None
         from msa_bench.arithmetic.checkpoint_files import read_layout
-        from msa_bench.arithmetic.difference_transforms import ScaleCoefficient
 
-        factors = layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
-        return [ScaleCoefficient(forget_term, factors)]
+        return layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
+
+    def layer_scale_transforms(self, target, forget_term: int) -> list:
+        """The layer scale as a transform of the forget term's coefficient; none when uniform (plain MSA)."""
+        factors = self.layer_scale_factors(target)
+        return [] if factors is None else [scale_coefficient(forget_term, factors)]
 
     def reads_retain_data(self) -> bool:
         """Whether the variant reads the retain subset even when β = 0 leaves θ2 untrained (msa_fisher's
@@ -243,3 +246,9 @@ class ModelStateArithmetic(UnlearningMethod):
     def arithmetic_spec(self) -> dict:
         """The variant's settings that enter the arithmetic's cache key; plain MSA has none."""
         return {}
+
+
+def scale_coefficient(term: int, factors: dict[str, float]):
+    from msa_bench.arithmetic.difference_transforms import ScaleCoefficient
+
+    return ScaleCoefficient(term, factors)
