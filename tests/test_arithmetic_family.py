@@ -438,3 +438,22 @@ def test_transforms_refuse_bad_arguments():
         ProjectOffRetain(0, 1, "none")
     with pytest.raises(ValueError, match="at most one transform may observe"):
         ChainedTransforms([TrimAndElect(0, 1, 0.5, "none"), ProjectOffRetain(0, 1, "global")])
+
+
+def test_an_anchored_block_regex_scales_that_block_alone_and_the_report_counts_matches(tmp_path, caplog):
+    names = [f"model.layers.{i}.mlp.weight" for i in (0, 1, 10, 12)] + ["model.embed_tokens.weight"]
+    assert layer_factors({"layers[.]1[.]": 2.0}, names) == {"model.layers.1.mlp.weight": 2.0}
+    with caplog.at_level("WARNING", logger="msa_bench.methods"):
+        assert len(layer_factors({"layers.1": 2.0}, names)) == 3  # layers.1, .10 and .12: unanchored
+    assert "matches tensors of 3 blocks (1, 10, 12)" in caplog.text and "layers[.]1[.]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="msa_bench.methods"):
+        layer_factors({"layers[.]1[.]": 2.0, "mlp": 0.5}, names)
+    assert not caplog.text  # one block, and a regex naming no block
+    # The command line's spelling of the anchored form (Hydra keeps an unquoted key's backslashes).
+    cli = validate_config(compose_config(["method=msa", "method.layer_scale={layers\\.1\\.:2.0}"])).method
+    assert layer_factors(cli.layer_scale, names) == {"model.layers.1.mlp.weight": 2.0}
+    paths = save_family(tmp_path / "in", tied=False, dtype=torch.float32)
+    _, report, _ = produce("msa", paths, tmp_path, layer_scale={"layers[.]1[.]": 2.0, "mlp": 0.5})
+    matched = report["transform"]["layer_scale"]["tensors_matched"]
+    assert list(matched) == ["layers[.]1[.]", "mlp"] and matched["layers[.]1[.]"] >= 1 and matched["mlp"] >= 1

@@ -100,8 +100,10 @@ class ChainedTransforms(DifferenceTransform):
 class ScaleCoefficient(DifferenceTransform):
     """Multiplies the coefficient of term `term` by ``factors[name]`` on each tensor listed (1 elsewhere)."""
 
-    def __init__(self, term: int, factors: Mapping[str, float]) -> None:
-        self.term, self.factors = term, dict(factors)
+    def __init__(
+        self, term: int, factors: Mapping[str, float], matches: Mapping[str, int] | None = None
+    ) -> None:
+        self.term, self.factors, self.matches = term, dict(factors), dict(matches or {})
 
     def apply(self, name, terms):
         factor = self.factors.get(name, 1.0)
@@ -109,7 +111,10 @@ class ScaleCoefficient(DifferenceTransform):
 
     def summary(self):
         values = list(self.factors.values()) or [1.0]
-        return {"layer_scale": {"tensors_scaled": len(self.factors), "min": min(values), "max": max(values)}}
+        summary = {"tensors_scaled": len(self.factors), "min": min(values), "max": max(values)}
+        if self.matches:  # a {regex: factor} mapping: how many tensors each regex set the factor of
+            summary["tensors_matched"] = dict(self.matches)
+        return {"layer_scale": summary}
 
 
 ELECTIONS = ("retain", "mass", "none")

@@ -26,6 +26,7 @@ No torch here: every method module is imported when a config is validated, and t
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from msa_bench.errors import ConfigError
 LAYER_PROFILES = ("uniform", "linear", "linear_decreasing")
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _NAMES_SHOWN = 8
+log = logging.getLogger("msa_bench.methods")
 
 
 def check_layer_scale(value: Any, key: str = "method.layer_scale") -> None:
@@ -120,4 +122,40 @@ def layer_factors(
         factor = next((f for _, compiled, f in patterns if compiled.search(name)), 1.0)
         if factor != 1.0:
             factors[name] = factor
+    _warn_of_several_depths(value, names, key)
     return factors
+
+
+def pattern_matches(value: Any, tensor_names: Sequence[str]) -> dict[str, int]:
+    """How many tensors each regex of a {regex: factor} mapping sets the factor of (the first match wins), for the
+    arithmetic's report; {} for a profile."""
+    if isinstance(value, str):
+        return {}
+    patterns = [(str(pattern), re.compile(str(pattern))) for pattern in value]
+    counts = dict.fromkeys((pattern for pattern, _ in patterns), 0)
+    for name in tensor_names:
+        winner = next((pattern for pattern, compiled in patterns if compiled.search(name)), None)
+        if winner is not None:
+            counts[winner] += 1
+    return counts
+
+
+def _warn_of_several_depths(value: Mapping, names: Sequence[str], key: str) -> None:
+    """A regex that names a block index (holds a digit) but matches several blocks' tensors is most likely an
+    unanchored index: `layers.1` also matches layers.10-19 (`.` is any character, and nothing ends the number)."""
+    for pattern in value:
+        if not any(character.isdigit() for character in str(pattern)):
+            continue
+        compiled = re.compile(str(pattern))
+        depths = sorted(
+            {depth for name in names if compiled.search(name) and (depth := layer_index(name)) is not None}
+        )
+        if len(depths) > 1:
+            log.warning(
+                "%s: the regex %r matches tensors of %d blocks (%s); re.search matches anywhere in the name, so "
+                "anchor a block index with literal dots, e.g. 'layers\\.1\\.' (in YAML also 'layers[.]1[.]') for block 1 alone",
+                key,
+                str(pattern),
+                len(depths),
+                ", ".join(map(str, depths[:_NAMES_SHOWN])) + (", ..." if len(depths) > _NAMES_SHOWN else ""),
+            )

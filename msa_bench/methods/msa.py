@@ -19,7 +19,13 @@ from typing import Any
 from msa_bench.config.schema import TrainRecipe
 from msa_bench.data.retain_draw import RETAIN_DRAWS
 from msa_bench.methods.arithmetic_output import combine_into_artifact
-from msa_bench.methods.layer_scale import check_layer_scale, is_uniform, layer_factors, layer_scale_spec
+from msa_bench.methods.layer_scale import (
+    check_layer_scale,
+    is_uniform,
+    layer_factors,
+    layer_scale_spec,
+    pattern_matches,
+)
 from msa_bench.methods.registry import SUMS, MethodConfig, UnlearningMethod, register_method
 from msa_bench.methods.requests import request_stage
 
@@ -215,14 +221,16 @@ class ModelStateArithmetic(UnlearningMethod):
             stage=request_stage("arithmetic", requests[-1].index),
         )
 
-    def layer_scale_factors(self, target) -> dict[str, float] | None:
-        """The layer scale's factor of each tensor of `target` (ConfigError when it fits none); None when uniform."""
+    def layer_scale_factors(self, target) -> tuple[dict[str, float], dict[str, int]] | None:
+        """The layer scale's factor of each tensor of `target` (ConfigError when it fits none) and how many tensors
+        each regex of a mapping matched; None when uniform."""
         cfg: MSAConfig = self.config
         if is_uniform(cfg.layer_scale) or cfg.alpha == 0:
             return None
         from msa_bench.arithmetic.checkpoint_files import read_layout
 
-        return layer_factors(cfg.layer_scale, list(read_layout(target.path).tensors))
+        names = list(read_layout(target.path).tensors)
+        return layer_factors(cfg.layer_scale, names), pattern_matches(cfg.layer_scale, names)
 
     def layer_scale_transforms(self, target, forget_term: int) -> list:
         """The layer scale as a transform of the forget term's coefficient; none when uniform (plain MSA)."""
@@ -248,7 +256,7 @@ class ModelStateArithmetic(UnlearningMethod):
         return {}
 
 
-def scale_coefficient(term: int, factors: dict[str, float]):
+def scale_coefficient(term: int, factors: tuple[dict[str, float], dict[str, int]]):
     from msa_bench.arithmetic.difference_transforms import ScaleCoefficient
 
-    return ScaleCoefficient(term, factors)
+    return ScaleCoefficient(term, *factors)
