@@ -23,7 +23,9 @@ from msa_bench.arithmetic.difference_transforms import (
     DifferenceTransform,
     ProjectOffRetain,
     ScaleCoefficient,
+    TensorChunks,
     TrimAndElect,
+    kept_count,
     kth_largest,
 )
 from msa_bench.arithmetic.tensor_arithmetic import apply_differences, state_difference
@@ -316,7 +318,7 @@ class RecordingTransform(DifferenceTransform):
                 yield chunk
 
         self.observed_tensors.append(name)
-        self.inner.observe(name, recorded())
+        self.inner.observe(name, TensorChunks(chunks.numel, recorded()))
 
     def apply(self, name, terms):
         self.largest = max([self.largest, *(d.numel() for _, _, d in terms)])
@@ -457,3 +459,16 @@ def test_an_anchored_block_regex_scales_that_block_alone_and_the_report_counts_m
     _, report, _ = produce("msa", paths, tmp_path, layer_scale={"layers[.]1[.]": 2.0, "mlp": 0.5})
     matched = report["transform"]["layer_scale"]["tensors_matched"]
     assert list(matched) == ["layers[.]1[.]", "mlp"] and matched["layers[.]1[.]"] >= 1 and matched["mlp"] >= 1
+
+
+@pytest.mark.parametrize("density", [0.07, 0.14, 0.28, 0.55, 0.56, 0.2, 1.0])
+def test_the_kept_count_is_exact_ceil_of_density_times_n(density):
+    assert kept_count(density, 100) == round(density * 100)  # e.g. ceil(0.07 * 100) in floats is 8
+
+
+def test_the_trim_fills_one_buffer_as_with_chunks_that_do_not_say_their_size():
+    chunks = [{0: torch.tensor([[-3.0, 1.0], [2.0, -0.5]])}, {0: torch.tensor([[4.0, 0.25]])}]
+    sized, unsized = TrimAndElect(0, None, 0.5, "none"), TrimAndElect(0, None, 0.5, "none")
+    sized.observe("w", TensorChunks(6, chunks))
+    unsized.observe("w", iter(chunks))
+    assert sized._thresholds["w"].item() == unsized._thresholds["w"].item() == 2.0  # the 3rd largest of 6

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ class DifferenceTransform:
 
     Subclasses set `scope` and `observed_terms` and override `observe` to gather statistics first, and `apply` to
     change a chunk's differences. combine_checkpoints calls ``observe(name, chunks)`` once per floating tensor (in the
-    model pass, or just before the tensor is written), `chunks` yielding each of its row chunks' differences of the
+    model pass, or just before the tensor is written), `chunks` (a TensorChunks, which says the tensor's `numel`) yielding each of its row chunks' differences of the
     `observed_terms` ({index: difference}; a term that leaves the tensor unchanged, a LoRA term on an unadapted tensor,
     is absent); then ``apply_rows(name, rows, terms)`` (by default `apply`) for each chunk, and once more on the whole
     tensor if it is non-finite; and `close` when the arithmetic is done."""
@@ -120,6 +121,23 @@ class ScaleCoefficient(DifferenceTransform):
 ELECTIONS = ("retain", "mass", "none")
 
 
+def kept_count(density: float, n: int) -> int:
+    """k = ⌈density·n⌉ (at least 1) in exact arithmetic on the density as written: the float product is off by one
+    where it rounds up past an integer (0.07·100 = 7.000000000000001)."""
+    return max(1, math.ceil(Fraction(repr(float(density))) * n))
+
+
+class TensorChunks:
+    """What combine_checkpoints gives `DifferenceTransform.observe`: the chunks' differences of one tensor, which
+    also says the tensor's number of values (`numel`), so a transform can allocate a whole-tensor buffer once."""
+
+    def __init__(self, numel: int, chunks: Iterable[Mapping[int, Tensor]]) -> None:
+        self.numel, self._chunks = numel, chunks
+
+    def __iter__(self):
+        return iter(self._chunks)
+
+
 class TrimAndElect(DifferenceTransform):
     """TIES-style trim of the forget difference and sign election against the retain difference (see msa_ties).
 
@@ -148,18 +166,31 @@ class TrimAndElect(DifferenceTransform):
 
     def observe(self, name, chunks):
         # The exact k-th largest magnitude needs the whole tensor's magnitudes at once: one fp32 copy of the largest
-        # tensor (4 bytes a value) is this method's extra peak memory (docs/memory.md).
-        parts = [
-            chunk[self.forget].abs().reshape(-1).to(torch.float32) for chunk in chunks if self.forget in chunk
-        ]
-        if not parts:
+        # tensor (4 bytes a value) is this method's extra peak memory (docs/memory.md), filled chunk by chunk.
+        total = getattr(chunks, "numel", None)
+        if (
+            total is None
+        ):  # chunks that do not say their tensor's size: gathered, then joined (8 bytes a value)
+            parts = [chunk[self.forget].reshape(-1).abs().float() for chunk in chunks if self.forget in chunk]
+            magnitudes = torch.cat(parts) if parts else None
+            del parts
+        else:
+            magnitudes, filled = None, 0
+            for chunk in chunks:
+                if self.forget not in chunk:
+                    continue
+                values = chunk[self.forget].reshape(-1)
+                if magnitudes is None:
+                    magnitudes = torch.empty(total, dtype=torch.float32)
+                part = magnitudes[filled : filled + values.numel()]
+                part.copy_(values)
+                part.abs_()
+                filled += values.numel()
+            if magnitudes is not None:
+                magnitudes = magnitudes[:filled]
+        if magnitudes is None or magnitudes.numel() == 0:
             return
-        magnitudes = torch.cat(parts)
-        del parts
-        if magnitudes.numel() == 0:
-            return
-        kept = max(1, math.ceil(self.density * magnitudes.numel()))
-        self._thresholds[name] = kth_largest(magnitudes, kept)
+        self._thresholds[name] = kth_largest(magnitudes, kept_count(self.density, magnitudes.numel()))
 
     def apply(self, name, terms):
         by_index = {i: d for i, _, d in terms}

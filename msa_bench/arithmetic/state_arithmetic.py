@@ -37,7 +37,7 @@ from msa_bench.arithmetic.checkpoint_files import (
     read_layout,
     remove_stale_weights,
 )
-from msa_bench.arithmetic.difference_transforms import DifferenceTransform
+from msa_bench.arithmetic.difference_transforms import DifferenceTransform, TensorChunks
 from msa_bench.arithmetic.in_memory import StateVector, apply_deltas_in_place  # noqa: F401  (re-exported)
 from msa_bench.arithmetic.low_rank import LowRankDelta, LowRankFactors
 from msa_bench.arithmetic.non_finite import refuse_non_finite
@@ -151,7 +151,8 @@ def _observe_tensor(
         return
     observed = [term for term in active if term[0] in transform.observed_terms]
     chunks = row_chunks(info.shape, CHUNK_ELEMENTS)
-    transform.observe(name, (_term_differences(name, c, reader, observed, compute_dtype) for c in chunks))
+    differences = (_term_differences(name, c, reader, observed, compute_dtype) for c in chunks)
+    transform.observe(name, TensorChunks(math.prod(info.shape), differences))
 
 
 def combine_checkpoints(
