@@ -180,7 +180,7 @@ def _request_problems(config: MSABenchConfig) -> list[str]:
     requests = config.benchmark.requests
     if requests is None:
         return []
-    if not (isinstance(requests, int) and requests >= 1):
+    if isinstance(requests, bool) or not (isinstance(requests, int) and requests >= 1):
         return [f"benchmark.requests={requests!r} must be an integer >= 1 (or null for one request)"]
     if requests == 1:
         return []
