@@ -121,10 +121,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
-    if (
-        cfg.benchmark.requests or 1
-    ) > 1:  # the split into requests and the forget metrics, before any training
-        checked_requests(pipeline)
+    if (cfg.benchmark.requests or 1) > 1:
+        checked_requests(pipeline)  # the split into requests and the forget metrics, before any training
     attack_runner = AttackRunner(pipeline)
     attack_runner.preflight()  # the attacks' data and settings, before any training
     if main_process:
@@ -223,6 +221,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             artifacts={"model": str(unlearned.path), "target": str(target.path), "oracle": str(oracle.path)},
             config=resolved_config,
             attacks=attacks.records,
+            requests=requests.requests,
         )
         results = record.to_json()
         if main_process:

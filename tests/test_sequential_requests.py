@@ -152,6 +152,17 @@ def test_sequential_msa_checks_the_layer_scale_before_training_any_request(tmp_p
         method.produce_after_requests(pipeline, requests, None)
 
 
+def test_results_json_records_what_each_request_deletes(tmp_path):
+    from msa_bench.results.record import RunResults
+
+    requests = [{"index": 1, "units": ["author a"], "n_items": 20, "data_id": "forget10:request1"}]
+    record = RunResults(method="msa", benchmark="tofu", metrics={}, requests=requests)
+    record.write(tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["requests"] == requests
+    assert RunResults.read(tmp_path / "results.json").requests == requests
+    assert "requests" not in RunResults(method="msa", benchmark="tofu", metrics={}).to_json()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -166,6 +177,17 @@ def test_sequential_msa_checks_the_layer_scale_before_training_any_request(tmp_p
 def test_bad_request_settings_name_the_key_or_the_method(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_config(compose_config(overrides))
+
+
+def test_a_bool_is_not_a_number_of_requests():
+    from types import SimpleNamespace
+
+    from msa_bench.validation import _request_problems
+
+    config = SimpleNamespace(benchmark=SimpleNamespace(requests=True), method=SimpleNamespace(name="msa"))
+    assert _request_problems(config) == [
+        "benchmark.requests=True must be an integer >= 1 (or null for one request)"
+    ]
 
 
 def test_methods_declare_how_they_run_sequentially():
@@ -223,6 +245,9 @@ def test_per_request_keys_are_in_results_json(runs):
     assert metrics["request/2/utility/model_utility"] == pytest.approx(metrics["model_utility"])
     for reference in ("target", "oracle"):
         assert isinstance(on_disk["reference_metrics"][reference]["request/1/forget/forget_Q_A_Prob"], float)
+    assert [r["index"] for r in on_disk["requests"]] == [1, 2]
+    assert all(len(r["units"]) == 1 and r["n_items"] > 0 and r["data_id"] for r in on_disk["requests"])
+    assert "requests" not in runs["plain"][1]
 
 
 def _tensors(path) -> dict[str, torch.Tensor]:

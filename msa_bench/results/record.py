@@ -27,9 +27,12 @@
     attacks             {attack: {"kind", "settings", "recovery_metrics", "evaluated", "skipped", ...}} of the robustness
                         attacks the run applied (docs/attacks.md); their values are the `attack/<attack>/<metric>` keys
                         of metrics and reference_metrics. Left out when the run applied none.
+    requests            [{"index", "units", "n_items", "data_id"}] of the sequential deletion requests (benchmark.requests
+                        > 1, docs/sequential_requests.md): what each deletes; their values are the `request/<k>/...`
+                        keys. Left out of a run of one request.
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
-the runner writes all but the three parity fields and `attacks`, which are left out when empty).
+the runner writes all but the three parity fields, `attacks` and `requests`, which are left out when empty).
 A file of a newer schema version, or one whose field has the wrong JSON type, is refused with a ReportError naming the
 file and the field.
 """
@@ -90,6 +93,7 @@ class RunResults:
     source: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     attacks: dict[str, dict] = field(default_factory=dict)
+    requests: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the current schema version (schema_version first). The fields only parity files
@@ -163,9 +167,10 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "source": dict,
     "settings": dict,
     "attacks": dict,
+    "requests": list,
 }
 _PARITY_FIELDS = ("missing_metrics", "source", "settings")
-_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks")
+_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks", "requests")
 _NULLABLE = {
     "benchmark_kind",
     "model",

@@ -51,9 +51,7 @@ class SequentialResults:
     final: ModelRef | None = None
     metrics: dict[str, dict] = field(default_factory=lambda: {role: {} for role in ROLES})
     provenance: dict[str, dict] = field(default_factory=lambda: {role: {} for role in ROLES})
-    requests: list[dict] = field(
-        default_factory=list
-    )  # what each request deletes, for results.json's config record
+    requests: list[dict] = field(default_factory=list)  # what each request deletes: results.json's `requests`
 
 
 def is_forget_eval_set(name: str) -> bool:
@@ -128,7 +126,10 @@ def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResu
     requests, forget_names = checked_requests(pipeline)
     names = list(cfg.metrics.names)
     results = SequentialResults(
-        requests=[{"index": r.index, "units": list(r.units), "items": len(r.items)} for r in requests]
+        requests=[
+            {"index": r.index, "units": list(r.units), "n_items": len(r.items), "data_id": r.data_id}
+            for r in requests
+        ]
     )
     previous = None
     for k in range(1, len(requests) + 1):
