@@ -3,7 +3,8 @@
 For every run (results.json) under the given folders, compares the unlearned model's block weights with the target's:
 the median |Δw| in units of the target's int4 step (asymmetric round-to-nearest in groups of --group-size along each
 row, as the quantize_int4 attack), the share of weights moved by more than half a step, and the share of int4 codes
-(each model on its own grid) that differ from the target's.
+(each model on its own grid) that differ from the target's, and the share of the whole update's squared norm that lies
+in the quantized weights.
 
     python scripts/update_vs_int4_grid.py .cache/robustness/synthetic_tofu/defaults --seed 0
 """
@@ -20,11 +21,31 @@ from safetensors.torch import load_file
 LEVELS = 15  # int4: 16 levels
 
 
-def block_weights(folder: str) -> dict[str, torch.Tensor]:
+def all_weights(folder: str) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         weights.update(load_file(path))
-    return {name: w for name, w in weights.items() if ".layers." in name and name.endswith("proj.weight")}
+    return weights
+
+
+def is_block_linear(name: str) -> bool:
+    """The weights the quantization attacks quantize (msa_bench/attacks/quantization.py): the blocks' projections."""
+    return ".layers." in name and name.endswith("proj.weight")
+
+
+def quantized_share_of_update(target: dict, unlearned: dict) -> float:
+    """The share of ‖θ_unlearned − θ_D‖² in the quantized weights; the rest (embeddings, norms, an untied output head)
+    keeps full precision under the attack."""
+    inside = outside = 0.0
+    for name, weight in target.items():
+        if not weight.is_floating_point():
+            continue
+        squared = float(torch.sum((unlearned[name].double() - weight.double()) ** 2))
+        if is_block_linear(name):
+            inside += squared
+        else:
+            outside += squared
+    return inside / (inside + outside) if inside + outside else float("nan")
 
 
 def grid(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,9 +85,12 @@ def main() -> None:
             run = json.loads(path.read_text())
             if run.get("seed") != args.seed or run["method"] in ("target", "oracle"):
                 continue
-            target = block_weights(run["artifacts"]["target"])
-            unlearned = block_weights(run["artifacts"]["model"])
-            print(run["method"], json.dumps(compare(target, unlearned, args.group_size)))
+            target = all_weights(run["artifacts"]["target"])
+            unlearned = all_weights(run["artifacts"]["model"])
+            blocks = {name: w for name, w in target.items() if is_block_linear(name)}
+            found = compare(blocks, unlearned, args.group_size)
+            found["share_of_update_norm2_quantized"] = round(quantized_share_of_update(target, unlearned), 3)
+            print(run["method"], json.dumps(found))
 
 
 if __name__ == "__main__":
