@@ -56,6 +56,16 @@ def check_coefficient(key: str, value: float) -> None:
         raise ValueError(f"{key}={value} must be a finite number >= 0 (the formula already carries the sign)")
 
 
+def require_retain_vector(setting: str, value: str, beta: float, does: str) -> None:
+    """A variant's setting that reads θ2 − θ0 (msa_ties' election, msa_projected's projection) refuses β = 0, which
+    leaves θ2 untrained; `does` says what the setting does with it."""
+    if value != "none" and beta == 0:
+        raise ValueError(
+            f"method.{setting}={value} {does} the retain vector θ2 − θ0, which method.beta=0 leaves untrained; "
+            f"set method.beta > 0 or method.{setting}=none"
+        )
+
+
 @dataclass
 class MSAConfig(MethodConfig):
     name: str = "msa"
@@ -156,9 +166,7 @@ class ModelStateArithmetic(UnlearningMethod):
         retain_term = len(terms) - 1 if cfg.beta != 0 else None
         # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
         transforms = [*self.forget_vector_transforms(forget_term, retain_term), *transforms]
-        spec = self.arithmetic_spec()
-        if not is_uniform(cfg.layer_scale) and forget_term is not None:
-            spec["layer_scale"] = layer_scale_spec(cfg.layer_scale)
+        spec = self.arithmetic_spec() | self.layer_scale_cache_spec()
         return combine_into_artifact(
             pipeline,
             self.name,
@@ -208,9 +216,7 @@ class ModelStateArithmetic(UnlearningMethod):
                 stage, theta0, items, vector_recipe(cfg.retain_recipe, pipeline), data_id=data_id
             )
             terms.append((cfg.beta, theta2, theta0))
-        spec = {}
-        if not is_uniform(cfg.layer_scale) and cfg.alpha != 0:
-            spec["layer_scale"] = layer_scale_spec(cfg.layer_scale)
+        spec = self.layer_scale_cache_spec()
         return combine_into_artifact(
             pipeline,
             self.name,
@@ -220,6 +226,14 @@ class ModelStateArithmetic(UnlearningMethod):
             spec=spec,
             stage=request_stage("arithmetic", requests[-1].index),
         )
+
+    def layer_scale_cache_spec(self) -> dict:
+        """The layer scale's part of the arithmetic's cache key: none when uniform or when there is no forget term
+        (α = 0), so plain msa keeps the keys it always had."""
+        cfg: MSAConfig = self.config
+        if is_uniform(cfg.layer_scale) or cfg.alpha == 0:
+            return {}
+        return {"layer_scale": layer_scale_spec(cfg.layer_scale)}
 
     def layer_scale_factors(self, target) -> tuple[dict[str, float], dict[str, int]] | None:
         """The layer scale's factor of each tensor of `target` (ConfigError when it fits none) and how many tensors

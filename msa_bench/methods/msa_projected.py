@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig
+from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig, require_retain_vector
 from msa_bench.methods.registry import register_method
 
 PROJECTIONS = ("per_tensor", "global", "none")
@@ -34,11 +34,7 @@ class MSAProjectedConfig(MSAConfig):
         super().__post_init__()
         if self.projection not in PROJECTIONS:
             raise ValueError(f"method.projection={self.projection!r} must be one of {', '.join(PROJECTIONS)}")
-        if self.projection != "none" and self.beta == 0:
-            raise ValueError(
-                f"method.projection={self.projection} projects the forget vector off the retain vector θ2 − θ0, "
-                "which method.beta=0 leaves untrained; set method.beta > 0 or method.projection=none"
-            )
+        require_retain_vector("projection", self.projection, self.beta, "projects the forget vector off")
 
 
 @register_method

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig
+from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig, require_retain_vector
 from msa_bench.methods.registry import register_method
 
 ELECTIONS = ("retain", "mass", "none")  # as in arithmetic/difference_transforms.py (which imports torch)
@@ -50,11 +50,7 @@ class MSATiesConfig(MSAConfig):
             raise ValueError(f"method.density={self.density} must be in (0, 1] (the fraction of τ_f kept)")
         if self.election not in ELECTIONS:
             raise ValueError(f"method.election={self.election!r} must be one of {', '.join(ELECTIONS)}")
-        if self.election != "none" and self.beta == 0:
-            raise ValueError(
-                f"method.election={self.election} elects signs against the retain vector θ2 − θ0, which "
-                "method.beta=0 leaves untrained; set method.beta > 0 or method.election=none"
-            )
+        require_retain_vector("election", self.election, self.beta, "elects signs against")
 
 
 @register_method
