@@ -258,6 +258,20 @@ class Benchmark(ABC):
         """The forget set split into `count` disjoint requests along unit boundaries (docs/sequential_requests.md)."""
         return split_into_requests(self.request_units(), count, self.forget_id, self.request_unit)
 
+    def request_eval_items(self, requests: list[DeletionRequest]) -> list[dict[str, int]] | None:
+        """How many items of each forget eval set each request's evaluation holds, where the benchmark attributes
+        its eval items to requests (MUSE: results.json's requests record them, and a request left without items of
+        a set its metrics read is refused); None where a request's own forget items are its evaluation (TOFU)."""
+        return None
+
+    def request_eval_left_out(self, requests: list[DeletionRequest]) -> dict[str, dict[str, int]]:
+        """How many items of each forget eval set no request's evaluation holds, by reason ({}: none)."""
+        return {}
+
+    def request_view_key(self) -> dict:
+        """What, besides the kept items, decides request_eval_sets' narrowing (for the evaluations' cache keys)."""
+        return {}
+
     def request_eval_sets(self, eval_sets: dict[str, list[dict]], kept: list[dict]) -> dict:
         """The eval sets with the forget items narrowed to those of `kept` (some requests' items): every other forget
         item's question leaves every set, the retain and utility sets keep all theirs. QA benchmarks; a benchmark of

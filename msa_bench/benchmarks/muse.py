@@ -4,6 +4,8 @@
   are packed into `benchmark.block_size`-token chunks.
 - The retain vector and the gradient methods' retain term use the retain corpus.
 - Evaluation: verbmem, knowmem (forget and retain) and privleak, read from the same folder (msa_bench/data/muse.py).
+- Sequential deletion requests (benchmark.requests) delete contiguous blocks of forget articles; each forget eval
+  item is evaluated in the request of the articles it comes from (msa_bench/data/muse_attribution.py).
 
 The data comes from `benchmark.data_dir` (a folder in MUSE's layout, e.g. ../shared/data/muse-news) or, when it is
 null, from the hub (`benchmark.hub_id`), fetched once into the cache. MUSE-Books is not distributed with the project:
@@ -20,6 +22,7 @@ from pathlib import Path
 from msa_bench.benchmarks.base import (
     Benchmark,
     BenchmarkError,
+    DeletionRequest,
     ForgetSplits,
     RelearningData,
     register_benchmark,
@@ -32,6 +35,14 @@ from msa_bench.data.muse import (
     load_muse_corpus,
     load_muse_eval_sets,
     muse_required_files,
+)
+from msa_bench.data.muse_attribution import (
+    RELATED_SHARE,
+    SIMILARITY_FLOOR,
+    RequestAttribution,
+    attribute_to_requests,
+    eval_item_sources,
+    item_key,
 )
 from msa_bench.data.overlap import boilerplate, content_shingles, shares_content
 from msa_bench.data.sources import download_muse, local_data_source
@@ -175,3 +186,49 @@ class MuseBenchmark(Benchmark):
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
         return {name: self._eval_sets[name] for name in required if name in self._eval_sets}
+
+    request_unit = "document"
+
+    def request_units(self) -> list[tuple[str, list[dict]]]:
+        """The forget articles in corpus order, one unit each (named by their position, from 1)."""
+        return [(f"document {position}", [item]) for position, item in enumerate(self._forget, start=1)]
+
+    def request_eval_sets(self, eval_sets: dict[str, list[dict]], kept: list[dict]) -> dict:
+        """The forget eval sets narrowed to the items attributed to the requests whose articles `kept` holds (whole
+        requests of benchmark.requests); the retain, holdout and in-context sets keep all their items."""
+        requests = self.deletion_requests(self.cfg.requests or 1)
+        kept_texts = {item["text"] for item in kept}
+        kept_requests = {r.index for r in requests if all(item["text"] in kept_texts for item in r.items)}
+        attribution = self._attribution(requests)
+        narrowed = dict(eval_sets)
+        for name, request_of in attribution.request_of.items():
+            if name in eval_sets:
+                narrowed[name] = [
+                    item for item in eval_sets[name] if request_of.get(item_key(name, item)) in kept_requests
+                ]
+        return narrowed
+
+    def request_eval_items(self, requests: list[DeletionRequest]) -> list[dict[str, int]]:
+        attribution = self._attribution(requests)
+        return [attribution.counts(request.index) for request in requests]
+
+    def request_eval_left_out(self, requests: list[DeletionRequest]) -> dict[str, dict[str, int]]:
+        return self._attribution(requests).left_out
+
+    def request_view_key(self) -> dict:
+        return {"attribution": {"similarity_floor": SIMILARITY_FLOOR, "related_share": RELATED_SHARE}}
+
+    def _attribution(self, requests: list[DeletionRequest]) -> RequestAttribution:
+        """The eval items' requests under this split (the forget articles are the requests' items, in order)."""
+        return attribute_to_requests(
+            self._sources, [request.index for request in requests for _ in request.items]
+        )
+
+    @cached_property
+    def _sources(self) -> dict:
+        """The articles each forget eval item comes from, found in the whole forget corpus (benchmark.max_documents
+        aside), so that an item of a dropped article is known as such rather than matched to a kept one."""
+        corpus = load_muse_corpus(
+            self.context.source_folder(), self.cfg.forget_corpus, key="benchmark.forget_corpus"
+        )
+        return eval_item_sources(self._eval_sets, corpus)

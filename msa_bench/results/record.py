@@ -29,7 +29,9 @@
                         of metrics and reference_metrics. Left out when the run applied none.
     requests            [{"index", "units", "n_items", "data_id"}] of the sequential deletion requests (benchmark.requests
                         > 1, docs/sequential_requests.md): what each deletes; their values are the `request/<k>/...`
-                        keys. Left out of a run of one request.
+                        keys. MUSE's add "eval_items" ({eval set: items the request is evaluated on}) and
+                        "eval_items_left_out" ({eval set: {reason: items no request is evaluated on}}). Left out of a
+                        run of one request.
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
 the runner writes all but the three parity fields, `attacks` and `requests`, which are left out when empty).

@@ -19,9 +19,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from msa_bench.errors import StageError
+from msa_bench.errors import BenchmarkError, StageError
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, REQUEST_PREFIX, suite_of
-from msa_bench.pipeline.evaluation import EvalView, evaluate_model, final_metrics
+from msa_bench.pipeline.evaluation import (
+    EvalView,
+    evaluate_model,
+    evaluation_plan,
+    final_metrics,
+    required_eval_sets,
+)
 from msa_bench.pipeline.refs import ModelRef
 
 log = logging.getLogger("msa_bench.sequential")
@@ -88,7 +94,12 @@ def _view(pipeline, requests, label: str) -> EvalView:
     return EvalView(
         names=tuple(cfg.metrics.names),
         settings=cfg.metrics,
-        key={"forget_items": label, "items": len(kept), "digest": digest},
+        key={
+            "forget_items": label,
+            "items": len(kept),
+            "digest": digest,
+            **pipeline.benchmark.request_view_key(),
+        },
         narrow=lambda sets: pipeline.benchmark.request_eval_sets(sets, kept),
     )
 
@@ -105,8 +116,8 @@ def _stage_cost(costs: dict, stages) -> tuple[float, float]:
 
 def checked_requests(pipeline) -> tuple[list, list[str]]:
     """The run's deletion requests and forget metrics, or the error of a bad setting (more requests than units, a
-    benchmark without request units, no forget metric); the runner calls it after Pipeline.preflight, before
-    anything trains."""
+    benchmark without request units, no forget metric, a request that would be evaluated on no item of a forget set
+    the metrics read); the runner calls it after Pipeline.preflight, before anything trains."""
     cfg = pipeline.cfg
     benchmark = pipeline.benchmark
     requests = benchmark.deletion_requests(cfg.benchmark.requests)
@@ -117,7 +128,43 @@ def checked_requests(pipeline) -> tuple[list, list[str]]:
             f"benchmark.requests={cfg.benchmark.requests}: metrics.names={names} holds no forget metric of benchmark "
             f"kind {benchmark.kind} ({list(benchmark.forget_metrics)}), so no request's forgetting would be measured"
         )
+    _check_request_eval_items(benchmark, requests, names)
     return requests, forget_names
+
+
+def _check_request_eval_items(benchmark, requests, names) -> None:
+    """Every request evaluates at least one item of each forget eval set the run's metrics read (where the benchmark
+    attributes its eval items to requests: a metric cannot be read on no item)."""
+    counts = benchmark.request_eval_items(requests)
+    if counts is None:
+        return
+    read = required_eval_sets(evaluation_plan(names))
+    for request, count in zip(requests, counts, strict=True):
+        empty = sorted(name for name, n in count.items() if n == 0 and name in read)
+        if empty:
+            left_out = benchmark.request_eval_left_out(requests)
+            reasons = "; ".join(f"{name}: {left_out.get(name, {})}" for name in empty)
+            raise BenchmarkError(
+                f"benchmark.requests={len(requests)}: request {request.index} ({request.units[0]} to "
+                f"{request.units[-1]}) holds no item of {empty}, which metrics.names reads, so its forgetting cannot "
+                f"be measured there (the items no request holds, by reason: {reasons}); use fewer requests or more "
+                "documents (benchmark.max_documents)"
+            )
+
+
+def request_records(benchmark, requests) -> list[dict]:
+    """results.json's `requests`: what each request deletes and, where the benchmark attributes its eval items to
+    requests, how many of each forget eval set it is evaluated on and how many no request is (the same in each)."""
+    records = [
+        {"index": r.index, "units": list(r.units), "n_items": len(r.items), "data_id": r.data_id}
+        for r in requests
+    ]
+    counts = benchmark.request_eval_items(requests)
+    if counts is not None:
+        left_out = benchmark.request_eval_left_out(requests)
+        for record, count in zip(records, counts, strict=True):
+            record |= {"eval_items": count, "eval_items_left_out": left_out}
+    return records
 
 
 def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResults:
@@ -125,12 +172,7 @@ def run_requests(pipeline, method, progress, target: ModelRef) -> SequentialResu
     cfg = pipeline.cfg
     requests, forget_names = checked_requests(pipeline)
     names = list(cfg.metrics.names)
-    results = SequentialResults(
-        requests=[
-            {"index": r.index, "units": list(r.units), "n_items": len(r.items), "data_id": r.data_id}
-            for r in requests
-        ]
-    )
+    results = SequentialResults(requests=request_records(pipeline.benchmark, requests))
     previous = None
     for k in range(1, len(requests) + 1):
         with progress.stage():
