@@ -168,11 +168,12 @@ def test_results_json_records_what_each_request_deletes(tmp_path):
     ("overrides", "expected"),
     [
         (["benchmark.requests=0"], "benchmark.requests=0 must be an integer >= 1"),
+        # The reference models define no sequential run (the runner evaluates the target and each step's oracle).
         (
-            ["benchmark.requests=2", "method=msa_ties"],
-            "method=msa_ties cannot unlearn sequential deletion requests",
+            ["benchmark.requests=2", "method=target"],
+            "method=target cannot unlearn sequential deletion requests",
         ),
-        (["benchmark.requests=2", "method=msa_fisher"], "method=msa_fisher cannot unlearn sequential"),
+        (["benchmark.requests=2", "method=oracle"], "method=oracle cannot unlearn sequential"),
     ],
 )
 def test_bad_request_settings_name_the_key_or_the_method(overrides, expected):
@@ -195,7 +196,9 @@ def test_methods_declare_how_they_run_sequentially():
     from msa_bench.methods.registry import CONTINUES, SUMS, discover_methods
 
     methods = discover_methods()
-    assert methods["msa"].sequential == methods["task_vector"].sequential == SUMS
+    for name in ("msa", "task_vector", "msa_ties", "msa_projected", "msa_fisher"):
+        assert methods[name].sequential == SUMS, name
+    assert methods["target"].sequential is methods["oracle"].sequential is None
     for name in ("grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "undial", "satimp"):
         assert methods[name].sequential == CONTINUES, name
 

@@ -10,6 +10,14 @@ their index in the ``deltas`` given to combine_checkpoints.
 
 Every transform here leaves the differences untouched when its setting is off (density 1 and no election, no
 projection, factor 1), so the output is then plain MSA's, bit for bit.
+
+After sequential deletion requests the forget difference is several terms, one forget vector per request, all with
+the same coefficient (docs/sequential_requests.md); the retain difference may be several too
+(`method.retain_per_request`). A transform given several indices computes its statistics (the trim's threshold, the
+elected signs, the projection's inner products) on their sum, the cumulative vector, and applies the per-entry map
+they fix (a mask, a weight, c·τ_r) to the terms: the map is linear once fixed, so this is the transform of the sum,
+while each term still enters the sum on its own. With the map off nothing changes, so the output is then the
+sequential msa's bit for bit; with one index each, a transform sees exactly the tensor it always saw.
 """
 
 from __future__ import annotations
@@ -26,6 +34,37 @@ from msa_bench.arithmetic.tensor_arithmetic import squared_norm
 # (term index, coefficient, difference) in; (coefficient, difference) out, in the same order.
 Terms = Sequence[tuple[int, float, Tensor]]
 SCOPES = (None, "tensor", "model")
+
+
+def term_indices(terms: int | Sequence[int] | None) -> tuple[int, ...]:
+    """A transform's terms as a tuple: one index, several (one per sequential request), or none (None)."""
+    if terms is None:
+        return ()
+    return (terms,) if isinstance(terms, int) else tuple(terms)
+
+
+def summed_difference(differences: Mapping[int, Tensor], indices: Sequence[int]) -> Tensor | None:
+    """The sum of the differences of the terms `indices` that `differences` holds (None when it holds none).
+
+    One term's difference is returned itself, not a copy, so that a single request's transform computes on exactly
+    the tensor it always did."""
+    present = [differences[i] for i in indices if i in differences]
+    if len(present) <= 1:
+        return present[0] if present else None
+    total = present[0].clone()
+    for difference in present[1:]:
+        total += difference
+    return total
+
+
+def shared_coefficient(terms: Terms, indices: Sequence[int], what: str) -> float:
+    """The one coefficient of the terms `indices`: a transform that weighs their sum needs them all equal."""
+    coefficients = {c for i, c, _ in terms if i in indices}
+    if len(coefficients) != 1:
+        raise ValueError(
+            f"the {what} terms {list(indices)} must share one coefficient, got {sorted(coefficients)}"
+        )
+    return coefficients.pop()
 
 
 class DifferenceTransform:
@@ -153,14 +192,21 @@ class TrimAndElect(DifferenceTransform):
 
     observed_terms: tuple[int, ...]
 
-    def __init__(self, forget: int, retain: int | None, density: float, election: str) -> None:
+    def __init__(
+        self,
+        forget: int | Sequence[int],
+        retain: int | Sequence[int] | None,
+        density: float,
+        election: str,
+    ) -> None:
         if not 0 < density <= 1:
             raise ValueError(f"density={density} must be in (0, 1]")
         if election not in ELECTIONS:
             raise ValueError(f"election={election!r} must be one of {', '.join(ELECTIONS)}")
-        self.forget, self.retain, self.density, self.election = forget, retain, density, election
+        self.forget_terms, self.retain_terms = term_indices(forget), term_indices(retain)
+        self.density, self.election = density, election
         self.scope = "tensor" if density < 1 else None
-        self.observed_terms = (forget,)
+        self.observed_terms = self.forget_terms
         self._thresholds: dict[str, Tensor] = {}
         self._counts = {"forget_values": 0, "trimmed": 0, "elected_out": 0}
 
@@ -171,15 +217,17 @@ class TrimAndElect(DifferenceTransform):
         if (
             total is None
         ):  # chunks that do not say their tensor's size: gathered, then joined (8 bytes a value)
-            parts = [chunk[self.forget].reshape(-1).abs().float() for chunk in chunks if self.forget in chunk]
+            forgets = (summed_difference(chunk, self.forget_terms) for chunk in chunks)
+            parts = [forget.reshape(-1).abs().float() for forget in forgets if forget is not None]
             magnitudes = torch.cat(parts) if parts else None
             del parts
         else:
             magnitudes, filled = None, 0
             for chunk in chunks:
-                if self.forget not in chunk:
+                forget = summed_difference(chunk, self.forget_terms)
+                if forget is None:
                     continue
-                values = chunk[self.forget].reshape(-1)
+                values = forget.reshape(-1)
                 if magnitudes is None:
                     magnitudes = torch.empty(total, dtype=torch.float32)
                 part = magnitudes[filled : filled + values.numel()]
@@ -194,8 +242,7 @@ class TrimAndElect(DifferenceTransform):
 
     def apply(self, name, terms):
         by_index = {i: d for i, _, d in terms}
-        coefficients = {i: c for i, c, _ in terms}
-        forget = by_index.get(self.forget)
+        forget = summed_difference(by_index, self.forget_terms)
         if forget is None:
             return [(c, d) for _, c, d in terms]
         keep = None
@@ -203,7 +250,7 @@ class TrimAndElect(DifferenceTransform):
             keep = forget.abs() >= self._thresholds[name]
             self._counts["trimmed"] += int(forget.numel() - keep.sum())
         self._counts["forget_values"] += forget.numel()
-        retain = by_index.get(self.retain) if self.retain is not None else None
+        retain = summed_difference(by_index, self.retain_terms)
         changed = dict(by_index)
         if self.election != "none" and retain is not None:
             trimmed = forget if keep is None else forget * keep
@@ -212,16 +259,22 @@ class TrimAndElect(DifferenceTransform):
                 agree = (torch.sign(trimmed) == torch.sign(retain)) & (retain != 0)
                 elected_forget, elected_retain = ~agree, None
             else:
-                forget_signed = torch.sign(coefficients[self.forget] * trimmed)
-                retain_signed = torch.sign(coefficients[self.retain] * retain)
-                elected = torch.sign(coefficients[self.forget] * trimmed + coefficients[self.retain] * retain)
+                forget_coefficient = shared_coefficient(terms, self.forget_terms, "forget")
+                retain_coefficient = shared_coefficient(terms, self.retain_terms, "retain")
+                forget_signed = torch.sign(forget_coefficient * trimmed)
+                retain_signed = torch.sign(retain_coefficient * retain)
+                elected = torch.sign(forget_coefficient * trimmed + retain_coefficient * retain)
                 elected_forget, elected_retain = forget_signed == elected, retain_signed == elected
-                changed[self.retain] = retain * elected_retain
+                for i in self.retain_terms:
+                    if i in by_index:
+                        changed[i] = by_index[i] * elected_retain
             before = int((trimmed != 0).sum())
             keep = elected_forget if keep is None else keep & elected_forget
             self._counts["elected_out"] += before - int((forget * keep != 0).sum())
         if keep is not None:
-            changed[self.forget] = forget * keep
+            for i in self.forget_terms:
+                if i in by_index:
+                    changed[i] = by_index[i] * keep
         return [(c, changed[i]) for i, c, _ in terms]
 
     def summary(self):
@@ -263,20 +316,25 @@ PROJECTIONS = ("per_tensor", "global", "none")
 
 class ProjectOffRetain(DifferenceTransform):
     """τ_f − (⟨τ_f, τ_r⟩ / ‖τ_r‖²)·τ_r, the inner products over one tensor (``per_tensor``) or over the whole model
-    (``global``), accumulated in float64. A tensor (or model) with τ_r = 0 keeps τ_f as it is."""
+    (``global``), accumulated in float64. A tensor (or model) with τ_r = 0 keeps τ_f as it is.
 
-    def __init__(self, forget: int, retain: int, projection: str) -> None:
+    With several forget terms, τ_f is their sum and c·τ_r is taken off the first of them, so the terms sum to the
+    projected τ_f (they share one coefficient); with several retain terms, τ_r is their sum."""
+
+    def __init__(self, forget: int | Sequence[int], retain: int | Sequence[int], projection: str) -> None:
         if projection not in PROJECTIONS[:2]:
             raise ValueError(f"projection={projection!r} must be one of {', '.join(PROJECTIONS[:2])}")
-        self.forget, self.retain, self.projection = forget, retain, projection
+        self.forget_terms, self.retain_terms = term_indices(forget), term_indices(retain)
+        self.projection = projection
         self.scope = "tensor" if projection == "per_tensor" else "model"
-        self.observed_terms = (forget, retain)
+        self.observed_terms = (*self.forget_terms, *self.retain_terms)
         self._inner: dict[str, tuple[float, float]] = {}  # name -> (⟨τ_f, τ_r⟩, ‖τ_r‖²) of that tensor
 
     def observe(self, name, chunks):
         inner = squared = 0.0
         for chunk in chunks:
-            forget, retain = chunk.get(self.forget), chunk.get(self.retain)
+            forget = summed_difference(chunk, self.forget_terms)
+            retain = summed_difference(chunk, self.retain_terms)
             if forget is None or retain is None:
                 continue
             inner += float(torch.dot(forget.reshape(-1).double(), retain.reshape(-1).double()))
@@ -293,10 +351,13 @@ class ProjectOffRetain(DifferenceTransform):
 
     def apply(self, name, terms):
         by_index = {i: d for i, _, d in terms}
-        forget, retain = by_index.get(self.forget), by_index.get(self.retain)
+        forgets = [i for i in self.forget_terms if i in by_index]
         scale = self.coefficient(name)
-        if forget is not None and retain is not None and scale != 0.0:
-            by_index[self.forget] = forget - scale * retain
+        if forgets and scale != 0.0:
+            retain = summed_difference(by_index, self.retain_terms)
+            if retain is not None:
+                shared_coefficient(terms, self.forget_terms, "forget")
+                by_index[forgets[0]] = by_index[forgets[0]] - scale * retain
         return [(c, by_index[i]) for i, c, _ in terms]
 
     def summary(self):

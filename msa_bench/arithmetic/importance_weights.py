@@ -19,13 +19,14 @@ the working set grows by two float32 chunks. The means are found first by one st
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from msa_bench.arithmetic.checkpoint_files import read_layout
-from msa_bench.arithmetic.difference_transforms import DifferenceTransform
+from msa_bench.arithmetic.difference_transforms import DifferenceTransform, term_indices
 from msa_bench.arithmetic.safetensors_stream import TensorFileReader, row_chunks
 from msa_bench.errors import StateArithmeticError
 
@@ -43,14 +44,15 @@ def importance_ratio(forget: Tensor, retain: Tensor) -> Tensor:
 
 
 class FisherWeighting(DifferenceTransform):
-    """Multiplies the difference of term `term` (τ_f) by w (see the module's docstring), entry by entry.
+    """Multiplies the difference of term `term` (τ_f) by w (see the module's docstring), entry by entry; given several
+    terms (one forget vector per sequential request), each of them, which weights their sum.
 
     `fisher_dirs` maps ``forget`` and ``retain`` to folders holding a ``model.safetensors`` of float32 Fishers."""
 
-    def __init__(self, term: int, fisher_dirs: dict[str, Path], normalization: str) -> None:
+    def __init__(self, term: int | Sequence[int], fisher_dirs: dict[str, Path], normalization: str) -> None:
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={normalization!r} must be one of {', '.join(NORMALIZATIONS)}")
-        self.term, self.normalization = term, normalization
+        self.terms, self.normalization = term_indices(term), normalization
         self._layouts = {role: read_layout(Path(fisher_dirs[role])) for role in ROLES}
         forget, retain = (self._layouts[role].tensors for role in ROLES)
         if {n: i.shape for n, i in forget.items()} != {n: i.shape for n, i in retain.items()}:
@@ -103,16 +105,18 @@ class FisherWeighting(DifferenceTransform):
 
     def apply_rows(self, name, rows, terms):
         by_index = {i: d for i, _, d in terms}
-        forget = by_index.get(self.term)
-        if forget is None or name not in self._layouts["forget"].tensors:
+        forgets = [i for i in self.terms if i in by_index]
+        if not forgets or name not in self._layouts["forget"].tensors:
             return [(c, d) for _, c, d in terms]
-        self._check_shape(name, forget, rows)
+        for i in forgets:
+            self._check_shape(name, by_index[i], rows)
         mean = self.mean(name)
-        ratio = self.ratio(name, rows.start, rows.stop).reshape(forget.shape)
+        ratio = self.ratio(name, rows.start, rows.stop).reshape(by_index[forgets[0]].shape)
         weight = ratio / mean if mean > 0 else torch.zeros_like(ratio)
         if weight.numel():
             self._range = [min(self._range[0], float(weight.min())), max(self._range[1], float(weight.max()))]
-        by_index[self.term] = forget * weight.to(forget.dtype)
+        for i in forgets:
+            by_index[i] = by_index[i] * weight.to(by_index[i].dtype)
         return [(c, by_index[i]) for i, c, _ in terms]
 
     def _check_shape(self, name: str, forget: Tensor, rows: slice) -> None:

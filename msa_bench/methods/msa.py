@@ -162,10 +162,10 @@ class ModelStateArithmetic(UnlearningMethod):
                 data_id=data_id,
             )
             terms.append((cfg.beta, theta2, theta0))
-        forget_term = 0 if cfg.alpha != 0 else None
-        retain_term = len(terms) - 1 if cfg.beta != 0 else None
+        forget_terms = (0,) if cfg.alpha != 0 else ()
+        retain_terms = (len(terms) - 1,) if cfg.beta != 0 else ()
         # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
-        transforms = [*self.forget_vector_transforms(forget_term, retain_term), *transforms]
+        transforms = [*self.forget_vector_transforms(forget_terms, retain_terms), *transforms]
         spec = self.arithmetic_spec() | self.layer_scale_cache_spec()
         return combine_into_artifact(
             pipeline,
@@ -179,7 +179,9 @@ class ModelStateArithmetic(UnlearningMethod):
     def produce_after_requests(self, pipeline, requests, previous):
         """θ_D − α Σ_{j≤k} (θ1^(j) − θ0) + β(θ2 − θ0), θ1^(j) = θ0 fine-tuned on request j's items; the retain term
         once (θ2 exactly the single-request run's) or, with method.retain_per_request, one per request. `previous`
-        is not needed: every request's vector is a cached fine-tune of the same θ0."""
+        is not needed: every request's vector is a cached fine-tune of the same θ0. A variant's change applies to
+        the cumulative forget vector Σ_{j≤k} (θ1^(j) − θ0) (difference_transforms.py: its statistics are those of
+        the sum), so that one request is the variant's single run and step k depends only on requests 1..k."""
         cfg: MSAConfig = self.config
         retains = []  # (the request the retain vector belongs to, None when applied once; items; data id)
         if cfg.beta != 0:
@@ -195,10 +197,20 @@ class ModelStateArithmetic(UnlearningMethod):
                     size, seed, fraction=cfg.retain_fraction, split=cfg.retain_split, draw=cfg.retain_draw
                 )
                 retains.append((request.index if per_request else None, *drawn))
+        once = None  # the single run's retain subset, for a variant that reads it whatever retain_per_request says
+        if self.reads_retain_data():
+            once = pipeline.retain_subset(
+                cfg.retain_size,
+                cfg.retain_seed,
+                fraction=cfg.retain_fraction,
+                split=cfg.retain_split,
+                draw=cfg.retain_draw,
+            )
         target = pipeline.target()
         # Checked against the target's tensor names before any θ1 is trained; it multiplies every request's
         # forget coefficient alike.
         factors = self.layer_scale_factors(target)
+        self.prepare_requests(pipeline, target, requests, once)
         theta0 = pipeline.checkpoint()
         recipe = vector_recipe(cfg.forget_recipe, pipeline)
         terms = []
@@ -207,16 +219,17 @@ class ModelStateArithmetic(UnlearningMethod):
                 stage = request_stage("forget_vector", request.index)
                 theta1 = pipeline.finetune(stage, theta0, request.items, recipe, data_id=request.data_id)
                 terms.append((-cfg.alpha, theta1, theta0))
-        transforms = (
-            [] if factors is None else [scale_coefficient(term, factors) for term in range(len(terms))]
-        )
+        forget_terms = tuple(range(len(terms)))
+        scales = [] if factors is None else [scale_coefficient(term, factors) for term in forget_terms]
         for index, items, data_id in retains:
             stage = "retain_vector" if index is None else request_stage("retain_vector", index)
             theta2 = pipeline.finetune(
                 stage, theta0, items, vector_recipe(cfg.retain_recipe, pipeline), data_id=data_id
             )
             terms.append((cfg.beta, theta2, theta0))
-        spec = self.layer_scale_cache_spec()
+        retain_terms = tuple(range(len(forget_terms), len(terms)))
+        transforms = [*self.forget_vector_transforms(forget_terms, retain_terms), *scales]
+        spec = self.arithmetic_spec() | self.layer_scale_cache_spec()
         return combine_into_artifact(
             pipeline,
             self.name,
@@ -260,9 +273,14 @@ class ModelStateArithmetic(UnlearningMethod):
         """A variant's own stage on the target θ_D, before θ1 and θ2 (msa_fisher's importances): given the
         retain subset (items and data id) when β > 0 or `reads_retain_data`; plain MSA has none."""
 
-    def forget_vector_transforms(self, forget_term: int | None, retain_term: int | None) -> list:
-        """What a variant does to θ1 − θ0 (term `forget_term`) before the sum, given θ2 − θ0 (term `retain_term`,
-        None when β = 0); plain MSA does nothing."""
+    def prepare_requests(self, pipeline, target, requests, retain: tuple[list[dict], str] | None) -> None:
+        """`prepare` for the model after `requests` (1..k), before any of their θ1 is trained: given the single
+        run's retain subset when `reads_retain_data`; plain MSA has none."""
+
+    def forget_vector_transforms(self, forget_terms: tuple[int, ...], retain_terms: tuple[int, ...]) -> list:
+        """What a variant does to θ1 − θ0 before the sum: the terms `forget_terms` (one; after sequential requests
+        one per request, whose sum it transforms; none when α = 0), given θ2 − θ0 (the terms `retain_terms`, none
+        when β = 0); plain MSA does nothing."""
         return []
 
     def arithmetic_spec(self) -> dict:

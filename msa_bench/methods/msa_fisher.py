@@ -18,6 +18,11 @@ normalisation are this module's own design, not PerTA's (docs/arithmetic_methods
 The two Fishers are one cached stage (`fisher`, its cost in results.json), keyed by the target, the data and the
 settings; the arithmetic streams them chunk by chunk beside the checkpoints (arithmetic/importance_weights.py).
 `method.importance=none` is msa, bit for bit, and trains or computes nothing more.
+
+After sequential requests 1..k the weight multiplies the cumulative forget vector Σ_{j≤k} τ_f^(j), and F_f is the
+Fisher of θ_D on the union of requests 1..k's items (stage `fisher (request k)`, one per prefix), F_r that of the
+single run's retain subset (stage `fisher_retain`, computed once): the weight of k requests is the one a single
+request of those items would get (docs/sequential_requests.md).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig
-from msa_bench.methods.registry import register_method
+from msa_bench.methods.registry import SUMS, register_method
+from msa_bench.methods.requests import request_stage
 
 IMPORTANCES = ("fisher", "none")
 NORMALIZATIONS = ("per_tensor", "global")  # as in arithmetic/importance_weights.py (which imports torch)
@@ -72,13 +78,14 @@ class MSAFisherConfig(MSAConfig):
 class MSAFisher(ModelStateArithmetic):
     name = "msa_fisher"
     config_class = MSAFisherConfig
-    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
-    sequential = None
-    sequential_refusal = "its Fisher importances are estimated on the whole forget set; per-request importances are not implemented yet"
+    # After k requests: the cumulative forget vector, weighted by the Fisher of the union of their items.
+    sequential = SUMS
 
     def __init__(self, config):
         super().__init__(config)
-        self._fisher = None  # the Fisher stage's artifact, once `prepare` has it
+        self._fisher = None  # the single run's Fisher stage artifact, once `prepare` has it
+        self._fisher_folders = None  # {forget, retain} -> the folder of that Fisher the weighting reads
+        self._fisher_key = None  # what names the Fishers in the arithmetic's cache key
 
     @property
     def weighted(self) -> bool:
@@ -95,35 +102,61 @@ class MSAFisher(ModelStateArithmetic):
 
     def prepare(self, pipeline, target, retain):
         self._fisher = fisher_stage(pipeline, target, retain, self.config) if self.weighted else None
+        self._fisher_folders = self._fisher_key = None
+        if self._fisher is not None:
+            self._fisher_folders = {role: self._fisher.path / role for role in ("forget", "retain")}
+            self._fisher_key = self._fisher.content_key
 
-    def forget_vector_transforms(self, forget_term, retain_term):
-        if self._fisher is None or forget_term is None:
+    def prepare_requests(self, pipeline, target, requests, retain):
+        """F_f on the union of `requests`' items (a cached stage per prefix 1..k), F_r on the single run's retain
+        subset (one cached stage for every k), both of θ_D, before any request's θ1 is trained."""
+        self._fisher = self._fisher_folders = self._fisher_key = None
+        if not self.weighted:
+            return
+        union = ([item for r in requests for item in r.items], "+".join(r.data_id for r in requests))
+        fishers = {
+            "forget": fisher_of(
+                pipeline, target, {"forget": union}, self.config, request_stage("fisher", requests[-1].index)
+            ),
+            "retain": fisher_of(pipeline, target, {"retain": retain}, self.config, "fisher_retain"),
+        }
+        self._fisher_folders = {role: fisher.path / role for role, fisher in fishers.items()}
+        self._fisher_key = {role: fisher.content_key for role, fisher in fishers.items()}
+
+    def forget_vector_transforms(self, forget_terms, retain_terms):
+        if self._fisher_folders is None or not forget_terms:
             return []
-        from msa_bench.arithmetic.importance_weights import ROLES, FisherWeighting
+        from msa_bench.arithmetic.importance_weights import FisherWeighting
 
-        folders = {role: self._fisher.path / role for role in ROLES}
-        return [FisherWeighting(forget_term, folders, self.config.normalization)]
+        return [FisherWeighting(forget_terms, self._fisher_folders, self.config.normalization)]
 
     def arithmetic_spec(self):
         cfg: MSAFisherConfig = self.config
         spec = {"importance": cfg.importance}
-        if self._fisher is not None:  # the Fisher's key holds its data and settings
-            spec |= {"normalization": cfg.normalization, "fisher": self._fisher.content_key}
+        if self._fisher_key is not None:  # the Fishers' keys hold their data and settings
+            spec |= {"normalization": cfg.normalization, "fisher": self._fisher_key}
         return spec
 
 
 def fisher_stage(pipeline, target, retain: tuple[list[dict], str], cfg: MSAFisherConfig):
-    """The cached `fisher` artifact: folders ``forget`` and ``retain``, each a ``model.safetensors`` of float32
-    diagonal Fishers of `target` under its tensor names (parameters only), its cost recorded as stage ``fisher``."""
-    retain_items, retain_id = retain
+    """The single run's cached `fisher` artifact: folders ``forget`` (the forget set) and ``retain`` (`retain`'s
+    items), its cost recorded as stage ``fisher``."""
+    roles = {"forget": (pipeline.forget_items(), pipeline.forget_split), "retain": retain}
+    return fisher_of(pipeline, target, roles, cfg, "fisher")
+
+
+def fisher_of(pipeline, target, roles: dict[str, tuple[list[dict], str]], cfg: MSAFisherConfig, stage: str):
+    """A cached `fisher` artifact: for each role (forget, retain) given as (items, data id), a folder of that name
+    holding a ``model.safetensors`` of float32 diagonal Fishers of `target` under its tensor names (parameters
+    only); its cost recorded as `stage`. The key names each role's data, so one holding only F_f or F_r never
+    shares an entry with the single run's, which holds both."""
     spec = (
         {
             "importance": "fisher",
             "model": target.key,
             "loss": "mean_token_nll",
             "batch_size": cfg.fisher_batch_size,
-            "forget": pipeline.forget_split,
-            "retain": retain_id,
+            **{role: data_id for role, (_, data_id) in roles.items()},
             "dtype": pipeline.cfg.model.dtype,
         }
         | pipeline.data_spec()
@@ -141,11 +174,15 @@ def fisher_stage(pipeline, target, retain: tuple[list[dict], str], cfg: MSAFishe
         from msa_bench.training.fisher import diagonal_fisher, parameters_by_name, write_fisher
 
         require_space_for_states(
-            pipeline.store.root, "the Fisher stage", stored_parameter_count(target.path), "float32", 2
+            pipeline.store.root,
+            "the Fisher stage",
+            stored_parameter_count(target.path),
+            "float32",
+            len(roles),
         )
         examples = {
-            "forget": pipeline.training_examples(pipeline.forget_items(), "the Fisher's forget data"),
-            "retain": pipeline.training_examples(retain_items, "the Fisher's retain data"),
+            role: pipeline.training_examples(items, f"the Fisher's {role} data")
+            for role, (items, _) in roles.items()
         }
         if cfg.fisher_max_items is not None:
             examples = {
@@ -154,7 +191,7 @@ def fisher_stage(pipeline, target, retain: tuple[list[dict], str], cfg: MSAFishe
             }
         pad_token_id = pipeline.tokenizer().pad_token_id
         counts = {}
-        with CostMeter("fisher", device=pipeline.device) as meter:
+        with CostMeter(stage, device=pipeline.device) as meter:
             model = load_model(
                 target.path,
                 pipeline.device,
@@ -179,4 +216,4 @@ def fisher_stage(pipeline, target, retain: tuple[list[dict], str], cfg: MSAFishe
                 counts[role] = {"examples": len(role_examples), "batches": batches, "tokens": tokens}
         return {"cost": meter.cost.to_dict(), "fisher": counts}
 
-    return pipeline.record_stage("fisher", pipeline.store.get_or_build("fisher", spec, build))
+    return pipeline.record_stage(stage, pipeline.store.get_or_build("fisher", spec, build))

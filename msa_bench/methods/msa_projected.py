@@ -13,6 +13,10 @@ c = ⟨τ_f, τ_r⟩ / ‖τ_r‖² makes τ_f − c·τ_r orthogonal to τ_r (c
 Why: τ_f also carries what every QA fine-tune learns (the answer templates, the format), and subtracting it damages
 the retain set. The part of τ_f that τ_r shares is the best estimate of that common part available from the cached
 vectors. The projection needs τ_r, so β must be > 0 unless projection is none.
+
+After sequential requests τ_f is the sum of the requests' forget vectors and τ_r the sum of the retain vectors
+(one, unless `method.retain_per_request`); projecting the sum is, by linearity, the sum of the request vectors each
+projected off the same τ_r (docs/sequential_requests.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig, require_retain_vector
-from msa_bench.methods.registry import register_method
+from msa_bench.methods.registry import SUMS, register_method
 
 PROJECTIONS = ("per_tensor", "global", "none")
 
@@ -41,17 +45,16 @@ class MSAProjectedConfig(MSAConfig):
 class MSAProjected(ModelStateArithmetic):
     name = "msa_projected"
     config_class = MSAProjectedConfig
-    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
-    sequential = None
-    sequential_refusal = "its projection is defined on one forget vector; projecting a sum of request vectors is not implemented yet"
+    # After k requests the cumulative forget vector is projected (docs/sequential_requests.md).
+    sequential = SUMS
 
-    def forget_vector_transforms(self, forget_term, retain_term):
+    def forget_vector_transforms(self, forget_terms, retain_terms):
         from msa_bench.arithmetic.difference_transforms import ProjectOffRetain
 
         cfg: MSAProjectedConfig = self.config
-        if cfg.projection == "none" or forget_term is None or retain_term is None:
+        if cfg.projection == "none" or not forget_terms or not retain_terms:
             return []
-        return [ProjectOffRetain(forget_term, retain_term, cfg.projection)]
+        return [ProjectOffRetain(forget_terms, retain_terms, cfg.projection)]
 
     def arithmetic_spec(self):
         return {"projection": self.config.projection}

@@ -22,7 +22,8 @@ With τ_f = θ1 − θ0 and τ_r = θ2 − θ0, the unlearned model is θ_D − 
 The retain vector is never trimmed. With density 1 and election none this is `msa`, bit for bit (same arithmetic;
 the cache key differs only by the method's name and these settings). The election needs τ_r, so β must be > 0.
 `method.layer_scale` applies on top, to the coefficient of the trimmed forget vector (the mass election weighs
-−α·τ̂_f before that factor).
+−α·τ̂_f before that factor). After sequential requests τ_f is the sum of the requests' forget vectors, trimmed and
+elected as one (docs/sequential_requests.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 from msa_bench.methods.msa import ModelStateArithmetic, MSAConfig, require_retain_vector
-from msa_bench.methods.registry import register_method
+from msa_bench.methods.registry import SUMS, register_method
 
 ELECTIONS = ("retain", "mass", "none")  # as in arithmetic/difference_transforms.py (which imports torch)
 
@@ -57,17 +58,16 @@ class MSATiesConfig(MSAConfig):
 class MSATies(ModelStateArithmetic):
     name = "msa_ties"
     config_class = MSATiesConfig
-    # Not (yet) sequential: validate_config refuses benchmark.requests > 1 for it, saying why.
-    sequential = None
-    sequential_refusal = "its sign election reads one forget vector; a sum of request vectors would need the trim and election of their sum, which it does not define yet"
+    # After k requests the trim and election are those of the cumulative forget vector (docs/sequential_requests.md).
+    sequential = SUMS
 
-    def forget_vector_transforms(self, forget_term, retain_term):
+    def forget_vector_transforms(self, forget_terms, retain_terms):
         from msa_bench.arithmetic.difference_transforms import TrimAndElect
 
         cfg: MSATiesConfig = self.config
-        if forget_term is None:
+        if not forget_terms:
             return []
-        return [TrimAndElect(forget_term, retain_term, cfg.density, cfg.election)]
+        return [TrimAndElect(forget_terms, retain_terms, cfg.density, cfg.election)]
 
     def arithmetic_spec(self):
         cfg: MSATiesConfig = self.config
