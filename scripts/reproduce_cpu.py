@@ -207,15 +207,31 @@ def machine_description() -> dict:
     }
 
 
-def main() -> int:
+@dataclass(frozen=True)
+class Reproduction:
+    """What a reproduction script runs and reports: its sweep groups per benchmark and seed, and its reports."""
+
+    doc: str  # the script's docstring, its --help
+    benchmarks: list[str]
+    runs: str  # the default --runs folder under .cache/, and --out folder under results/
+    out: str
+    sweeps: Callable[[str, int, list[str]], dict[str, list[list[str]]]]  # (benchmark, seed, extra) -> groups
+    # Report name -> the sweep groups it reads, and whether it adds the matched-forgetting comparison.
+    reports: dict[str, tuple[tuple[str, ...], bool]]
+
+
+def reproduction_main(plan: Reproduction) -> int:
+    """The command line every reproduction script shares: run the wanted groups of every seed, build the reports
+    with `msa-bench report`, and merge the records into runs.json."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=plan.doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="synthetic_tofu")
+    parser.add_argument("--benchmark", choices=plan.benchmarks, default="synthetic_tofu")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--runs", type=Path, default=ROOT / ".cache" / "reproduction")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "cpu_reproduction")
-    parser.add_argument("--only", default="methods,forget_only,alpha_beta,strength,checkpoints")
+    parser.add_argument("--runs", type=Path, default=ROOT / ".cache" / plan.runs)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / plan.out)
+    groups = list(plan.sweeps("synthetic_tofu", 0, []))
+    parser.add_argument("--only", default=",".join(groups), help=f"sweep groups among {groups}")
     parser.add_argument(
         "--parallel",
         type=int,
@@ -231,47 +247,58 @@ def main() -> int:
     args = parser.parse_args()
     if args.parallel < 1:
         parser.error(f"--parallel={args.parallel} must be >= 1")
+    wanted = args.only.split(",")
+    unknown = set(wanted) - set(plan.sweeps(args.benchmark, 0, [])) - set(groups)
+    if unknown:
+        parser.error(f"--only names unknown sweep groups {sorted(unknown)}")
 
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.setdefault("MSA_BENCH_DATA", str(ROOT.parent / "shared" / "data"))
-    runs = args.runs / args.benchmark
-    wanted = args.only.split(",")
-    unknown = set(wanted) - set(sweeps(args.benchmark, 0, []))
-    if unknown:
-        parser.error(f"--only names unknown sweep groups {sorted(unknown)}")
+    runs, out = args.runs / args.benchmark, args.out / args.benchmark
     extra = args.extra.split()
     if args.parallel > 1 and not any(o.startswith("num_threads=") for o in extra):
         extra.append(f"num_threads={max(1, (os.cpu_count() or 1) // args.parallel)}")
-    out = args.out / args.benchmark
 
     seeds = [] if args.report_only else [int(s) for s in args.seeds.split(",")]
     fresh, wall = run_seeds(
-        lambda seed: sweeps(args.benchmark, seed, extra), seeds, wanted, runs, env, args.parallel
+        lambda seed: plan.sweeps(args.benchmark, seed, extra), seeds, wanted, runs, env, args.parallel
     )
 
     out.mkdir(parents=True, exist_ok=True)
     forget_metric = BENCHMARKS[args.benchmark].forget_metric
-    reports = {
-        "all": [runs / g for g in ("methods", "forget_only", "checkpoints")],
-        "alpha_beta": [runs / g for g in ("alpha_beta", "strength")],
-    }
-    for name, dirs in reports.items():
-        dirs = [d for d in dirs if d.is_dir()]
-        if not dirs:
+    for name, (sources, matched) in plan.reports.items():
+        dirs = [runs / group for group in sources if (runs / group).is_dir()]
+        if not dirs:  # none of this report's groups has run
             continue
         shutil.rmtree(out / name, ignore_errors=True)  # plots of rows that no longer exist must not linger
         # Relative to the repository (the report's cwd), so committed reports name no one's home folder.
-        sources = [os.path.relpath(d, ROOT) for d in dirs]
-        command = [sys.executable, "-m", "msa_bench.cli", "report", *sources, "--out", str(out / name)]
-        if name == "alpha_beta":
-            # No --sweep-param: each method's curve follows the key it varies (α for msa and task_vector, epochs for
-            # the baselines).
+        relative = [os.path.relpath(d, ROOT) for d in dirs]
+        command = [sys.executable, "-m", "msa_bench.cli", "report", *relative, "--out", str(out / name)]
+        if matched:
+            # No --sweep-param: each method's curve follows the key it varies (α for the arithmetic methods,
+            # epochs for the baselines).
             command += ["--matched-forgetting", forget_metric]
-        subprocess.run(command, cwd=ROOT, env=env, check=False)
+        subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL)
 
     total, log = record_sweeps(out / "runs.json", fresh, wall, machine_description())
     print(f"done in {wall:.0f} s ({total:.0f} s over every invocation); tables and plots in {out}")
     return 0 if all(r["returncode"] == 0 for r in log) else 1
+
+
+def main() -> int:
+    return reproduction_main(
+        Reproduction(
+            doc=__doc__,
+            benchmarks=sorted(BENCHMARKS),
+            runs="reproduction",
+            out="cpu_reproduction",
+            sweeps=sweeps,
+            reports={
+                "all": (("methods", "forget_only", "checkpoints"), False),
+                "alpha_beta": (("alpha_beta", "strength"), True),
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -134,13 +134,17 @@ def test_runs_record_keeps_earlier_sweeps_and_replaces_rerun_ones(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
-def _load_attacks_script():
-    path = SCRIPT.with_name("reproduce_attacks.py")
-    spec = importlib.util.spec_from_file_location("reproduce_attacks", path)
+def _load_sibling_script(name: str):
+    path = SCRIPT.with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_attacks_script():
+    return _load_sibling_script("reproduce_attacks")
 
 
 @pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu", "muse_news"])
@@ -159,3 +163,23 @@ def test_every_planned_attack_job_composes_and_validates(benchmark, compose_cfg,
                 if commands is groups["defaults"]:
                     methods_run.add(cfg.method.name)
     assert methods_run == set(f"{reproduce.ARITHMETIC_METHODS},{reproduce.BASELINES}".split(","))
+
+
+@pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu", "muse_news"])
+def test_every_planned_arithmetic_job_composes_and_validates(benchmark, compose_cfg, tmp_path):
+    arithmetic = _load_sibling_script("reproduce_arithmetic")
+    groups = arithmetic.sweeps(benchmark, seed=0, extra=[])
+    # MUSE-News has no sequential protocol here (scripts/reproduce_arithmetic.py says why).
+    assert set(groups) == ({"family"} if benchmark == "muse_news" else {"family", "sequential"})
+    family, sequential = set(), set()
+    for group, commands in groups.items():
+        for overrides in commands:
+            load_multirun_config(overrides)
+            for variant in job_variants(overrides):
+                cfg = validate_config(compose_cfg(variant, tmp_path))
+                (family if group == "family" else sequential).add(cfg.method.name)
+                if group == "sequential":
+                    assert cfg.benchmark.requests == 3
+    assert {"msa", "task_vector", "msa_ties", "msa_projected", "msa_fisher"} <= family
+    if sequential:
+        assert sequential == set(f"{arithmetic.SEQUENTIAL_ARITHMETIC},{reproduce.BASELINES}".split(","))
