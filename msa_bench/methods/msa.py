@@ -164,6 +164,7 @@ class ModelStateArithmetic(UnlearningMethod):
             terms.append((cfg.beta, theta2, theta0))
         forget_term = 0 if cfg.alpha != 0 else None
         retain_term = len(terms) - 1 if cfg.beta != 0 else None
+        terms += [(0.0, vector, theta0) for vector in self.observed_vectors(pipeline, theta0)]
         # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
         transforms = [*self.forget_vector_transforms(forget_term, retain_term), *transforms]
         spec = self.arithmetic_spec() | self.layer_scale_cache_spec()
@@ -259,6 +260,12 @@ class ModelStateArithmetic(UnlearningMethod):
     def prepare(self, pipeline, target, retain: tuple[list[dict], str] | None) -> None:
         """A variant's own stage on the target θ_D, before θ1 and θ2 (msa_fisher's importances): given the
         retain subset (items and data id) when β > 0 or `reads_retain_data`; plain MSA has none."""
+
+    def observed_vectors(self, pipeline, theta0) -> list:
+        """Fine-tunes of θ0 that a variant's transform reads but does not add (msa_projected's format vector):
+        each joins the sum as a term (coefficient 0; its key joins the arithmetic's), after θ1's and θ2's terms,
+        so the first is term (α ≠ 0) + (β ≠ 0). Plain MSA has none."""
+        return []
 
     def forget_vector_transforms(self, forget_term: int | None, retain_term: int | None) -> list:
         """What a variant does to θ1 − θ0 (term `forget_term`) before the sum, given θ2 − θ0 (term `retain_term`,
