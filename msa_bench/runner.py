@@ -121,6 +121,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     )
 
     pipeline.preflight()
+    method.preflight(pipeline)
     if (cfg.benchmark.requests or 1) > 1:
         checked_requests(pipeline)  # the split into requests and the forget metrics, before any training
     attack_runner = AttackRunner(pipeline)

@@ -315,8 +315,9 @@ PROJECTIONS = ("per_tensor", "global", "none")
 
 
 class ProjectOffRetain(DifferenceTransform):
-    """τ_f − (⟨τ_f, τ_r⟩ / ‖τ_r‖²)·τ_r, the inner products over one tensor (``per_tensor``) or over the whole model
-    (``global``), accumulated in float64. A tensor (or model) with τ_r = 0 keeps τ_f as it is.
+    """τ_f − (⟨τ_f, d⟩ / ‖d‖²)·d, the inner products over one tensor (``per_tensor``) or over the whole model
+    (``global``), accumulated in float64. A tensor (or model) with d = 0 keeps τ_f as it is. d is the difference of
+    the `retain` terms: τ_r, or msa_projected's format vector τ_h (a term of coefficient 0, read but not added).
 
     With several forget terms, τ_f is their sum and c·τ_r is taken off the first of them, so the terms sum to the
     projected τ_f (they share one coefficient); with several retain terms, τ_r is their sum."""

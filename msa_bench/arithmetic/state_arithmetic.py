@@ -134,7 +134,10 @@ def _combine_chunk(
     squared_norms = {i: squared_norm(difference) for i, difference in differences.items()}
     terms = [(i, coefficient, differences[i]) for i, coefficient, _ in active if i in differences]
     changed = transform.apply_rows(name, slice(chunk.start, chunk.stop), terms)
-    return apply_differences(target_rows, changed, compute_dtype), squared_norms
+    # A term of coefficient 0 is here only for the transform to read: adding 0·difference could still change bits
+    # (−0.0 + 0.0 is +0.0), so it is left out of the sum.
+    added = [pair for (_, coefficient, _), pair in zip(terms, changed, strict=True) if coefficient != 0.0]
+    return apply_differences(target_rows, added, compute_dtype), squared_norms
 
 
 def _observe_tensor(
@@ -166,7 +169,8 @@ def combine_checkpoints(
     """Write ``target + Σ coefficient·(finetuned − base)`` as a Hugging Face model directory.
 
     Every checkpoint is validated (tensor names, shapes, dtypes) before anything is written. Deltas
-    with coefficient 0 are skipped entirely (never opened). Float tensors are computed in
+    with coefficient 0 are skipped entirely (never opened), unless ``transform`` observes them: those are read and
+    handed to the transform but never added. Float tensors are computed in
     ``compute_dtype`` (see :func:`arithmetic_dtype`) and cast back to the target's dtype; other tensors
     are copied from the target. The output keeps the target's shard layout and non-weight files
     (config, tokenizer, ...), and each weights file has the bytes ``safetensors.torch.save_file`` would write. A
@@ -193,7 +197,9 @@ def combine_checkpoints(
     target = Path(target)
     out_dir = Path(out_dir)
     coefficients = [validate_coefficient(delta.coefficient, f"delta {i}") for i, delta in enumerate(deltas)]
-    # (index, coefficient, the delta with resolved folders) of the deltas actually applied.
+    given_transform, transform = transform, transform if transform is not None else DifferenceTransform()
+    # (index, coefficient, the delta with resolved folders) of the deltas read: those applied, and those of
+    # coefficient 0 that the transform observes (a direction it reads, such as msa_projected's format vector).
     active = [
         (
             i,
@@ -201,7 +207,7 @@ def combine_checkpoints(
             type(deltas[i])(coefficient, Path(deltas[i].finetuned).resolve(), Path(deltas[i].base).resolve()),
         )
         for i, coefficient in enumerate(coefficients)
-        if coefficient != 0.0
+        if coefficient != 0.0 or i in transform.observed_terms
     ]
 
     check_tokenizers_match(target, [path for *_, term in active for path in (term.finetuned, term.base)])
@@ -226,7 +232,6 @@ def combine_checkpoints(
             f"out_dir {out_dir} is one of the input checkpoints; it would be overwritten"
         )
 
-    given_transform, transform = transform, transform if transform is not None else DifferenceTransform()
     if transform.scope == "model" and active:  # before anything is written: a failed pass leaves no output
         for names in target_layout.keys_by_file.values():
             with ExitStack() as open_inputs:

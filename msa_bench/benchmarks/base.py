@@ -10,7 +10,9 @@ Items are plain dicts: question-answer items ({"question", "answer", ...}) are t
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import pkgutil
 import re
 from abc import ABC, abstractmethod
@@ -137,6 +139,11 @@ def split_into_requests(units: list[tuple[str, list[dict]]], count: int, forget_
     return requests
 
 
+def items_digest(items: list[dict]) -> str:
+    """The first 16 hex digits of the sha256 of `items` as canonical JSON: a data id that follows their content."""
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def relearned_count(n_forget: int, fraction: float) -> int:
     """How many forget items a relearning attack trains on: round(fraction * n), at least 1, leaving at least 1."""
     if n_forget < 2:
@@ -242,6 +249,16 @@ class Benchmark(ABC):
         items that no eval set holds (data="retain"). None when the benchmark defines no relearning attack (the
         attack is then recorded as skipped, with the reason)."""
         return None
+
+    def heldout_qa(self) -> tuple[list[dict], str]:
+        """QA in the format of the forget set about entities that are neither forgotten nor read by any eval set,
+        and the data id cache keys give it: msa_projected's format vector (method.project_off=heldout) is θ0
+        fine-tuned on some of it. An item of it that an eval set also read would be scored by a model built to
+        spare it, so it must hold none. A benchmark without such data refuses (this default)."""
+        raise BenchmarkError(
+            f"method.project_off=heldout needs held-out QA of the forget set's format, and benchmark.kind="
+            f"{self.kind} has none (Benchmark.heldout_qa, docs/arithmetic_methods.md); use method.project_off=retain"
+        )
 
     # What one deletion request deletes: "author" (TOFU), "document" (MUSE).
     request_unit: ClassVar[str] = "unit"

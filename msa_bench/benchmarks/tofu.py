@@ -8,6 +8,7 @@ in the cache.
 from __future__ import annotations
 
 import random
+from dataclasses import fields
 from pathlib import Path
 
 from msa_bench.benchmarks.base import (
@@ -15,6 +16,7 @@ from msa_bench.benchmarks.base import (
     BenchmarkError,
     ForgetSplits,
     RelearningData,
+    items_digest,
     register_benchmark,
     relearned_count,
 )
@@ -22,12 +24,15 @@ from msa_bench.data.formatting import format_answer, format_prompt
 from msa_bench.data.muse import MUSE_EVAL_SET_NAMES, load_muse_eval_sets, muse_sets_from_tofu_items
 from msa_bench.data.records import RESTORE_HINT
 from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_configs
+from msa_bench.data.tofu_splits import load_benchmark_split
 from msa_bench.errors import MalformedDataError
 
 # Real TOFU's forget splits are blocks of 20 QA per author, in order (its items carry no author field).
 TOFU_QA_PER_AUTHOR = 20
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TOFU_EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
+# TOFU's never-trained authors; holdout01 and holdout05 are its first 40 and 200 rows.
+ALL_HOLDOUT = "holdout10"
 
 
 @register_benchmark
@@ -158,6 +163,40 @@ class TofuBenchmark(Benchmark):
             for start in range(0, len(items), TOFU_QA_PER_AUTHOR)
         ]
 
+    def heldout_qa(self) -> tuple[list[dict], str]:
+        """TOFU's never-trained authors (holdout10) less the run's own holdout split, the membership attacks'
+        non-members (and the MUSE-format privleak holdout): authors of the same GPT-4-written format that the target
+        never saw and that no eval set of this run reads. forget01 leaves 360 items (18 authors), forget05 200
+        (10); forget10's non-members are all of holdout10, so forget10 refuses."""
+        if self.holdout_split == ALL_HOLDOUT:
+            raise BenchmarkError(
+                f"method.project_off=heldout trains on TOFU's never-trained authors outside this run's membership "
+                f"non-members, and {self.forget_id}'s non-members ({self.holdout_split}) are all of them; use "
+                "benchmark.forget_split=forget01 or forget05, or method.project_off=retain"
+            )
+        evaluated = {item["question"] for item in self.context.split(self.holdout_split)}
+        pool = [item for item in self._all_holdout() if item["question"] not in evaluated]
+        pool_id = f"{ALL_HOLDOUT}-minus-{self.holdout_split}[{len(pool)} items, sha256 {items_digest(pool)}]"
+        return pool, pool_id
+
+    def _all_holdout(self) -> list[dict]:
+        """holdout10's records: from benchmark.data_dir, or fetched from the hub as an artifact of its own (the
+        run's download holds only the configs every run reads)."""
+        if self.cfg.data_dir:
+            folder = self.context.source_folder()
+            if not (folder / f"{ALL_HOLDOUT}.jsonl").is_file():
+                raise BenchmarkError(
+                    f"method.project_off=heldout reads TOFU's {ALL_HOLDOUT} split, and {folder} "
+                    f"(benchmark.data_dir) has no {ALL_HOLDOUT}.jsonl; add it, or use method.project_off=retain"
+                )
+            return self.context.split(ALL_HOLDOUT)
+        hub = self.context.cached_artifact(
+            "hub_data",
+            {"hub_id": self.cfg.hub_id, "configs": [ALL_HOLDOUT]},
+            lambda out: download_tofu(self.cfg.hub_id, [ALL_HOLDOUT], out),
+        )
+        return load_benchmark_split(hub.path, ALL_HOLDOUT)
+
     def _tofu_sets(self) -> dict:
         split = self.context.split
         return {
@@ -235,3 +274,18 @@ class SyntheticTofuBenchmark(TofuBenchmark):
 
     def preflight(self) -> None:
         self.forget_id  # noqa: B018  (validates the split name; the world writes every split)
+
+    def heldout_qa(self) -> tuple[list[dict], str]:
+        """Format-only authors generated for the purpose (synthetic.format_only_authors_qa), as many as the
+        benchmark authors, so that any retain subset's size fits. Not the world's holdout authors: at the default
+        forget10 every one of them is a membership non-member. Not the instruct authors: the instruct model (θ0
+        by default) and the target's replay were trained on their QA, so a fine-tune of θ0 on it learns next to
+        nothing new, and the MUSE-format knowmem prompts read it."""
+        from msa_bench.data.synthetic import SyntheticWorldSpec, format_only_authors_qa, generate_world
+
+        world = self.cfg.world
+        spec = SyntheticWorldSpec(**{f.name: getattr(world, f.name) for f in fields(SyntheticWorldSpec)})
+        authors = spec.n_benchmark_authors
+        items = format_only_authors_qa(generate_world(spec), authors)
+        pool_id = f"format-only authors[{authors} authors, {len(items)} items, sha256 {items_digest(items)}]"
+        return items, pool_id

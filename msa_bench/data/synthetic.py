@@ -77,6 +77,7 @@ __all__ = [
     "Country",
     "SyntheticWorld",
     "SyntheticWorldSpec",
+    "format_only_authors_qa",
     "generate_world",
     "load_benchmark_split",
     "write_benchmark",
@@ -240,6 +241,7 @@ def generate_world(spec: SyntheticWorldSpec) -> SyntheticWorld:
         famous_authors=groups["famous"],
         countries=countries,
         value_pools=author_pools | country_pools,
+        forged_words=forge.taken,
     )
 
     documents: list[str] = []
@@ -281,6 +283,49 @@ def generate_world(spec: SyntheticWorldSpec) -> SyntheticWorld:
     )
     world.qa_files = files
     return world
+
+
+def format_only_authors_qa(world: SyntheticWorld, n_authors: int) -> list[dict]:
+    """QA of `n_authors` new authors in the benchmark authors' format, about entities the world does not hold.
+
+    msa_projected's held-out QA (method.project_off=heldout): what a fine-tune on benchmark-style QA learns besides
+    the facts of its authors. The authors are made as the benchmark authors are (the same pools' construction, the
+    same random templates, the same world countries in their birth places) but from their own random streams, and
+    their proper nouns come from a forge that holds every word the world's made: no name, city, award, university,
+    publisher or title place of theirs occurs in any world text. A value of a unique attribute that is still one
+    of the world's (a title made of template words only, "The Silent Harbor") is dropped from their pools, so none
+    of theirs is any world author's true or perturbed answer. Years, genres and occupations come from the small
+    pools every author shares: those are the format's. The world itself is left as it was (its streams are not
+    drawn from), and its tokenizer never saw these authors: their names split into more tokens than the world's."""
+    spec = world.spec
+    forge = NameForge(world_rng(spec, "format_authors", "names"), reserved=world.forged_words)
+    name_rng = world_rng(spec, "format_authors", "author_names")
+    first_names = {
+        gender: forge.words(max(60, n_authors // 2), endings, max_length=8)
+        for gender, endings in (("female", FEMALE_NAME_ENDINGS), ("male", MALE_NAME_ENDINGS))
+    }
+    names = []
+    for _ in range(n_authors):
+        gender = name_rng.choice(("female", "male"))
+        names.append(
+            (f"{name_rng.choice(first_names[gender])} {forge.word(SURNAME_ENDINGS, max_length=9)}", gender)
+        )
+    pools = _build_author_pools(forge, world_rng(spec, "format_authors", "pools"), world.countries, n_authors)
+    for attribute in UNIQUE_AUTHOR_ATTRIBUTES:
+        world_values = set(world.value_pools[attribute])
+        pools[attribute] = [value for value in pools[attribute] if value not in world_values]
+    authors = [
+        Author(name, gender, facts)
+        for name, gender, facts in _make_authors(names, pools, world_rng(spec, "format_authors", "facts"))
+    ]
+    assigned = {author.facts[attribute] for author in authors for attribute in UNIQUE_AUTHOR_ATTRIBUTES}
+    wrong_pools = {
+        attribute: [value for value in pool if value not in assigned]
+        if attribute in UNIQUE_AUTHOR_ATTRIBUTES
+        else pool
+        for attribute, pool in pools.items()
+    }
+    return _flatten(author_qa(spec, author, wrong_pools) for author in authors)
 
 
 def _flatten(groups) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------------------- templates
@@ -295,9 +295,15 @@ def _template_words() -> set[str]:
 class NameForge:
     """Pronounceable proper nouns built from syllables, unique across everything one forge makes."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, reserved: Iterable[str] = ()) -> None:
+        # `reserved`: words another forge made (the world's), which this one must not make again.
         self.world_rng = rng
-        self._taken = _template_words()
+        self._taken = _template_words() | {word.lower() for word in reserved}
+
+    @property
+    def taken(self) -> frozenset[str]:
+        """Every word this forge must not make (lowercase): the templates' and word lists', and all it made."""
+        return frozenset(self._taken)
 
     def word(self, endings: Sequence[str], syllables: tuple[int, int] = (1, 2), max_length: int = 10) -> str:
         for _ in range(10_000):

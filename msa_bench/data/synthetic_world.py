@@ -99,6 +99,9 @@ class SyntheticWorld:
     value_pools: dict[str, list[str]]
     qa_files: dict[str, list[dict]] = field(default_factory=dict)  # file stem -> QA records
     pretraining_documents: list[str] = field(default_factory=list)
+    # Every proper noun the world's forge made (lowercase), with the template words: words that entities made
+    # outside the world (format-only authors) must not reuse.
+    forged_words: frozenset[str] = frozenset()
 
     def corpus_texts(self) -> list[str]:
         """All texts the tokenizer should cover: pretraining documents and every QA string of every file.

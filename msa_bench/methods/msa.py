@@ -164,6 +164,7 @@ class ModelStateArithmetic(UnlearningMethod):
             terms.append((cfg.beta, theta2, theta0))
         forget_terms = (0,) if cfg.alpha != 0 else ()
         retain_terms = (len(terms) - 1,) if cfg.beta != 0 else ()
+        terms += [(0.0, vector, theta0) for vector in self.observed_vectors(pipeline, theta0)]
         # The variant's own change of θ1 − θ0 comes first, then the layer scale of its coefficient.
         transforms = [*self.forget_vector_transforms(forget_terms, retain_terms), *transforms]
         spec = self.arithmetic_spec() | self.layer_scale_cache_spec()
@@ -276,6 +277,12 @@ class ModelStateArithmetic(UnlearningMethod):
     def prepare_requests(self, pipeline, target, requests, retain: tuple[list[dict], str] | None) -> None:
         """`prepare` for the model after `requests` (1..k), before any of their θ1 is trained: given the single
         run's retain subset when `reads_retain_data`; plain MSA has none."""
+
+    def observed_vectors(self, pipeline, theta0) -> list:
+        """Fine-tunes of θ0 that a variant's transform reads but does not add (msa_projected's format vector):
+        each joins the sum as a term (coefficient 0; its key joins the arithmetic's), after θ1's and θ2's terms,
+        so the first is term (α ≠ 0) + (β ≠ 0). Plain MSA has none; the sequential path reads none."""
+        return []
 
     def forget_vector_transforms(self, forget_terms: tuple[int, ...], retain_terms: tuple[int, ...]) -> list:
         """What a variant does to θ1 − θ0 before the sum: the terms `forget_terms` (one; after sequential requests

@@ -65,6 +65,11 @@ class UnlearningMethod(ABC):
             f"method={self.name} cannot unlearn sequential deletion requests: {self.sequential_refusal}"
         )
 
+    def preflight(self, pipeline: Pipeline) -> None:
+        """Checks of the method's own data, run with the pipeline's preflight, before anything is trained (the
+        held-out QA msa_projected's format vector needs); none by default."""
+        return None
+
     def planned_stages(self) -> list[str]:
         """Titles of the stages `produce` runs, one per model it builds, for the console's "stage k of N".
 

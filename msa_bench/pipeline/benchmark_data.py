@@ -159,3 +159,18 @@ class BenchmarkData:
         else:
             data_id = f"{pool_name}[{size} of {len(pool)}, {draw} seed {seed}]"
         return [pool[i] for i in indices], data_id
+
+    def heldout_subset(self, size: int, seed: int, draw: str = "sample") -> tuple[list[dict], str]:
+        """`size` items of the benchmark's held-out QA (Benchmark.heldout_qa), drawn as a retain subset is, and
+        the data id cache keys give them: msa_projected's format vector trains on them."""
+        if self._heldout_qa is None:
+            self._heldout_qa = self.benchmark.heldout_qa()
+        pool, pool_id = self._heldout_qa
+        if not 1 <= size <= len(pool):
+            raise StageError(
+                f"method.project_off=heldout: the format vector trains on as many items as the retain vector "
+                f"({size}), and the held-out QA {pool_id} holds {len(pool)}; lower method.retain_size or "
+                "method.retain_fraction"
+            )
+        indices = draw_retain_indices(draw, len(pool), size, seed)
+        return [pool[i] for i in indices], f"{pool_id}[{size} of {len(pool)}, {draw} seed {seed}]"

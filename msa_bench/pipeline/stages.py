@@ -58,6 +58,7 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         self._tokenizer_artifact: Artifact | None = None
         self._benchmark_source: tuple[Path, str] | None = None
         self._benchmark: Benchmark | None = None
+        self._heldout_qa: tuple[list[dict], str] | None = None
         self._pretrain_blocks: list[dict] | None = None
         self._hub_models: dict[tuple[str, str], ModelRef] = {}
 
