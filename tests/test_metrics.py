@@ -153,6 +153,8 @@ EXTRA_METRICS = {
     *(f"{prefix}_truth_ratio_prob_mean" for prefix in ("forget", "retain", "ra", "wf")),
     "forget_truth_ratio_true_better",
     *(f"{prefix}_truth_ratio_closer_to_1" for prefix in ("retain", "ra", "wf")),
+    "forget_Q_A_PARA_Prob",
+    "retain_Q_A_PARA_Prob",
     "extraction_strength",
     "exact_memorization",
     *(f"mia_{attack}" for attack in ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")),

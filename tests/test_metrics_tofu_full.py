@@ -17,10 +17,12 @@ from msa_bench.config.schema import MetricsConfig
 from msa_bench.data.formatting import encode_qa
 from msa_bench.errors import MetricUnavailableError
 from msa_bench.metrics import memorization, registry
+from msa_bench.metrics.aggregates import AGGREGATE_METRICS
 from msa_bench.metrics.core import attacks as mia
 from msa_bench.metrics.core.scoring import answer_nlls, answer_token_statistics
 from msa_bench.metrics.tofu_specs import TOFU_METRICS, required_eval_sets
 from msa_bench.metrics.tofu_suite import TOFU_CROSS_MODEL_METRICS, evaluate_tofu
+from msa_bench.pipeline.evaluation import final_metrics
 from tests.tiny_models import tiny_eval_llama, tiny_llama, tiny_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "metrics"
@@ -319,7 +321,7 @@ def test_tofu_full_config_lists_every_tofu_metric():
     full = OmegaConf.load(CONF_DIR / "tofu_full.yaml")
     basic = OmegaConf.load(CONF_DIR / "tofu.yaml")
     assert full.name == "tofu_full"
-    assert list(full.names) == [*TOFU_METRICS, *TOFU_CROSS_MODEL_METRICS]
+    assert list(full.names) == [*TOFU_METRICS, *TOFU_CROSS_MODEL_METRICS, *AGGREGATE_METRICS]
     assert (full.batch_size, full.max_new_tokens) == (basic.batch_size, basic.max_new_tokens)
     registry.validate_metric_names(list(full.names))
 
@@ -336,11 +338,13 @@ def test_evaluate_with_all_tofu_full_names(model, tokenizer, eval_sets):
 
     config = settings(names=names)
     evaluation = suite.evaluate(model, tokenizer, eval_sets, per_model, config).to_dict()
-    values = dict(evaluation["metrics"])
-    for name in TOFU_CROSS_MODEL_METRICS:
-        values[name] = registry.CROSS_MODEL_METRICS[name].compute(evaluation, evaluation, config)
+    values, provenance = final_metrics(evaluation, evaluation, names, config)
     assert set(values) == set(names)
-    assert all(math.isfinite(value) for value in values.values())
+    # The fluency component of open-unlearning's utility score needs a classifier msa_bench does not load.
+    assert {name for name, value in values.items() if value is None} == {"utility_score", "overall_score"}
+    assert "forget_fluency" in provenance["utility_score"]
+    assert all(math.isfinite(value) for value in values.values() if value is not None)
+    assert values["privacy_score"] == 1.0  # the model against itself as the oracle
     for name in ("extraction_strength", "exact_memorization"):
         assert len(evaluation["per_item"][name]) == len(eval_sets["forget"])
     # Three truth-ratio aggregations of the same per-item ratios.

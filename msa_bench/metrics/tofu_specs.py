@@ -58,8 +58,8 @@ _LOWER_IS_BETTER_ON_FORGET = frozenset({"extraction_strength", "exact_memorizati
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    # How it is computed: prob, prob_normalised, rouge, truth_ratio, extraction_strength, exact_memorization, mia,
-    # model_utility.
+    # How it is computed: prob, paraphrased_prob, prob_normalised, rouge, truth_ratio, extraction_strength,
+    # exact_memorization, mia, model_utility.
     kind: str
     eval_set: str | None  # the eval set it is computed on; None when it only combines other metrics
     needs: frozenset[str]  # model passes over its eval sets that it reads
@@ -169,6 +169,19 @@ def _set_specs(eval_set: str) -> list[MetricSpec]:
                 higher_is_better=not forgetting,
                 description=f"mean length-normalised probability of the {eval_set} answers{forgotten_note}",
                 label=f"{title} prob.",
+            )
+        )
+        specs.append(
+            MetricSpec(
+                name=f"{prefix}_Q_A_PARA_Prob",
+                kind="paraphrased_prob",
+                eval_set=eval_set,
+                needs=frozenset({PARAPHRASED_NLL}),
+                depends_on=(),
+                higher_is_better=not forgetting,
+                description=f"mean length-normalised probability of the paraphrased {eval_set} answers"
+                f"{forgotten_note}",
+                label=f"{title} para. prob.",
             )
         )
     else:

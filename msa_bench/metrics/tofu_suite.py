@@ -292,6 +292,8 @@ def _compute_metric(
 
     if spec.kind == "prob":
         per_item = tofu.probabilities_from_nlls(passes.answer_nlls)
+    elif spec.kind == "paraphrased_prob":
+        per_item = tofu.probabilities_from_nlls(passes.paraphrased_nlls)
     elif spec.kind == "prob_normalised":
         per_item = tofu.normalised_probabilities(passes.answer_nlls, passes.perturbed_nlls)
     elif spec.kind == "rouge":

@@ -30,9 +30,11 @@ from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
 # Short names for the directions, as `relative_score` takes them.
 HIGHER, LOWER, TOWARD_ORACLE = Direction.HIGHER, Direction.LOWER, Direction.TOWARD_ORACLE
 
-# The paper's columns per table family, in its order; a column shows when any row has the metric.
+# The paper's columns per table family, in its order; a column shows when any row has the metric. TOFU's then has
+# open-unlearning's aggregate scores (msa_bench/metrics/aggregates.py), which metrics=tofu_full computes.
 FAMILY_COLUMNS: dict[str, tuple[str, ...]] = {
-    "tofu": ("forget_quality", "model_utility", "acc_forget", "acc_recover", "acc_retain"),
+    "tofu": ("forget_quality", "model_utility", "acc_forget", "acc_recover", "acc_retain")
+    + ("memorization_score", "privacy_score", "utility_score", "overall_score"),
     "restor": ("restor_accuracy", "model_utility"),
     "muse": (
         "muse_extraction_strength",
