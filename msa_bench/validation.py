@@ -31,6 +31,7 @@ from msa_bench.config.schema import (
 from msa_bench.config.strict_keys import unknown_key_problems
 from msa_bench.errors import ConfigError
 from msa_bench.methods.registry import discover_methods, get_method
+from msa_bench.metrics.fluency import sampling_refusal as fluency_sampling_refusal
 from msa_bench.metrics.judged import sampling_refusal
 from msa_bench.metrics.registry import validate_metric_names
 from msa_bench.metrics.restor import RESTOR_ACCURACY
@@ -221,9 +222,12 @@ def _sampling_problems(config: MSABenchConfig) -> list[str]:
             f"metrics.sampling.seed={sampling.seed} is out of range: choose one from {low} to {high}"
         )
     if sampling.temperature > 0:
-        judged = sampling_refusal(list(config.metrics.names), sampling)
-        if judged is not None:
-            problems.append(judged)
+        for refusal in (
+            sampling_refusal(list(config.metrics.names), sampling),
+            fluency_sampling_refusal(list(config.metrics.names), sampling),
+        ):
+            if refusal is not None:
+                problems.append(refusal)
         # RESTOR's accuracy is asked once, greedily: it does not read metrics.sampling.
         if RESTOR_ACCURACY in config.metrics.names:
             problems.append(

@@ -140,7 +140,12 @@ AGGREGATES = ["memorization_score", "privacy_score", "utility_score", "overall_s
 
 
 def evaluation(**metrics: float) -> dict:
-    values = {**memorization_components(), "model_utility": 0.6, **dict.fromkeys(PRIVACY_ATTACKS, 0.7)}
+    values = {
+        **memorization_components(),
+        "model_utility": 0.6,
+        "forget_fluency": 0.9,
+        **dict.fromkeys(PRIVACY_ATTACKS, 0.7),
+    }
     return {"metrics": {**values, **metrics}, "per_item": {}}
 
 
@@ -154,23 +159,17 @@ def test_aggregates_are_registered_as_higher_is_better_and_plan_their_components
         assert metric_info(name).direction is Direction.HIGHER
     assert evaluation_plan(["privacy_score"]) == {"tofu": list(PRIVACY_ATTACKS)}
     assert evaluation_plan(["memorization_score"]) == {"tofu": list(MEMORIZATION_COMPONENTS)}
+    # Requesting Utility computes the fluency (with the classifier) besides model utility.
+    assert evaluation_plan(["utility_score"]) == {"tofu": ["model_utility", "forget_fluency"]}
+    assert "forget_fluency" in evaluation_plan(["overall_score"])["tofu"]
 
 
-def test_final_metrics_give_the_scores_and_why_utility_is_undefined():
+def test_final_metrics_give_every_score():
     values, provenance = final_metrics(evaluation(), oracle_evaluation(), AGGREGATES, settings=None)
+    assert not provenance
     assert values["memorization_score"] == pytest.approx(memorization_score(memorization_components()))
     assert values["privacy_score"] == pytest.approx(0.5)  # every attack: 1 - 0.3 / 0.6
-    # No suite computes the fluency component: utility and overall are null, with the metric to add named.
-    assert values["utility_score"] is None and values["overall_score"] is None
-    for name in ("utility_score", "overall_score"):
-        assert provenance[name].startswith("undefined:") and "forget_fluency" in provenance[name]
-
-
-def test_a_fluency_in_the_evaluation_completes_utility_and_overall():
-    values, _ = final_metrics(evaluation(forget_fluency=0.9), oracle_evaluation(), AGGREGATES, settings=None)
-    assert values["utility_score"] == pytest.approx(
-        utility_score({"model_utility": 0.6, "forget_fluency": 0.9})
-    )
+    assert values["utility_score"] == pytest.approx(2 / (1 / 0.6 + 1 / 0.9))
     assert values["overall_score"] == pytest.approx(
         overall_score(values["memorization_score"], values["privacy_score"], values["utility_score"])
     )
@@ -193,6 +192,11 @@ def test_a_missing_component_is_an_error_naming_the_metric_to_request():
     del oracle["metrics"]["mia_min_k"]
     with pytest.raises(MetricUnavailableError, match="oracle's.*mia_min_k"):
         aggregates.privacy_against_oracle(evaluation(), oracle)
+    without_fluency = evaluation()
+    del without_fluency["metrics"]["forget_fluency"]
+    for name in ("utility_score", "overall_score"):
+        with pytest.raises(MetricUnavailableError, match="forget_fluency"):
+            CROSS_MODEL_METRICS[name].compute(without_fluency, oracle_evaluation())
 
 
 # --- rebuilt from open-unlearning's published components -----------------------------------------------------------

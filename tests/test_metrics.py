@@ -155,6 +155,7 @@ EXTRA_METRICS = {
     *(f"{prefix}_truth_ratio_closer_to_1" for prefix in ("retain", "ra", "wf")),
     "forget_Q_A_PARA_Prob",
     "retain_Q_A_PARA_Prob",
+    "forget_fluency",
     "extraction_strength",
     "exact_memorization",
     *(f"mia_{attack}" for attack in ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")),

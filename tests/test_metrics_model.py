@@ -164,7 +164,16 @@ def test_evaluate_tofu_computes_all_metrics(model, tokenizer, eval_sets, monkeyp
         return real_score_answers(*args, **kwargs)
 
     monkeypatch.setattr(suite_module, "score_answers", counting_score_answers)
-    result = evaluate_tofu(model, tokenizer, eval_sets, list(TOFU_METRICS), batch_size=4, max_new_tokens=6)
+    # forget_fluency reads a classifier, stood in for by a constant here (tests/test_fluency.py tests the real one).
+    result = evaluate_tofu(
+        model,
+        tokenizer,
+        eval_sets,
+        list(TOFU_METRICS),
+        batch_size=4,
+        max_new_tokens=6,
+        fluency_scorer=lambda texts: np.full(len(texts), 0.75),
+    )
 
     assert set(result.metrics) == set(TOFU_METRICS)
     assert result.skipped == {}

@@ -17,13 +17,13 @@ from msa_bench.config.schema import MetricsConfig
 from msa_bench.data.formatting import encode_qa
 from msa_bench.errors import MetricUnavailableError
 from msa_bench.metrics import memorization, registry
-from msa_bench.metrics.aggregates import AGGREGATE_METRICS
+from msa_bench.metrics.aggregates import AGGREGATE_METRICS, overall_score, utility_score
 from msa_bench.metrics.core import attacks as mia
 from msa_bench.metrics.core.scoring import answer_nlls, answer_token_statistics
 from msa_bench.metrics.tofu_specs import TOFU_METRICS, required_eval_sets
 from msa_bench.metrics.tofu_suite import TOFU_CROSS_MODEL_METRICS, evaluate_tofu
 from msa_bench.pipeline.evaluation import final_metrics
-from tests.tiny_models import tiny_eval_llama, tiny_llama, tiny_tokenizer
+from tests.tiny_models import save_tiny_fluency_classifier, tiny_eval_llama, tiny_llama, tiny_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "metrics"
 MIA_NAMES = [f"mia_{attack}" for attack in mia.ATTACKS]
@@ -317,17 +317,23 @@ def test_cross_model_metrics_against_the_oracle(memorising_model, tokenizer, eva
 # --- the suite in the registry, and metrics=tofu_full ---------------------------------------------------------------
 
 
-def test_tofu_full_config_lists_every_tofu_metric():
+# The metrics that read the fluency classifier, which metrics=tofu_full leaves to tofu_full_aggregates.
+NEEDS_CLASSIFIER = ("forget_fluency", "utility_score", "overall_score")
+
+
+def test_tofu_full_config_lists_every_tofu_metric_but_those_that_need_the_classifier():
     full = OmegaConf.load(CONF_DIR / "tofu_full.yaml")
     basic = OmegaConf.load(CONF_DIR / "tofu.yaml")
     assert full.name == "tofu_full"
-    assert list(full.names) == [*TOFU_METRICS, *TOFU_CROSS_MODEL_METRICS, *AGGREGATE_METRICS]
+    every = [*TOFU_METRICS, *TOFU_CROSS_MODEL_METRICS, *AGGREGATE_METRICS]
+    assert list(full.names) == [name for name in every if name not in NEEDS_CLASSIFIER]
     assert (full.batch_size, full.max_new_tokens) == (basic.batch_size, basic.max_new_tokens)
     registry.validate_metric_names(list(full.names))
 
 
-def test_evaluate_with_all_tofu_full_names(model, tokenizer, eval_sets):
-    names = list(OmegaConf.load(CONF_DIR / "tofu_full.yaml").names)
+@pytest.mark.parametrize("option", ["tofu_full", "tofu_full_aggregates"])
+def test_evaluate_with_all_tofu_full_names(model, tokenizer, eval_sets, option, tmp_path):
+    names = list(OmegaConf.load(CONF_DIR / f"{option}.yaml").names)
     suite = registry.SUITES["tofu"]
     per_model = [n for n in names if n not in registry.CROSS_MODEL_METRICS]
     assert all(registry.suite_of(n) is suite for n in per_model)
@@ -336,14 +342,24 @@ def test_evaluate_with_all_tofu_full_names(model, tokenizer, eval_sets):
             assert set(registry.CROSS_MODEL_METRICS[name].needs) <= set(per_model)
     assert suite.required_sets(per_model) == set(eval_sets)
 
-    config = settings(names=names)
+    save_tiny_fluency_classifier(tmp_path)  # read only by tofu_full_aggregates
+    config = settings(names=names, fluency_classifier=str(tmp_path))
     evaluation = suite.evaluate(model, tokenizer, eval_sets, per_model, config).to_dict()
     values, provenance = final_metrics(evaluation, evaluation, names, config)
-    assert set(values) == set(names)
-    # The fluency component of open-unlearning's utility score needs a classifier msa_bench does not load.
-    assert {name for name, value in values.items() if value is None} == {"utility_score", "overall_score"}
-    assert "forget_fluency" in provenance["utility_score"]
-    assert all(math.isfinite(value) for value in values.values() if value is not None)
+    assert set(values) == set(names) and not provenance
+    assert all(math.isfinite(value) for value in values.values())
+    if option == "tofu_full_aggregates":
+        fluency = values["forget_fluency"]
+        assert 0 < fluency < 1 and len(evaluation["per_item"]["forget_fluency"]) == len(eval_sets["forget"])
+        # (The tiny model's utility may be 0, which makes both 0: the harmonic mean's limit.)
+        assert values["utility_score"] == pytest.approx(
+            utility_score({"model_utility": values["model_utility"], "forget_fluency": fluency})
+        )
+        assert values["overall_score"] == pytest.approx(
+            overall_score(values["memorization_score"], values["privacy_score"], values["utility_score"])
+        )
+    else:
+        assert "forget_fluency" not in evaluation["metrics"]
     assert values["privacy_score"] == 1.0  # the model against itself as the oracle
     for name in ("extraction_strength", "exact_memorization"):
         assert len(evaluation["per_item"][name]) == len(eval_sets["forget"])

@@ -267,6 +267,10 @@ class MetricsConfig:
     muse: MuseMetricsConfig = field(default_factory=MuseMetricsConfig)
     # Sampled decoding for the generation metrics; at its default (greedy) it is left out of cache keys.
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={OMIT_AT_DEFAULT: True})
+    # forget_fluency's text classifier (msa_bench/metrics/fluency.py): a hub id or a local folder, and the name of
+    # its fluent class in config.json's id2label (null: "clean"). Only evaluations that compute fluency key them.
+    fluency_classifier: str = "madhurjindal/autonlp-Gibberish-Detector-492513457"
+    fluency_label: str | None = None
 
 
 @dataclass

@@ -10,12 +10,14 @@ where the text leaves a choice. In short:
 * privacy_score = HM(sMIA) over the LOSS, zlib, min-k% and min-k%++ attacks, where
   sMIA = 1 - |AUC - AUC_oracle| / max(AUC_oracle, 1 - AUC_oracle): 1 when the attack does exactly as well on the
   model as on the oracle (retrained without the forget set), 0 at the farthest AUC from the oracle's.
-* utility_score = HM(model utility, fluency on the forget set).
+* utility_score = HM(model utility, forget_fluency), the fluency being a text classifier's probability that the
+  greedy forget answers are fluent (msa_bench/metrics/fluency.py; it needs that classifier, so metrics=tofu_full
+  leaves utility_score and overall_score out and metrics=tofu_full_aggregates adds them).
 * overall_score = HM(memorization_score, privacy_score, utility_score).
 
-A component that is absent from an evaluation is an error naming the metric to request; a component that is NaN, or
-one that msa_bench cannot compute (the fluency classifier), makes the aggregate undefined (null, with the reason in
-results.json's metric_provenance), never a mean of the components that remain.
+A component that is absent from an evaluation is an error naming the metric to request; a component that is NaN
+makes the aggregate undefined (null, with the reason in results.json's metric_provenance), never a mean of the
+components that remain.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import MappingProxyType
 
 from msa_bench.errors import MetricUndefinedError
 from msa_bench.metrics.core.oracle import read_evaluation
+from msa_bench.metrics.fluency import FLUENCY_METRIC
 from msa_bench.metrics.registry import CrossModelMetric, Direction, MetricInfo, register_cross_model_metric
 
 # The forget-set metrics whose complements (1 - value) memorization_score averages; each is 1 for a model that
@@ -39,11 +42,8 @@ MEMORIZATION_COMPONENTS: tuple[str, ...] = (
 # The membership attacks (forget vs holdout AUC) whose sMIA privacy_score averages; the paper's sLOSS, sZLib,
 # sMin-k and sMin-k++ (gradient norm and the reference-model attack are not among them).
 PRIVACY_ATTACKS: tuple[str, ...] = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus")
-# open-unlearning's fluency: the mean probability that its gibberish classifier
-# (madhurjindal/autonlp-Gibberish-Detector-492513457) gives the "clean" class for the greedy answers to the forget
-# questions (its forget_Q_A_gibberish). msa_bench does not compute it: the classifier is a model it cannot load
-# offline, and nothing else stands in for it.
-FLUENCY_METRIC = "forget_fluency"
+# Model utility, and open-unlearning's fluency (its forget_Q_A_gibberish): the mean probability that its gibberish
+# classifier gives the "clean" class for the greedy answers to the forget questions.
 UTILITY_COMPONENTS: tuple[str, ...] = ("model_utility", FLUENCY_METRIC)
 
 
@@ -116,17 +116,6 @@ def _values(evaluation: Mapping, names: tuple[str, ...], whose: str) -> dict[str
     return {name: float(read_evaluation(evaluation, "metrics", name, whose, name)) for name in names}
 
 
-def _fluency(evaluation: Mapping) -> float:
-    metrics = evaluation.get("metrics") or {}
-    if FLUENCY_METRIC not in metrics:
-        raise MetricUndefinedError(
-            f"utility_score needs {FLUENCY_METRIC!r} (open-unlearning's forget_Q_A_gibberish: a gibberish "
-            "classifier's P(clean) on the forget answers), which msa_bench does not compute; see "
-            "docs/aggregate_scores.md"
-        )
-    return float(metrics[FLUENCY_METRIC])
-
-
 def memorization_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, settings=None) -> float:
     """memorization_score of the model alone (the oracle's evaluation is not read)."""
     return memorization_score(_values(evaluation, MEMORIZATION_COMPONENTS, "model's"))
@@ -141,8 +130,7 @@ def privacy_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, sett
 
 def utility_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, settings=None) -> float:
     """utility_score of the model alone (the oracle's evaluation is not read)."""
-    fluency = _fluency(evaluation)
-    return utility_score({**_values(evaluation, ("model_utility",), "model's"), FLUENCY_METRIC: fluency})
+    return utility_score(_values(evaluation, UTILITY_COMPONENTS, "model's"))
 
 
 def overall_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, settings=None) -> float:
@@ -155,7 +143,7 @@ def overall_against_oracle(evaluation: Mapping, oracle_evaluation: Mapping, sett
 
 # Registered as cross-model metrics: privacy reads the oracle's AUCs, and every aggregate's undefined cases then
 # become a null with its reason (pipeline/evaluation.py::final_metrics) instead of failing the run. `needs` lists the
-# per-model components, so that requesting an aggregate computes them; fluency is not among them (see _fluency).
+# per-model components, so that requesting an aggregate computes them.
 AGGREGATE_METRICS: Mapping[str, CrossModelMetric] = MappingProxyType(
     {
         metric.name: metric
@@ -172,12 +160,12 @@ AGGREGATE_METRICS: Mapping[str, CrossModelMetric] = MappingProxyType(
             ),
             CrossModelMetric(
                 info=MetricInfo("utility_score", Direction.HIGHER, "Utility", r"Utility$\uparrow$"),
-                needs=("model_utility",),
+                needs=UTILITY_COMPONENTS,
                 compute=utility_against_oracle,
             ),
             CrossModelMetric(
                 info=MetricInfo("overall_score", Direction.HIGHER, "Overall", r"Overall$\uparrow$"),
-                needs=(*MEMORIZATION_COMPONENTS, *PRIVACY_ATTACKS, "model_utility"),
+                needs=(*MEMORIZATION_COMPONENTS, *PRIVACY_ATTACKS, *UTILITY_COMPONENTS),
                 compute=overall_against_oracle,
             ),
         )

@@ -57,7 +57,9 @@ class Suite:
     cache_spec(names, settings) -> what else, beyond the MetricsConfig's values that every evaluation's cache key
     holds, changes this suite's numbers (e.g. a judge that is only read in some configurations); {} when nothing.
     item_eval_set(key) -> the eval set whose items a per-item value list `key` of this suite's results follows, in
-    order, or None when it follows none (per_item.json then keeps it apart instead of guessing)."""
+    order, or None when it follows none (per_item.json then keeps it apart instead of guessing).
+    preflight(names, settings) -> None, raising what the evaluation would fail on (e.g. a model a metric reads
+    that cannot be loaded), checked before anything is trained."""
 
     name: str
     metrics: tuple[MetricInfo, ...]
@@ -65,6 +67,7 @@ class Suite:
     required_sets: Callable[[Sequence[str]], set[str]]
     cache_spec: Callable[[Sequence[str], object], dict] = lambda names, settings: {}
     item_eval_set: Callable[[str], str | None] = lambda key: None
+    preflight: Callable[[Sequence[str], object], None] = lambda names, settings: None
 
     @property
     def metric_names(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from msa_bench.metrics import tofu
 from msa_bench.metrics.core.attacks import ATTACKS
+from msa_bench.metrics.fluency import FLUENCY_METRIC
 from msa_bench.metrics.registry import Direction, MetricInfo, validate_metric_names
 
 SUITE_NAME = "tofu"
@@ -50,16 +51,17 @@ _FIELDS_BY_PASS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-# Metrics of the forget set that still measure memorisation in absolute terms: lower is better, as in the paper's
-# tables. Every other forget-set metric has the oracle's value as its goal (see `MetricSpec.direction`).
-_LOWER_IS_BETTER_ON_FORGET = frozenset({"extraction_strength", "exact_memorization"})
+# Kinds of forget-set metric scored on their own scale, not against the oracle: extraction strength and exact
+# memorisation, lower is better as in the paper's tables; fluency, higher is better (a fluent answer is no sign of
+# remembering). Every other forget-set metric has the oracle's value as its goal (see `MetricSpec.direction`).
+_OWN_SCALE_ON_FORGET = frozenset({"extraction_strength", "exact_memorization", "fluency"})
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
     # How it is computed: prob, paraphrased_prob, prob_normalised, rouge, truth_ratio, extraction_strength,
-    # exact_memorization, mia, model_utility.
+    # exact_memorization, mia, fluency, model_utility.
     kind: str
     eval_set: str | None  # the eval set it is computed on; None when it only combines other metrics
     needs: frozenset[str]  # model passes over its eval sets that it reads
@@ -90,9 +92,10 @@ class MetricSpec:
         sets are unseen; near 1 means the forget set is still recognisable, but an AUC well below the oracle's
         means it is now recognisably *under*-fitted, which gives membership away just as well (MUSE's privleak
         measures exactly this distance). Extraction strength and exact memorisation keep the paper's "lower is
-        better". Elsewhere (retain, real authors, world facts, model utility) the scale's own direction holds.
+        better", and fluency is higher-is-better. Elsewhere (retain, real authors, world facts, model utility) the
+        scale's own direction holds.
         """
-        if self.eval_set == "forget" and self.kind not in _LOWER_IS_BETTER_ON_FORGET:
+        if self.eval_set == "forget" and self.kind not in _OWN_SCALE_ON_FORGET:
             return Direction.TOWARD_ORACLE
         return Direction.HIGHER if self.higher_is_better else Direction.LOWER
 
@@ -287,8 +290,23 @@ def _forget_memorisation_specs() -> list[MetricSpec]:
     return specs
 
 
+# open-unlearning's forget_Q_A_gibberish: a classifier reads the answers the ROUGE metrics generate (no second
+# generation pass); msa_bench/metrics/fluency.py.
+_FLUENCY_SPEC = MetricSpec(
+    name=FLUENCY_METRIC,
+    kind="fluency",
+    eval_set="forget",
+    needs=frozenset({GENERATION}),
+    depends_on=(),
+    higher_is_better=True,
+    description="mean probability of the fluent class (metrics.fluency_label) that the text classifier "
+    "metrics.fluency_classifier gives the greedy answers to the forget questions",
+    label="Forget fluency",
+)
+
+
 def _build_registry() -> dict[str, MetricSpec]:
-    specs = _set_specs("forget") + _forget_memorisation_specs()
+    specs = _set_specs("forget") + _forget_memorisation_specs() + [_FLUENCY_SPEC]
     for eval_set in ("retain", "real_authors", "world_facts"):
         specs += _set_specs(eval_set)
     specs.append(

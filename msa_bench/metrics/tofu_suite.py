@@ -3,9 +3,10 @@ metrics.
 
 The evaluator first works out which model passes the requested metrics need on each eval set (answer NLLs,
 paraphrased-answer NLLs, perturbed-answer NLLs, generations (greedy, or k sampled with metrics.sampling),
-teacher-forced answer-token statistics, per-item gradients), runs each of them once with the evaluation core (msa_bench/metrics/core/), and then derives every metric
-from those shared results with the pure functions in `tofu.py`, `memorization.py`, `privacy.py` and
-`core/attacks.py`.
+teacher-forced answer-token statistics, per-item gradients), runs each of them once with the evaluation core
+(msa_bench/metrics/core/), and then derives every metric from those shared results with the pure functions in
+`tofu.py`, `memorization.py`, `privacy.py` and `core/attacks.py`; fluency passes the generations to a text
+classifier (`fluency.py`).
 
 Forget quality, privleak and the reference-model attack compare this model's evaluation with the oracle's; they are
 registered as cross-model metrics at the bottom of this module and computed from two cached evaluations.
@@ -23,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from msa_bench.data.formatting import encode_qa
-from msa_bench.metrics import memorization, privacy, tofu
+from msa_bench.metrics import fluency, memorization, privacy, tofu
 from msa_bench.metrics.core.attacks import attack_scores, gradnorm_scores
 from msa_bench.metrics.core.decoding import sample_answers
 from msa_bench.metrics.core.oracle import privleak_metric, read_evaluation
@@ -211,6 +212,7 @@ def evaluate_tofu(
     max_new_tokens: int = 32,
     mia_k: float = 0.4,
     sampling=None,
+    fluency_scorer: Callable[[Sequence[str]], np.ndarray] | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Compute the requested TOFU metrics (and the metrics they depend on) for one model.
@@ -219,10 +221,13 @@ def evaluate_tofu(
     sets the requested metrics read are required (see `required_eval_sets`). `mia_k` is the share of lowest-scoring
     tokens of the min-k% and min-k%++ attacks. `sampling` (a SamplingConfig; None: greedy) decodes the ROUGE metrics'
     answers: with k samples, each per-item ROUGE value is the maximum over them (`tofu.best_of_samples_rouge`) and
-    `generations` keeps the sample of highest ROUGE-L recall. Cross-model metrics (forget_quality, privleak, mia_reference) are not
-    computed here: see TOFU_CROSS_MODEL_METRICS.
+    `generations` keeps the sample of highest ROUGE-L recall. `fluency_scorer` maps texts to their fluent-class
+    probabilities (forget_fluency, of the forget generations; fluency.FluencyClassifier). Cross-model metrics
+    (forget_quality, privleak, mia_reference) are not computed here: see TOFU_CROSS_MODEL_METRICS.
     """
     metric_names = resolve_metric_names(metric_names)
+    if fluency.wanted(metric_names) and fluency_scorer is None:
+        raise ValueError(f"{fluency.FLUENCY_METRIC} needs a fluency_scorer (a text classifier)")
     passes_by_set = plan_passes(metric_names)
     missing = [eval_set for eval_set in passes_by_set if eval_set not in eval_sets]
     if missing:
@@ -261,7 +266,7 @@ def evaluate_tofu(
                 result.generations[eval_set] = set_results.generations
 
     for name in metric_names:
-        _compute_metric(TOFU_METRICS[name], eval_sets, passes_by_set_results, result, mia_k)
+        _compute_metric(TOFU_METRICS[name], eval_sets, passes_by_set_results, result, mia_k, fluency_scorer)
     return result
 
 
@@ -284,6 +289,7 @@ def _compute_metric(
     passes_by_set: Mapping[str, _SetPasses],
     result: EvalResult,
     mia_k: float,
+    fluency_scorer=None,
 ) -> None:
     """Fill `result` with one metric (and its per-item values) from the shared pass results."""
     passes = passes_by_set.get(spec.eval_set) if spec.eval_set is not None else None
@@ -319,6 +325,8 @@ def _compute_metric(
             result.per_item[f"{spec.name}_{eval_set}"] = set_scores.tolist()
         result.metrics[spec.name] = float(privacy.mia_auc(scores[spec.eval_set], scores[HOLDOUT_SET]))
         return
+    elif spec.kind == "fluency":
+        per_item = np.asarray(fluency_scorer(passes.generations), dtype=float)
     elif spec.kind == "model_utility":
         result.metrics[spec.name] = float(tofu.model_utility(result.metrics))
         return
@@ -341,8 +349,9 @@ def evaluate_tofu_suite(
     *,
     progress: bool = False,
 ) -> EvalResult:
-    """`evaluate_tofu` with batch size, generation length, k of the attacks and sampling from `settings` (a
-    MetricsConfig)."""
+    """`evaluate_tofu` with batch size, generation length, k of the attacks, sampling and the fluency classifier
+    from `settings` (a MetricsConfig)."""
+    wants_fluency = fluency.wanted(metric_names)
     return evaluate_tofu(
         model,
         tokenizer,
@@ -352,6 +361,7 @@ def evaluate_tofu_suite(
         max_new_tokens=settings.max_new_tokens,
         mia_k=settings.mia_k,
         sampling=settings.sampling,
+        fluency_scorer=fluency.load_classifier(settings).fluent_probabilities if wants_fluency else None,
         progress=progress,
     )
 
@@ -424,6 +434,8 @@ register_suite(
         evaluate=evaluate_tofu_suite,
         required_sets=required_eval_sets,
         item_eval_set=item_eval_set,
+        cache_spec=fluency.cache_spec,
+        preflight=fluency.preflight,
     )
 )
 for _metric in TOFU_CROSS_MODEL_METRICS.values():

@@ -109,7 +109,8 @@ def _hub_offline() -> bool:
     )
 
 
-def _resolve_hub(hub_id: str, revision: str, cache_dir: str | Path | None) -> Path:
+def _resolve_hub(hub_id: str, revision: str, cache_dir: str | Path | None, fix: str | None = None) -> Path:
+    """`fix`: what the error says to do (default: model.local_root's steps, for the model under study)."""
     from huggingface_hub import constants, snapshot_download
 
     where = f"model {hub_id!r} at revision {revision!r}"
@@ -149,8 +150,20 @@ def _resolve_hub(hub_id: str, revision: str, cache_dir: str | Path | None) -> Pa
                 return downloaded
             attempts.append(f"the downloaded snapshot {downloaded} is incomplete ({'; '.join(problems)})")
     raise ModelSourceError(
-        f"could not get {where} from the Hugging Face hub: {'; '.join(attempts)}. {_fix_steps()}"
+        f"could not get {where} from the Hugging Face hub: {'; '.join(attempts)}. {fix or _fix_steps()}"
     )
+
+
+def hub_snapshot(hub_id: str, revision: str = "main", *, fix: str) -> Path:
+    """The hub snapshot of a model that is not the one under study (e.g. a metric's classifier), which
+    model.local_root does not cover: from the Hugging Face cache, else downloaded unless offline. `fix` says in the
+    error what to set instead.
+
+    Raises :class:`ModelSourceError` naming the hub id, where it looked and `fix`.
+    """
+    _check_relative_name(hub_id, "hub id")
+    _check_relative_name(revision, "revision")
+    return _resolve_hub(hub_id, revision, None, fix)
 
 
 def resolve_model_dir(

@@ -55,9 +55,10 @@ def _settings_spec(settings) -> dict:
     spec = without_default_options(settings, asdict(settings))
     spec.pop("names", None)
     spec.pop("name", None)
-    # The judge enters cross-model metrics, which are never cached; a suite whose own numbers depend on it says so
-    # in its cache_spec.
-    spec.pop("judge", None)
+    # The judge enters cross-model metrics, which are never cached, and the fluency classifier only the evaluations
+    # that compute fluency; a suite whose own numbers depend on either says so in its cache_spec.
+    for name in ("judge", "fluency_classifier", "fluency_label"):
+        spec.pop(name, None)
     # Greedy batching does not change the values; sampled values depend on the batch composition (each step draws
     # the tokens of a whole batch at once: core/decoding.sampled_decode), so with sampling batch_size stays.
     if "sampling" not in spec:

@@ -111,9 +111,13 @@ class Pipeline(BenchmarkData, EmbeddedHistory, HubModels, CheckpointResolution, 
         """Checks that need the data but no training, run before any model is trained."""
         self.forget_split  # noqa: B018  (validates the forget set's name)
         self.benchmark.preflight()
+        from msa_bench.metrics.registry import SUITES
         from msa_bench.pipeline.evaluation import evaluation_plan, required_eval_sets
 
-        self.preflight_eval_sets(required_eval_sets(evaluation_plan(list(self.cfg.metrics.names))))
+        plan = evaluation_plan(list(self.cfg.metrics.names))
+        self.preflight_eval_sets(required_eval_sets(plan))
+        for suite_name, names in plan.items():
+            SUITES[suite_name].preflight(names, self.cfg.metrics)
         self.check_checkpoint_choice(self.cfg.checkpoint)
         if not self.embedded:
             if self.cfg.benchmark.replay_fraction > 0:

@@ -31,7 +31,8 @@ from msa_bench.reporting.collect import RowGroup, Run, group_rows, partition
 HIGHER, LOWER, TOWARD_ORACLE = Direction.HIGHER, Direction.LOWER, Direction.TOWARD_ORACLE
 
 # The paper's columns per table family, in its order; a column shows when any row has the metric. TOFU's then has
-# open-unlearning's aggregate scores (msa_bench/metrics/aggregates.py), which metrics=tofu_full computes.
+# open-unlearning's aggregate scores (msa_bench/metrics/aggregates.py): metrics=tofu_full computes Memorization and
+# Privacy, metrics=tofu_full_aggregates Utility and Overall too (they need the fluency classifier).
 FAMILY_COLUMNS: dict[str, tuple[str, ...]] = {
     "tofu": ("forget_quality", "model_utility", "acc_forget", "acc_recover", "acc_retain")
     + ("memorization_score", "privacy_score", "utility_score", "overall_score"),
