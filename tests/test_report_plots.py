@@ -14,7 +14,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.patches import Rectangle
 from matplotlib.text import Annotation
 
-from msa_bench.reporting import checkpoint_plots, tradeoff_plots, truth_ratio_plots
+from msa_bench.reporting import checkpoint_plots, request_plots, tradeoff_plots, truth_ratio_plots
 from msa_bench.reporting import tables as T
 from msa_bench.reporting.collect import load_runs
 from msa_bench.reporting.plot_layout import MAX_STEM, error_bar, plot_stem, unique_stems
@@ -50,7 +50,7 @@ def tofu_runs(tmp_path) -> Path:
 def saved(monkeypatch) -> list:
     """Every figure the plot modules save, in order (they are still written)."""
     figures = []
-    for module in (tradeoff_plots, checkpoint_plots, truth_ratio_plots):
+    for module in (tradeoff_plots, checkpoint_plots, truth_ratio_plots, request_plots):
         real = module.save
 
         def catch(figure, path, real=real):
@@ -204,6 +204,21 @@ def test_the_checkpoint_axis_is_the_pretraining_step_when_every_theta0_has_one(t
     assert bottom.get_xlabel() == "θ0's pretraining step"
     line = next(c for c in saved[0].axes[0].containers if isinstance(c, ErrorbarContainer))
     assert list(line.lines[0].get_data()[0]) == pytest.approx([10, 20, 40])
+
+
+def test_the_requests_plot_draws_sample_std_bars_and_one_legend_below(tmp_path, saved):
+    root = tmp_path / "runs"
+    for seed, quality in enumerate((0.2, 0.4)):
+        metrics = {"forget_quality": 0.3, "model_utility": 0.4}
+        for k in (1, 2):
+            metrics[f"request/{k}/forget/forget_quality"] = quality
+            metrics[f"request/{k}/utility/model_utility"] = 0.4
+        write_run(root, f"s{seed}", msa(1.0), metrics, seed=seed)
+    request_plots.plot_requests(tofu_table(root), tmp_path)
+    figure = saved[0]
+    (line,) = [c for c in figure.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert _bar_lengths(line) == pytest.approx([2 * math.sqrt(0.02)] * 2)  # sample, not population, std
+    assert figure.legends and not any(axes.get_legend() for axes in figure.axes)
 
 
 # --- labels -------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from msa_bench.reporting.tables import Row, Table, metric_label
 _TOKENS = re.compile(r"(\d+(?:\.\d+)?)\s*([bt])\b", re.IGNORECASE)
 # Where each stage sits between the start of pretraining and θ_D (closest is the instruct model, or the clean one).
 STAGE_ORDER = {"pretrain": 0, "base": 1, "instruct": 2, "closest": 2, "clean": 2, "target": 3}
+MAX_MEASURED_TICKS = 12
 STAGE_NAMES = {"base": "base (end of pretraining)", "target": "target (θ0 = θ_D)"}
 
 
@@ -145,8 +146,12 @@ def plot_checkpoint_ablation(table: Table, out_dir: Path) -> Path | None:
     bottom = grid[-1, 0]
     if not measured:
         bottom.set_xticks(list(xs.values()), [t.tick() for t in thetas], rotation=30, ha="right", fontsize=7)
-    elif max(xs.values()) / max(min(xs.values()), 1e-300) > 100:
-        bottom.set_xscale("log")
+    else:
+        if max(xs.values()) / max(min(xs.values()), 1e-300) > 100:
+            bottom.set_xscale("log")
+        if len(xs) <= MAX_MEASURED_TICKS:  # a tick at each θ0 measured, labelled with its own value
+            bottom.set_xticks(sorted(xs.values()), [f"{x:g}" for x in sorted(xs.values())], fontsize=7)
+            bottom.minorticks_off()
     bottom.set_xlabel(x_label)
     handles, labels = grid[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=7)

@@ -99,6 +99,7 @@ def plot_costs(table: Table, out_dir: Path) -> Path | None:
         )
         axes.set_yticks(range(len(values)), names, fontsize=7)
         axes.set_xlabel(title)
+        axes.margins(y=0.01)
     grid[0, 0].invert_yaxis()  # shared: the first row on top in both panels
     title = f"Unlearning cost per method (mean, bar ±1 std over runs) vs retraining the oracle: {table.title}"
     figure.suptitle(wrapped(title, 10.0, 9), fontsize=9)
