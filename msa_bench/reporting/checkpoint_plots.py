@@ -153,7 +153,13 @@ def plot_checkpoint_ablation(table: Table, out_dir: Path) -> Path | None:
             bottom.set_xticks(sorted(xs.values()), [f"{x:g}" for x in sorted(xs.values())], fontsize=7)
             bottom.minorticks_off()
     bottom.set_xlabel(x_label)
-    handles, labels = grid[0, 0].get_legend_handles_labels()
+    legend: dict[
+        str, object
+    ] = {}  # every panel's entries, once: a line missing from the first panel still shows
+    for axes in grid[:, 0]:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=7)
     note = "points: mean over seeds; bars: ±1 sample std over seeds" + (f"; {LOG_BAR_NOTE}" if logged else "")
     title = f"{table.title}, θ0 from the earliest state to θ_D"

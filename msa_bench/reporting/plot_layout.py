@@ -69,7 +69,8 @@ def _settings_text(settings: Mapping[str, Any], keys: bool) -> str:
 def plot_stem(prefix: str, name: str, settings: Mapping[str, Any]) -> str:
     """`<prefix>_<name>_<key=value,...>`: every setting that tells this plot's row apart from its namesakes, in
     characters every filesystem and shell takes. When that is longer than MAX_STEM, the keys go first (the values
-    stay, in the same order), then the tail, replaced by a hash of the whole so that two names never meet."""
+    stay, in the same order) and a hash of the whole name is appended, since values alone can read alike; past
+    that the tail is cut before the hash."""
     base = _safe(f"{prefix}_{name}")
     if not settings:
         return base[:MAX_STEM]

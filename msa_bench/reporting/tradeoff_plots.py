@@ -190,9 +190,13 @@ class _Plot:
     def draw_context(self, axes, entry: TradeoffSeries) -> None:
         xs = [p.x.mean for p in entry.points]
         ys = [self.y(p.y.mean) for p in entry.points]
-        axes.plot(
-            xs, ys, linestyle="-" if entry.joined else "none", marker="o", markersize=3, color=CONTEXT_GREY
-        )
+        style = {
+            "linestyle": "-" if entry.joined else "none",
+            "linewidth": 0.9,
+            "marker": "o",
+            "markersize": 2.5,
+        }
+        axes.plot(xs, ys, color=CONTEXT_GREY, zorder=1, **style)  # behind the panel's own series
 
 
 def plot_tradeoff(
