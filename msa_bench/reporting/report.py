@@ -139,16 +139,19 @@ def build_report(
 
 def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> list[Path]:
     from msa_bench.reporting import plots
+    from msa_bench.reporting.checkpoint_plots import plot_checkpoint_ablation
+    from msa_bench.reporting.tradeoff_plots import TRADEOFF_AXES, plot_tradeoff
+    from msa_bench.reporting.truth_ratio_plots import plot_truth_ratios
 
     table = section.table
     made: list[Path | None] = []
     if table.id.endswith("_checkpoints"):
-        made.append(plots.plot_checkpoint_ablation(table, plot_dir))
+        made.append(plot_checkpoint_ablation(table, plot_dir))
     else:
-        if table.family in plots.TRADEOFF_AXES:
-            kept, forgotten = plots.TRADEOFF_AXES[table.family]
-            made.append(plots.plot_tradeoff(table, plot_dir, kept, forgotten, param=sweep_param))
-        made += plots.plot_truth_ratios(table, plot_dir)
+        if table.family in TRADEOFF_AXES:
+            kept, forgotten = TRADEOFF_AXES[table.family]
+            made.append(plot_tradeoff(table, plot_dir, kept, forgotten, param=sweep_param))
+        made += plot_truth_ratios(table, plot_dir)
         made.append(plots.plot_costs(table, plot_dir))
         from msa_bench.reporting.request_plots import plot_requests
 

@@ -1,7 +1,8 @@
 """The sequential-requests plot of a table (benchmark.requests > 1, docs/sequential_requests.md): per method row, a
-forget metric and a utility metric against the request index k (mean over the row's seeds, error bar = std), the
-forget metric also on the earlier requests' items (persistence, dashed), and the target and the step-k oracles
-(their mean over the table's runs) as references."""
+forget metric and a utility metric against the request index k (mean over the row's seeds, error bar = ±1 sample
+std, as the tables' cells), the forget metric also on the earlier requests' items (persistence, dashed), and the
+target and the step-k oracles (their mean over the table's runs) as references. One legend for both panels sits
+below them, over no line."""
 
 from __future__ import annotations
 
@@ -9,13 +10,9 @@ import re
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from msa_bench.metrics.registry import REQUEST_PREFIX  # noqa: E402
-from msa_bench.reporting.tables import Table  # noqa: E402
+from msa_bench.metrics.registry import REQUEST_PREFIX
+from msa_bench.reporting.plot_layout import LOG_BAR_NOTE, error_bar, new_figure, save, series_style, wrapped
+from msa_bench.reporting.tables import Table, metric_label
 
 # The metric drawn in each panel: the first of these the runs hold (forget quality where the benchmark has it).
 FORGET_CHOICES = (
@@ -39,16 +36,21 @@ def _requests(values: dict) -> dict[tuple[str, str], dict[int, float]]:
     return found
 
 
-def _series(runs_values: list[dict], section: str, metric: str) -> tuple[list[int], list[float], list[float]]:
-    """Request indices, mean and std over the runs that hold the value."""
+def _series(runs_values: list[dict], section: str, metric: str) -> dict[int, list[float]]:
+    """{request index: the values of the runs that hold it}."""
     by_k: dict[int, list[float]] = {}
     for values in runs_values:
         for k, value in _requests(values).get((section, metric), {}).items():
             by_k.setdefault(k, []).append(value)
-    ks = sorted(by_k)
-    means = [statistics.fmean(by_k[k]) for k in ks]
-    stds = [statistics.pstdev(by_k[k]) if len(by_k[k]) > 1 else 0.0 for k in ks]
-    return ks, means, stds
+    return dict(sorted(by_k.items()))
+
+
+def _draw(axes, by_k: dict[int, list[float]], log_axis: bool, **style) -> None:
+    ks = list(by_k)
+    means = [statistics.fmean(v) for v in by_k.values()]
+    stds = [statistics.stdev(v) if len(v) > 1 else None for v in by_k.values()]
+    bars = [error_bar(m, s, v, log_axis) for m, s, v in zip(means, stds, by_k.values(), strict=True)]
+    axes.errorbar(ks, means, yerr=[[b[0] for b in bars], [b[1] for b in bars]], capsize=2, **style)
 
 
 def _choose(runs_values: list[dict], section: str, choices) -> str | None:
@@ -65,43 +67,58 @@ def plot_requests(table: Table, out_dir: Path) -> Path | None:
     if forget is None:
         return None
     panels = [("forget", forget), *([("utility", utility)] if utility else [])]
-    figure, axes_list = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for axes, (section, metric) in zip(axes_list[0], panels, strict=True):
+    figure, grid = new_figure(5.5 * len(panels), 4.4, 1, len(panels))
+    logged = False
+    for axes, (section, metric) in zip(grid[0], panels, strict=True):
+        sections = [section, "persistence"] if section == "forget" else [section]
+        held = [v for s in sections for row in rows for v in _values(row, s, metric)]
+        held += [
+            v
+            for row in rows
+            for run in row.group.runs
+            for role in ("target", "oracle")
+            for v in _requests(run.reference(role)).get((section, metric), {}).values()
+        ]
+        log_axis = metric == "forget_quality" and bool(held) and all(v > 0 for v in held)
+        if log_axis:
+            axes.set_yscale("log")
+            logged = True
         for index, row in enumerate(rows):
             values = [run.metrics for run in row.group.runs]
-            color = colors(index % colors.N)
-            ks, means, stds = _series(values, section, metric)
-            if ks:
-                axes.errorbar(ks, means, yerr=stds, marker="o", capsize=2, color=color, label=row.label)
-            if section == "forget":
-                ks, means, stds = _series(values, "persistence", metric)
-                if ks:
-                    axes.errorbar(
-                        ks,
-                        means,
-                        yerr=stds,
-                        marker="x",
-                        capsize=2,
-                        color=color,
-                        linestyle="--",
-                        label=f"{row.label} (requests 1..k−1)",
-                    )
-        for role, style in (("target", ":"), ("oracle", "-.")):
+            style = series_style(index, len(rows))
+            if by_k := _series(values, section, metric):
+                _draw(axes, by_k, log_axis, label=row.label, **style)
+            if section == "forget" and (by_k := _series(values, "persistence", metric)):
+                label = f"{row.label} (requests 1..k−1)"
+                _draw(axes, by_k, log_axis, label=label, linestyle="--", color=style["color"], marker="x")
+        for role, linestyle in (("target", ":"), ("oracle", "-.")):
             references = [run.reference(role) for row in rows for run in row.group.runs]
-            ks, means, _ = _series(references, section, metric)
-            if ks:
+            if by_k := _series(references, section, metric):
                 label = "target" if role == "target" else "oracle k (without requests 1..k)"
-                axes.plot(ks, means, linestyle=style, color="gray", label=label)
+                axes.plot(
+                    list(by_k),
+                    [statistics.fmean(v) for v in by_k.values()],
+                    linestyle=linestyle,
+                    color="gray",
+                    label=label,
+                )
         axes.set_xlabel("request k")
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric} ({'request k items' if section == 'forget' else 'utility'})", fontsize=9)
+        name = metric_label(metric)
+        axes.set_ylabel(name + (" (log scale)" if log_axis else ""))
+        axes.set_title(f"{name} ({'request k items' if section == 'forget' else 'utility'})", fontsize=9)
         axes.xaxis.get_major_locator().set_params(integer=True)
-        axes.legend(fontsize=6)
-    figure.suptitle(table.title, fontsize=8)
-    path = out_dir / f"{table.id}_requests.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    handles, labels = grid[0, 0].get_legend_handles_labels()
+    for axes in grid[0, 1:]:  # the utility panel's references, where the forget panel has none
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
+    note = "points: mean over seeds; bars: ±1 sample std over seeds" + (f"; {LOG_BAR_NOTE}" if logged else "")
+    width = 5.5 * len(panels)
+    figure.suptitle(wrapped(table.title, width, 9) + "\n" + wrapped(note, width, 8), fontsize=8)
+    return save(figure, out_dir / f"{table.id}_requests.png")
+
+
+def _values(row, section: str, metric: str) -> list[float]:
+    return [v for run in row.group.runs for v in _requests(run.metrics).get((section, metric), {}).values()]

@@ -183,9 +183,10 @@ def ablation_label(run: Run) -> str:
 
 
 def build_ablation(table: Table) -> Table | None:
-    """Checkpoint-distance ablation: MSA rows named by checkpoint, when the table has MSA at 2+ checkpoints."""
+    """Checkpoint-distance ablation: MSA rows named by checkpoint, when the table has MSA at 2+ checkpoints (two
+    saved pretraining steps are two checkpoints)."""
     msa_rows = [r for r in table.rows if r.kind == "method" and r.group and r.group.method == ABLATION_METHOD]
-    checkpoints = {r.group.runs[0].checkpoint for r in msa_rows}
+    checkpoints = {ablation_label(r.group.runs[0]) for r in msa_rows}
     if len(checkpoints) < 2:
         return None
     rows = [r for r in table.rows if r.kind == "reference"]
