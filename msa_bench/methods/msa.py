@@ -125,18 +125,23 @@ class ModelStateArithmetic(UnlearningMethod):
         ]
         return [*vectors, f"arithmetic ({self.name})"]
 
+    def retain_data(self, pipeline) -> tuple[list[dict], str]:
+        """The single run's retain subset (items, data id) as the method's retain settings draw it."""
+        cfg: MSAConfig = self.config
+        return pipeline.retain_subset(
+            cfg.retain_size,
+            cfg.retain_seed,
+            fraction=cfg.retain_fraction,
+            split=cfg.retain_split,
+            draw=cfg.retain_draw,
+        )
+
     def produce(self, pipeline):
         cfg: MSAConfig = self.config
         # The retain subset is drawn first, so that a bad retain_split or size fails before anything is trained.
         retain = None
         if cfg.beta != 0 or self.reads_retain_data():
-            retain = pipeline.retain_subset(
-                cfg.retain_size,
-                cfg.retain_seed,
-                fraction=cfg.retain_fraction,
-                split=cfg.retain_split,
-                draw=cfg.retain_draw,
-            )
+            retain = self.retain_data(pipeline)
         target = pipeline.target()
         # Checked against the target's tensor names before θ1 and θ2 are trained.
         transforms = self.layer_scale_transforms(target, forget_term=0)
@@ -200,13 +205,7 @@ class ModelStateArithmetic(UnlearningMethod):
                 retains.append((request.index if per_request else None, *drawn))
         once = None  # the single run's retain subset, for a variant that reads it whatever retain_per_request says
         if self.reads_retain_data():
-            once = pipeline.retain_subset(
-                cfg.retain_size,
-                cfg.retain_seed,
-                fraction=cfg.retain_fraction,
-                split=cfg.retain_split,
-                draw=cfg.retain_draw,
-            )
+            once = self.retain_data(pipeline)
         target = pipeline.target()
         # Checked against the target's tensor names before any θ1 is trained; it multiplies every request's
         # forget coefficient alike.

@@ -104,13 +104,7 @@ class MSAProjected(ModelStateArithmetic):
         and draw (the subset is drawn for its size even when β = 0 leaves θ2 untrained)."""
         if self._format_data is None:
             cfg: MSAProjectedConfig = self.config
-            retain_items, _ = pipeline.retain_subset(
-                cfg.retain_size,
-                cfg.retain_seed,
-                fraction=cfg.retain_fraction,
-                split=cfg.retain_split,
-                draw=cfg.retain_draw,
-            )
+            retain_items, _ = self.retain_data(pipeline)
             self._format_data = pipeline.heldout_subset(len(retain_items), cfg.retain_seed, cfg.retain_draw)
         return self._format_data
 
