@@ -29,7 +29,7 @@ from tests.benchmark_fixtures import TINY_WORLD, write_tiny_restor, write_tiny_t
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job
 from tests.test_arithmetic_family import EMBED, LAYER_0, LAYER_1, load_weights, save_checkpoint
-from tests.test_benchmark_sources import needs_tofu
+from tests.test_benchmark_sources import SHARED_TOFU, needs_tofu
 
 torch.set_num_threads(1)
 
@@ -372,7 +372,8 @@ def test_tiny_tofu_heldout_is_never_evaluated(tmp_path):
 def test_real_tofu_heldout_is_holdout10_less_the_runs_holdout_and_never_evaluated(
     tmp_path, forget_split, size
 ):
-    pipeline = pipeline_for(tmp_path, ["benchmark=tofu", f"benchmark.forget_split={forget_split}"])
+    overrides = ["benchmark=tofu", f"benchmark.data_dir={SHARED_TOFU}", f"benchmark.forget_split={forget_split}"]
+    pipeline = pipeline_for(tmp_path, overrides)
     assert len(assert_never_evaluated(pipeline)) == size
 
 
