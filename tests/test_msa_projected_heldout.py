@@ -372,7 +372,11 @@ def test_tiny_tofu_heldout_is_never_evaluated(tmp_path):
 def test_real_tofu_heldout_is_holdout10_less_the_runs_holdout_and_never_evaluated(
     tmp_path, forget_split, size
 ):
-    overrides = ["benchmark=tofu", f"benchmark.data_dir={SHARED_TOFU}", f"benchmark.forget_split={forget_split}"]
+    overrides = [
+        "benchmark=tofu",
+        f"benchmark.data_dir={SHARED_TOFU}",
+        f"benchmark.forget_split={forget_split}",
+    ]
     pipeline = pipeline_for(tmp_path, overrides)
     assert len(assert_never_evaluated(pipeline)) == size
 
