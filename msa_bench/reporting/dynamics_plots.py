@@ -23,7 +23,7 @@ from msa_bench.reporting.tables import Row, Table, format_cell, metric_label
 
 PANEL_WIDTH = 5.5  # inches per panel
 NOTE = (
-    "each line: one training run per seed, evaluated every few epochs; points: mean over seeds, bars: ±1 sample std. "
+    "each line: one training run per seed, evaluated along the way; points: mean over seeds, bars: ±1 sample std. "
     "With a decaying learning rate the point at epoch e is not an e-epoch run (docs/unlearning_dynamics.md)"
 )
 
@@ -140,6 +140,9 @@ def plot_dynamics(table: Table, out_dir: Path) -> Path | None:
         for axes in grid[0]:
             axes.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = grid[0, 0].get_legend_handles_labels()
+    # The method rows first, then the two references (matplotlib lists the plain lines before the error bars).
+    order = sorted(range(len(labels)), key=lambda i: labels[i] in ("target", "oracle"))
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
     width = PANEL_WIDTH * len(metrics)
     note = NOTE + (f"; {LOG_BAR_NOTE}" if logged else "")
