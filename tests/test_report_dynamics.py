@@ -106,7 +106,7 @@ def test_the_dynamics_plot_has_mean_and_sample_std_per_epoch_and_a_log_forget_ax
         c for c in forget_axes.containers if isinstance(c, ErrorbarContainer) and "npo" in c.get_label()
     )
     xs, ys = npo.lines[0].get_data()
-    assert list(xs) == [1.0, 2.0, 3.0]
+    assert list(xs) == pytest.approx([1.0, 2.0, 3.0], abs=0.05)  # shifted a little beside grad_diff's
     assert list(ys) == pytest.approx([0.02, 0.15, 0.4])
     (bars,) = npo.lines[2]
     tops = [segment[1][1] for segment in bars.get_segments()]

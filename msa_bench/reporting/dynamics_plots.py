@@ -22,8 +22,10 @@ from msa_bench.reporting.tables import Cell as TableCell
 from msa_bench.reporting.tables import Row, Table, format_cell, metric_label
 
 PANEL_WIDTH = 5.5  # inches per panel
+DODGE = 0.012  # sideways shift between rows, as a fraction of the epochs' span
 NOTE = (
-    "each line: one training run per seed, evaluated along the way; points: mean over seeds, bars: ±1 sample std. "
+    "each line: one training run per seed, evaluated along the way (rows shifted slightly sideways); points: mean "
+    "over seeds, bars: ±1 sample std. "
     "With a decaying learning rate the point at epoch e is not an e-epoch run (docs/unlearning_dynamics.md)"
 )
 
@@ -109,17 +111,21 @@ def plot_dynamics(table: Table, out_dir: Path) -> Path | None:
         if log_axis:
             axes.set_yscale("log")
             logged = True
+        epochs = {e for _, points in series for e in points}
+        span = (max(epochs) - min(epochs)) if len(epochs) > 1 else 1.0
         for index, (row, points) in enumerate(series):
             if not points:
                 continue
             all_epochs |= set(points)
+            # Rows share their epochs: each is shifted a little sideways so that no bar hides another's.
+            shift = (index - (len(series) - 1) / 2) * DODGE * span
             means = [statistics.fmean(v) for v in points.values()]
             stds = [statistics.stdev(v) if len(v) > 1 else None for v in points.values()]
             bars = [
                 error_bar(m, s, v, log_axis) for m, s, v in zip(means, stds, points.values(), strict=True)
             ]
             axes.errorbar(
-                list(points),
+                [epoch + shift for epoch in points],
                 means,
                 yerr=[[b[0] for b in bars], [b[1] for b in bars]],
                 capsize=2,
