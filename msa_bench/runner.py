@@ -18,6 +18,7 @@ from msa_bench.attacks.runner import AttackRunner, attack_stage_names
 from msa_bench.config.schema import MSABenchConfig, ProgressMode
 from msa_bench.distributed import broadcast_object, check_launch, init_process_group, is_main_process, rank
 from msa_bench.methods.registry import get_method
+from msa_bench.pipeline import dynamics
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.disk_space import RUN_DIR_FIX, RUN_FILES_BYTES, require_free_space
 from msa_bench.pipeline.evaluation import (
@@ -135,6 +136,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
     # file, from here until `progress.close()` below (the W&B banner and summary included).
     # benchmark.requests > 1: the method runs request by request (msa_bench/sequential), one console stage each.
     sequential = (cfg.benchmark.requests or 1) > 1
+    with_dynamics = dynamics.is_enabled(cfg.method)  # docs/unlearning_dynamics.md
     stages = [
         "target θ_D (fine-tune on the benchmark)",
         "oracle (fine-tune without the forget set)",
@@ -142,6 +144,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         "evaluate the oracle",
         "evaluate the target",
         f"evaluate {cfg.method.name}",
+        *([f"evaluate {cfg.method.name} at its dynamics points"] if with_dynamics else []),
         *attack_stage_names(cfg.attacks),
     ]
     # Ranks > 0 show nothing: their library output goes to their own log file.
@@ -189,6 +192,11 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         }
         columns = {model: metrics for model, (metrics, _) in references.items()}
         method_metrics, provenance = against_oracle(method_eval, cfg.method.name)
+        # Before the attacks' keys join the method's metrics: the dynamics' points have the plain metrics only.
+        points = []
+        if with_dynamics:
+            with progress.stage():
+                points = dynamics.evaluate_dynamics(pipeline, unlearned, method_metrics, against_oracle)
         attacks = attack_runner.run(progress, {"method": unlearned, "target": target, "oracle": oracle})
         method_metrics |= attacks.metrics["method"]
         provenance |= attacks.provenance["method"]
@@ -223,6 +231,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             config=resolved_config,
             attacks=attacks.records,
             requests=requests.requests,
+            dynamics=points,
         )
         results = record.to_json()
         if main_process:

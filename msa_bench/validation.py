@@ -35,6 +35,7 @@ from msa_bench.metrics.fluency import sampling_refusal as fluency_sampling_refus
 from msa_bench.metrics.judged import sampling_refusal
 from msa_bench.metrics.registry import validate_metric_names
 from msa_bench.metrics.restor import RESTOR_ACCURACY
+from msa_bench.pipeline.dynamics import dynamics_problems
 
 log = logging.getLogger("msa_bench")
 
@@ -170,6 +171,7 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
         f"benchmark.replay_fraction={config.benchmark.replay_fraction} must be between 0 and 10",
     )
     problems += _peft_problems(config)
+    problems += dynamics_problems(config)
     problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
     problems += _sampling_problems(config)
     return problems

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from msa_bench.config.cache_keys import without_default_options
-from msa_bench.config.schema import TrainRecipe
+from msa_bench.config.schema import OMIT_AT_DEFAULT, TrainRecipe
 from msa_bench.methods.registry import CONTINUES, MethodConfig, UnlearningMethod
 from msa_bench.methods.requests import RequestScope
 
@@ -36,6 +36,11 @@ class LossMethodConfig(MethodConfig):
     reference_device: str | None = None  # where the frozen θ_D lives (e.g. cpu); null = the policy's device
     # Sequence-level reference values (NPO) computed once before training, so the reference model is freed.
     precompute_reference: bool = False
+    # Unlearning dynamics (docs/unlearning_dynamics.md): also save and evaluate the model every this many epochs, or
+    # optimizer steps, of the one training run; null = only the final model. Left out of the cache key while null,
+    # so that a run without them keys its model as before they existed.
+    eval_every_epochs: int | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    eval_every_steps: int | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self):
         if self.retain_loss not in RETAIN_LOSSES:
@@ -46,6 +51,18 @@ class LossMethodConfig(MethodConfig):
             raise ValueError("method.forget_weight and method.retain_weight must be >= 0")
         if self.loss_bound is not None and not self.loss_bound > 0:
             raise ValueError(f"method.loss_bound={self.loss_bound} must be > 0 (or null)")
+        for key, unit in (("eval_every_epochs", "epochs"), ("eval_every_steps", "optimizer steps")):
+            every = getattr(self, key)
+            if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+                raise ValueError(
+                    f"method.{key}={every!r} must be a whole number of {unit} >= 1 (or null: evaluate only the "
+                    "final model)"
+                )
+        if self.eval_every_epochs is not None and self.eval_every_steps is not None:
+            raise ValueError(
+                f"method.eval_every_epochs={self.eval_every_epochs} and method.eval_every_steps="
+                f"{self.eval_every_steps} are both set; set one of them (docs/unlearning_dynamics.md)"
+            )
 
 
 class LossBasedMethod(UnlearningMethod):
@@ -83,11 +100,18 @@ def unlearn_with_loss(
     from msa_bench.models.build import count_parameters, load_model, save_model, trusts_remote_code
 
     trust_remote_code = trusts_remote_code(pipeline.cfg.model)
+    from msa_bench.pipeline import dynamics
     from msa_bench.pipeline.cost import CostMeter
     from msa_bench.pipeline.stage_memory import check_unlearning
     from msa_bench.training.data import ForgetRetainDataset
     from msa_bench.training.lora import lora_plan, save_trained, with_lora
-    from msa_bench.training.trainer import LossOverrideTrainer, run_training
+    from msa_bench.training.trainer import (
+        LossOverrideTrainer,
+        SavePoints,
+        run_training,
+        steps_per_epoch,
+        total_steps,
+    )
 
     target = pipeline.target()
     use_retain = use_retain and config.retain_weight > 0
@@ -106,9 +130,14 @@ def unlearn_with_loss(
     def build(out: Path) -> dict:
         from msa_bench.pipeline.disk_space import require_space_for_state_like
 
-        require_space_for_state_like(pipeline.store.root, f"the {method} unlearned model", target.path)
         tokenizer = pipeline.tokenizer()
         forget = pipeline.training_examples(pipeline.forget_items(), "the forget set")
+        intermediate = dynamics.expected_point_count(
+            config, total_steps(len(forget), config.recipe), steps_per_epoch(len(forget), config.recipe)
+        )
+        require_space_for_state_like(
+            pipeline.store.root, f"the {method} unlearned model", target.path, n_states=1 + intermediate
+        )
         retain = pipeline.training_examples(pipeline.retain_items(), "the retain set") if use_retain else None
         keeps_reference = needs_reference and not (
             config.precompute_reference and not (use_retain and config.retain_loss == "kl")
@@ -155,6 +184,16 @@ def unlearn_with_loss(
                     del reference  # the point of precomputing: no second model during training
                 else:
                     kwargs["reference_model"] = reference
+            saved_points: list[dynamics.DynamicsPoint] = []
+
+            def save_point(step: int, epoch: float, state_dict: dict | None) -> None:
+                folder = dynamics.point_folder(step)
+                save_model(model, tokenizer, out / folder, state_dict=state_dict)
+                saved_points.append(dynamics.DynamicsPoint(epoch=epoch, step=step, folder=folder))
+
+            save_points = None
+            if dynamics.is_enabled(config):
+                save_points = SavePoints(save_point, config.eval_every_epochs, config.eval_every_steps)
             stats = run_training(
                 model,
                 ForgetRetainDataset(forget, retain, seed=pipeline.cfg.seed),
@@ -165,6 +204,7 @@ def unlearn_with_loss(
                 progress=pipeline.cfg.progress.library_bars,
                 trainer_class=LossOverrideTrainer,
                 trainer_kwargs=kwargs,
+                save_points=save_points,
                 scratch_root=pipeline.scratch_root,
             )
             meter.add_tokens(stats.tokens, n_params, training=True)
@@ -172,7 +212,16 @@ def unlearn_with_loss(
                 save_model(model, tokenizer, out, state_dict=stats.state_dict)  # gathered under FSDP/ZeRO-3
             else:  # merged, and what the adapters learnt goes into the stage's cost (results.json)
                 adapters = save_trained(model, tokenizer, out, lora)
+            if save_points is not None:
+                final = dynamics.DynamicsPoint(epoch=round(stats.epoch or 0.0, 6), step=stats.steps)
+                dynamics.write_points(out, saved_points, final)
         cost = meter.cost.to_dict()
+        if save_points is not None:
+            # The method's unlearning cost stays comparable with a run without the dynamics: the intermediate
+            # saves' time is reported beside it, not in it.
+            cost["wall_seconds"] -= stats.save_seconds
+            cost["dynamics_save_wall_seconds"] = stats.save_seconds
+            cost["dynamics_points"] = len(saved_points)
         if lora is not None:
             cost["lora"] = adapters
         return {"cost": cost, "final_loss": stats.final_loss, "steps": stats.steps}

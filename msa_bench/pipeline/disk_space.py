@@ -94,9 +94,10 @@ def require_space_for_states(
     require_free_space(cache_root, model_states_bytes(n_parameters, dtype, n_states), what)
 
 
-def require_space_for_state_like(cache_root: Path, stage: str, model_dir: Path) -> None:
-    """The check before writing one state laid out like the saved state in `model_dir` (the arithmetic output has
-    the target's tensors and dtypes)."""
+def require_space_for_state_like(cache_root: Path, stage: str, model_dir: Path, n_states: int = 1) -> None:
+    """The check before writing `n_states` states laid out like the saved state in `model_dir` (the arithmetic
+    output has the target's tensors and dtypes; an unlearning run with its dynamics saves several)."""
     tensors = stored_state_bytes(model_dir)
-    what = f"{stage} (1 model state of {human_bytes(tensors)} like {model_dir})"
-    require_free_space(cache_root, _with_margin(tensors, 1), what)
+    states = "1 model state" if n_states == 1 else f"{n_states} model states"
+    what = f"{stage} ({states} of {human_bytes(tensors)} like {model_dir})"
+    require_free_space(cache_root, _with_margin(tensors, n_states), what)

@@ -35,6 +35,10 @@ ROW_EXCLUDED = (
     "metrics.names",
     "metrics.batch_size",
     "metrics.name",
+    # The unlearning dynamics evaluate the same training run at more points; its final model is the same
+    # (docs/unlearning_dynamics.md), so a run with them and one without are one row.
+    "method.eval_every_epochs",
+    "method.eval_every_steps",
 )
 # Config groups whose `name` stands for the whole group in a label (checkpoint=base rather than its fields).
 NAMED_GROUPS = ("model", "checkpoint", "benchmark", "metrics", "method")

@@ -156,6 +156,9 @@ def make_plots(section: Section, plot_dir: Path, sweep_param: str | None) -> lis
         from msa_bench.reporting.request_plots import plot_requests
 
         made.append(plot_requests(table, plot_dir))  # None unless the runs ran sequential requests
+        from msa_bench.reporting.dynamics_plots import plot_dynamics
+
+        made.append(plot_dynamics(table, plot_dir))  # None unless some run has unlearning dynamics
         if section.attacks is not None:
             from msa_bench.reporting.attack_plots import plot_attack_recovery
 
@@ -222,6 +225,11 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
         cost = _cost_markdown(section)
         if cost:
             lines.append(cost)
+        from msa_bench.reporting.dynamics_plots import dynamics_markdown
+
+        dynamics = dynamics_markdown(section.table)
+        if dynamics:
+            lines.append(dynamics)
         if section.attacks is not None:
             lines.append(attacks_output.to_markdown(section.attacks))
             if section.matched_recovery:
@@ -327,7 +335,15 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
             table_path.parent.mkdir(exist_ok=True)
             table_path.write_text(T.wide_csv(table))
             written.append(table_path)
+        from msa_bench.reporting.dynamics_plots import dynamics_csv
+
         for section in report.sections:
+            dynamics = dynamics_csv(section.table)
+            if dynamics is not None:
+                table_path = out_dir / "tables" / f"{section.table.id}_dynamics.csv"
+                table_path.parent.mkdir(exist_ok=True)
+                table_path.write_text(dynamics)
+                written.append(table_path)
             if section.attacks is not None:
                 table_path = out_dir / "tables" / f"{section.table.id}_attacks.csv"
                 table_path.parent.mkdir(exist_ok=True)

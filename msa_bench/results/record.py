@@ -32,9 +32,16 @@
                         keys. MUSE's add "eval_items" ({eval set: items the request is evaluated on}) and
                         "eval_items_left_out" ({eval set: {reason: items no request is evaluated on}}). Left out of a
                         run of one request.
+    dynamics            [{"epoch", "step", "final", "metrics", ...}]: the unlearning dynamics (method.eval_every_epochs or
+                        method.eval_every_steps, docs/unlearning_dynamics.md), one entry per evaluation point of the
+                        one training run, in training order; the last ("final": true) is the run's model, its metrics
+                        those of `metrics`. The others add "eval_wall_seconds", "eval_flops" (their evaluation's
+                        cost, also in `cost` as "eval:<method> (epoch e, step s)") and, for undefined metrics,
+                        "metric_provenance". Left out when the option is off.
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
-the runner writes all but the three parity fields, `attacks` and `requests`, which are left out when empty).
+the runner writes all but the three parity fields, `attacks`, `requests` and `dynamics`, which are left out when
+empty).
 A file of a newer schema version, or one whose field has the wrong JSON type, is refused with a ReportError naming the
 file and the field.
 """
@@ -96,6 +103,7 @@ class RunResults:
     settings: dict[str, Any] = field(default_factory=dict)
     attacks: dict[str, dict] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
+    dynamics: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the current schema version (schema_version first). The fields only parity files
@@ -170,9 +178,10 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "settings": dict,
     "attacks": dict,
     "requests": list,
+    "dynamics": list,
 }
 _PARITY_FIELDS = ("missing_metrics", "source", "settings")
-_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks", "requests")
+_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks", "requests", "dynamics")
 _NULLABLE = {
     "benchmark_kind",
     "model",

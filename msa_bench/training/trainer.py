@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +168,46 @@ class TrainStats:
     final_loss: float | None
     # The full weights, gathered on rank 0, when FSDP or DeepSpeed ZeRO-3 shard the model: pass it to save_model.
     state_dict: dict | None = None
+    epoch: float | None = None  # epochs trained (fractional where the last one was cut short)
+    # Wall seconds spent saving the intermediate states of `save_points` (included in `seconds`).
+    save_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SavePoints:
+    """Intermediate model states a training run saves (the unlearning dynamics, docs/unlearning_dynamics.md): after
+    every `every_epochs` epochs or every `every_steps` optimizer steps (one of the two), but never at the last step,
+    whose state the caller saves as the stage's model. `save(step, epoch, state_dict)` writes one state; state_dict
+    is the full weights gathered under FSDP/ZeRO-3, None otherwise (as TrainStats.state_dict)."""
+
+    save: Callable[[int, float, dict | None], None]
+    every_epochs: int | None = None
+    every_steps: int | None = None
+
+
+class _SaveAtPoints(TrainerCallback):
+    def __init__(self, points: SavePoints):
+        self.points = points
+        self.trainer: Trainer | None = None  # set once the trainer exists: gathering sharded weights needs it
+        self.epochs_done = 0
+        self.seconds = 0.0  # spent saving, so that the caller can keep it out of the stage's training cost
+
+    def _save(self, state) -> None:
+        if state.global_step >= state.max_steps:
+            return  # the final state is the caller's to save
+        start = time.perf_counter()
+        state_dict = gathered_state_dict(self.trainer)  # a collective: every rank runs the callbacks
+        self.points.save(state.global_step, round(float(state.epoch), 6), state_dict)
+        self.seconds += time.perf_counter() - start
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epochs_done += 1
+        if self.points.every_epochs and self.epochs_done % self.points.every_epochs == 0:
+            self._save(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.points.every_steps and state.global_step % self.points.every_steps == 0:
+            self._save(state)
 
 
 class _SaveAtSteps(TrainerCallback):
@@ -249,10 +289,12 @@ def run_training(
     trainer_kwargs: dict | None = None,
     save_at_steps: Sequence[int] = (),
     save_fn=None,
+    save_points: SavePoints | None = None,
     group_by_length: bool | None = None,
     scratch_root: Path | None = None,
 ) -> TrainStats:
-    """Train `model` in place on `dataset` with `recipe`; optionally call save_fn(step) at the given steps.
+    """Train `model` in place on `dataset` with `recipe`; optionally call save_fn(step) at the given steps, or save
+    the intermediate states `save_points` asks for.
 
     The Trainer's output folder is a scratch folder under `scratch_root` (the artifact cache), removed at the end
     and swept at the next run's start if this process is killed; without `scratch_root`, a system temporary folder.
@@ -292,6 +334,9 @@ def run_training(
         callbacks: list[TrainerCallback] = [_ReportSteps()]
         if save_at_steps:
             callbacks.append(_SaveAtSteps(save_at_steps, save_fn))
+        point_saver = _SaveAtPoints(save_points) if save_points is not None else None
+        if point_saver is not None:
+            callbacks.append(point_saver)
         trainer = trainer_class(
             model=model,
             args=args,
@@ -300,6 +345,8 @@ def run_training(
             callbacks=callbacks,
             **(trainer_kwargs or {}),
         )
+        if point_saver is not None:
+            point_saver.trainer = trainer
         try:
             result = trainer.train()
         except BaseException as error:  # an out-of-memory error names the batch size it ran at (failures.py)
@@ -317,6 +364,8 @@ def run_training(
         seconds=time.perf_counter() - start,
         final_loss=float(result.training_loss) if result.training_loss is not None else None,
         state_dict=state_dict,
+        epoch=float(trainer.state.epoch) if trainer.state.epoch is not None else None,
+        save_seconds=point_saver.seconds if point_saver is not None else 0.0,
     )
 
 
