@@ -482,6 +482,7 @@ def test_trainer_scratch_lives_in_the_cache_and_is_removed(tmp_path: Path) -> No
 
     class RecordingTrainer:
         tokens_processed = 0
+        state = type("State", (), {"epoch": 1.0})()  # read by run_training for TrainStats.epoch, as on a real Trainer
 
         def __init__(self, *, args, **kwargs):
             seen.append(Path(args.output_dir))
