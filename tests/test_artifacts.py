@@ -482,7 +482,8 @@ def test_trainer_scratch_lives_in_the_cache_and_is_removed(tmp_path: Path) -> No
 
     class RecordingTrainer:
         tokens_processed = 0
-        state = type("State", (), {"epoch": 1.0})()  # read by run_training for TrainStats.epoch, as on a real Trainer
+        # run_training reads TrainStats.epoch from the trainer's state, as a real Trainer has one.
+        state = type("State", (), {"epoch": 1.0})()
 
         def __init__(self, *, args, **kwargs):
             seen.append(Path(args.output_dir))
