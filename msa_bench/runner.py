@@ -18,7 +18,7 @@ from msa_bench.attacks.runner import AttackRunner, attack_stage_names
 from msa_bench.config.schema import MSABenchConfig, ProgressMode
 from msa_bench.distributed import broadcast_object, check_launch, init_process_group, is_main_process, rank
 from msa_bench.methods.registry import get_method
-from msa_bench.pipeline import dynamics
+from msa_bench.pipeline import dynamics, noise_floor
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.disk_space import RUN_DIR_FIX, RUN_FILES_BYTES, require_free_space
 from msa_bench.pipeline.evaluation import (
@@ -145,6 +145,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         "evaluate the target",
         f"evaluate {cfg.method.name}",
         *([f"evaluate {cfg.method.name} at its dynamics points"] if with_dynamics else []),
+        *noise_floor.stage_names(cfg),
         *attack_stage_names(cfg.attacks),
     ]
     # Ranks > 0 show nothing: their library output goes to their own log file.
@@ -197,6 +198,20 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         if with_dynamics:
             with progress.stage():
                 points = dynamics.evaluate_dynamics(pipeline, unlearned, method_metrics, against_oracle)
+        floor = {}
+        if noise_floor.is_enabled(cfg):  # before the attacks' keys join the oracle's metrics
+
+            def score(evaluation, reference, names, label):
+                return final_metrics(
+                    evaluation,
+                    reference,
+                    names,
+                    cfg.metrics,
+                    lambda: pipeline.eval_sets(all_sets),
+                    model=label,
+                )
+
+            floor = noise_floor.measure(pipeline, oracle, oracle_eval, columns["oracle"], score, progress)
         attacks = attack_runner.run(progress, {"method": unlearned, "target": target, "oracle": oracle})
         method_metrics |= attacks.metrics["method"]
         provenance |= attacks.provenance["method"]
@@ -232,6 +247,7 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
             attacks=attacks.records,
             requests=requests.requests,
             dynamics=points,
+            noise_floor=floor,
         )
         results = record.to_json()
         if main_process:

@@ -36,6 +36,7 @@ from msa_bench.metrics.judged import sampling_refusal
 from msa_bench.metrics.registry import validate_metric_names
 from msa_bench.metrics.restor import RESTOR_ACCURACY
 from msa_bench.pipeline.dynamics import dynamics_problems
+from msa_bench.pipeline.noise_floor import noise_floor_problems
 
 log = logging.getLogger("msa_bench")
 
@@ -172,6 +173,7 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     )
     problems += _peft_problems(config)
     problems += dynamics_problems(config)
+    problems += noise_floor_problems(config)
     problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
     problems += _sampling_problems(config)
     return problems

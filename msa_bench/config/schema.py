@@ -211,6 +211,10 @@ class BenchmarkConfig:
     # requests (by author for TOFU, by document for MUSE), unlearned one after another. null or 1: one request, the
     # whole forget set, as before the option existed.
     requests: int | None = None
+    # The noise floor (msa_bench/pipeline/noise_floor.py, docs/reporting.md): this many oracles, the run's and N - 1
+    # more trained with seeds seed + 1000·i on the same data; each is scored against the others by the run's
+    # cross-model metrics (forget quality, privleak). 1: the run's oracle only.
+    oracle_seeds: int = 1
 
 
 @dataclass

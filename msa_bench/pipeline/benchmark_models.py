@@ -35,16 +35,14 @@ class BenchmarkModels:
         recipe: TrainRecipe,
         spec_extra: dict,
         lora: LoraPlan | None = None,
+        seed: int | None = None,
     ) -> ModelRef:
         """Fine-tune `base` on `examples` with `recipe`, cached under a key of everything that determines it.
 
         With a LoRA plan, only adapters train; the plan (settings and storage) joins the key, which without one
-        stays as it always was."""
-        spec = (
-            {"base": base.key, "recipe": plain(recipe), "seed": self.cfg.seed}
-            | spec_extra
-            | self.encoding_spec()
-        )
+        stays as it always was. `seed` (default: the run's) orders the data and seeds the adapters."""
+        seed = self.cfg.seed if seed is None else seed
+        spec = {"base": base.key, "recipe": plain(recipe), "seed": seed} | spec_extra | self.encoding_spec()
         if lora is not None:
             spec["peft"] = lora.key()
         if not self.embedded:
@@ -68,7 +66,7 @@ class BenchmarkModels:
                 trust_remote_code=trusts_remote_code(self.cfg.model),
             )
             if lora is not None:
-                model = with_lora(model, lora.settings, self.cfg.seed)
+                model = with_lora(model, lora.settings, seed)
             log.info("fine-tuning %s from %s on %d examples", stage, base.label, len(examples))
             with CostMeter(stage, device=self.device, estimated_peak_memory_mb=estimated_mb) as meter:
                 stats = run_training(
@@ -76,7 +74,7 @@ class BenchmarkModels:
                     ExampleDataset(examples),
                     recipe,
                     pad_token_id=tokenizer.pad_token_id,
-                    seed=self.cfg.seed,
+                    seed=seed,
                     device=self.device,
                     progress=self.cfg.progress.library_bars,
                     scratch_root=self.scratch_root,
@@ -112,8 +110,9 @@ class BenchmarkModels:
         lora = lora_plan(self.cfg.peft, "benchmark_model")
         return self.finetuned_model("clean", start, examples, self.cfg.benchmark.clean_recipe, extra, lora)
 
-    def _replay_examples(self, n_benchmark: int) -> list[dict]:
-        """Pretraining blocks and instruct QA replayed during the target/oracle fine-tune, half of each."""
+    def _replay_examples(self, n_benchmark: int, seed: int) -> list[dict]:
+        """Pretraining blocks and instruct QA replayed during the target/oracle fine-tune, half of each, drawn
+        with `seed`."""
         count = int(round(self.cfg.benchmark.replay_fraction * n_benchmark))
         if count <= 0 or not self.embedded:
             return []
@@ -121,17 +120,22 @@ class BenchmarkModels:
         texts = [d["text"] for d in self.split("pretraining")]
         blocks = packed_text_blocks(tokenizer, texts, self.cfg.model.pretrain.block_size)
         instruct = qa_examples(tokenizer, self.split("instruct"), self.cfg.model.max_position_embeddings)
-        return sample_examples(blocks, count // 2, seed=self.cfg.seed) + sample_examples(
-            instruct, count - count // 2, seed=self.cfg.seed + 1
+        return sample_examples(blocks, count // 2, seed=seed) + sample_examples(
+            instruct, count - count // 2, seed=seed + 1
         )
 
-    def _benchmark_model(self, stage: str, items: list[dict], data_id: str) -> ModelRef:
+    def _benchmark_model(
+        self, stage: str, items: list[dict], data_id: str, seed: int | None = None
+    ) -> ModelRef:
+        """A model of the benchmark's recipe from the closest state; `seed` (default: the run's) draws its replay
+        data and orders its training data."""
+        seed = self.cfg.seed if seed is None else seed
         examples = self.training_examples(items, f"the {stage}'s data")
-        examples = examples + self._replay_examples(len(examples))
+        examples = examples + self._replay_examples(len(examples), seed)
         extra = {"data": data_id, "replay_fraction": self.cfg.benchmark.replay_fraction} | self.data_spec()
         lora = lora_plan(self.cfg.peft, "benchmark_model")
         return self.finetuned_model(
-            stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra, lora
+            stage, self.closest(), examples, self.cfg.benchmark.target_recipe, extra, lora, seed=seed
         )
 
     def target(self) -> ModelRef:
@@ -145,6 +149,21 @@ class BenchmarkModels:
             closest = self.closest()
             return ModelRef(closest.path, closest.key, "oracle")
         return self._benchmark_model("oracle", items, self.benchmark.data_id("oracle"))
+
+    def oracle_with_seed(self, seed: int) -> ModelRef:
+        """The benchmark's oracle trained again from the same closest state on the same data with another seed
+        (the noise floor, msa_bench/pipeline/noise_floor.py); with the run's seed it is the run's oracle."""
+        items = self.benchmark.oracle_items()
+        if items is None:
+            raise StageError(
+                f"benchmark.kind={self.benchmark.kind}'s oracle is the model the target started from: no seed "
+                "changes it, so it has no noise floor; run benchmark.oracle_seeds=1"
+            )
+        if seed == self.cfg.seed:
+            return self.oracle()
+        label = f"oracle (seed {seed})"
+        oracle = self._benchmark_model(label, items, self.benchmark.data_id("oracle"), seed=seed)
+        return ModelRef(oracle.path, oracle.key, label)
 
     def oracle_after_requests(self, requests, k: int) -> ModelRef:
         """The oracle of sequential step k: the benchmark's oracle recipe from the same starting point, on its oracle

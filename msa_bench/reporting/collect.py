@@ -39,6 +39,8 @@ ROW_EXCLUDED = (
     # (docs/unlearning_dynamics.md), so a run with them and one without are one row.
     "method.eval_every_epochs",
     "method.eval_every_steps",
+    # More oracles (the noise floor) change neither the method's model nor the run's oracle.
+    "benchmark.oracle_seeds",
 )
 # Config groups whose `name` stands for the whole group in a label (checkpoint=base rather than its fields).
 NAMED_GROUPS = ("model", "checkpoint", "benchmark", "metrics", "method")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from msa_bench.errors import ReportError
 from msa_bench.reporting import attacks_output
+from msa_bench.reporting import noise_floor as floor_output
 from msa_bench.reporting import tables as T
 from msa_bench.reporting.attacks import AttackSection, Recovery, attack_section, matched_recovery
 from msa_bench.reporting.collect import Run, UnreadableInput, collect_runs
@@ -52,6 +53,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     attacks: AttackSection | None = None  # the robustness attacks of the table's runs
     matched_recovery: list[dict[str, Recovery]] = field(default_factory=list)  # per matched result
+    noise_floor: floor_output.NoiseFloorSection | None = None  # benchmark.oracle_seeds > 1
 
 
 @dataclass
@@ -126,6 +128,7 @@ def build_report(
 
             section.costs = cost_rows(table)
             section.attacks = attack_section(table)
+            section.noise_floor = floor_output.noise_floor_section(table)
         if section.attacks is not None and section.matched:
             section.matched_recovery = matched_recovery(table, section.attacks, section.matched)
         if options.plots and plot_dir is not None:
@@ -222,6 +225,8 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
             lines.append(matched_markdown(section.table, section.matched[0].metric, section.matched))
         if section.matched_error:
             lines.append(f"Matched forgetting: {section.matched_error}\n")
+        if section.noise_floor is not None:
+            lines.append(floor_output.to_markdown(section.noise_floor, section.table))
         cost = _cost_markdown(section)
         if cost:
             lines.append(cost)
@@ -343,6 +348,11 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
                 table_path = out_dir / "tables" / f"{section.table.id}_dynamics.csv"
                 table_path.parent.mkdir(exist_ok=True)
                 table_path.write_text(dynamics)
+                written.append(table_path)
+            if section.noise_floor is not None:
+                table_path = out_dir / "tables" / f"{section.table.id}_noise_floor.csv"
+                table_path.parent.mkdir(exist_ok=True)
+                table_path.write_text(floor_output.to_csv(section.noise_floor, section.table))
                 written.append(table_path)
             if section.attacks is not None:
                 table_path = out_dir / "tables" / f"{section.table.id}_attacks.csv"

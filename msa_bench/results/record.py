@@ -38,10 +38,14 @@
                         those of `metrics`. The others add "eval_wall_seconds", "eval_flops" (their evaluation's
                         cost, also in `cost` as "eval:<method> (epoch e, step s)") and, for undefined metrics,
                         "metric_provenance". Left out when the option is off.
+    noise_floor         {"oracle_seeds", "seed_rule", "oracles", "pairs", "floor"}: benchmark.oracle_seeds > 1
+                        (msa_bench/pipeline/noise_floor.py). pairs: [{"oracle_seed", "reference_seed", "metrics"}],
+                        each cross-model metric of one oracle against another; floor: {metric: {"direction",
+                        "ideal", "bound", "n_pairs"}}. Left out when the option is off.
 
 `method`, `benchmark` and `metrics` are required; every other field may be absent (it then takes its empty value;
-the runner writes all but the three parity fields, `attacks`, `requests` and `dynamics`, which are left out when
-empty).
+the runner writes all but the three parity fields, `attacks`, `requests`, `dynamics` and `noise_floor`, which are
+left out when empty).
 A file of a newer schema version, or one whose field has the wrong JSON type, is refused with a ReportError naming the
 file and the field.
 """
@@ -104,6 +108,7 @@ class RunResults:
     attacks: dict[str, dict] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
     dynamics: list[dict] = field(default_factory=list)
+    noise_floor: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the current schema version (schema_version first). The fields only parity files
@@ -179,9 +184,10 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "attacks": dict,
     "requests": list,
     "dynamics": list,
+    "noise_floor": dict,
 }
 _PARITY_FIELDS = ("missing_metrics", "source", "settings")
-_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks", "requests", "dynamics")
+_LEFT_OUT_WHEN_EMPTY = (*_PARITY_FIELDS, "attacks", "requests", "dynamics", "noise_floor")
 _NULLABLE = {
     "benchmark_kind",
     "model",
