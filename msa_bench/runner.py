@@ -272,7 +272,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
         [name for name in method_metrics if not name.startswith(("attack/", REQUEST_PREFIX))],
     )
     print(
-        f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split} "
+        f"\n{cfg.method.name} on {cfg.benchmark.name}/{cfg.benchmark.forget_split}"
+        f"{' (validation forget set)' if cfg.benchmark.forget_set == 'validation' else ''} "
         f"(θ0 = {cfg.checkpoint.name}), results in {output_dir}\n{table}\n",
         flush=True,
     )

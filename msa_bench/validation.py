@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from msa_bench.benchmarks.base import benchmark_class, forget_split_error
+from msa_bench.benchmarks.tofu_validation import FORGET_SETS
 from msa_bench.config.attacks import attack_problems
 from msa_bench.config.checkpoint_rules import checkpoint_problem
 from msa_bench.config.recipes import iter_recipes
@@ -144,6 +145,7 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
             benchmark.forget_splits.accepts(config.benchmark.forget_split),
             forget_split_error(benchmark, config.benchmark.forget_split),
         )
+        problems += _forget_set_problems(config, benchmark)
     require(
         config.benchmark.max_documents is None or config.benchmark.max_documents >= 1,
         f"benchmark.max_documents={config.benchmark.max_documents} must be >= 1 (or null for all documents)",
@@ -176,6 +178,28 @@ def _rule_problems(config: MSABenchConfig) -> list[str]:
     problems += noise_floor_problems(config)
     problems += attack_problems(config.attacks, lambda: _cuda_available(config.device))
     problems += _sampling_problems(config)
+    return problems
+
+
+def _forget_set_problems(config: MSABenchConfig, benchmark) -> list[str]:
+    """benchmark.forget_set: test or validation, and validation only where the benchmark offers it
+    (docs/validation_protocol.md)."""
+    forget_set = config.benchmark.forget_set
+    if forget_set not in FORGET_SETS:
+        return [f"benchmark.forget_set={forget_set!r} must be one of {', '.join(FORGET_SETS)}"]
+    if forget_set == "test":
+        return []
+    problems = []
+    if not benchmark.supports_validation:
+        problems.append(
+            f"benchmark.forget_set=validation: benchmark.kind={config.benchmark.kind} has no validation forget set "
+            "yet (the TOFU kinds do: tofu, synthetic_tofu); run benchmark.forget_set=test"
+        )
+    if (config.benchmark.requests or 1) > 1:
+        problems.append(
+            f"benchmark.forget_set=validation with benchmark.requests={config.benchmark.requests}: the validation "
+            "protocol chooses one unlearning run's hyperparameters; run benchmark.requests=null"
+        )
     return problems
 
 

@@ -207,6 +207,20 @@ class Benchmark(ABC):
         """The name cache keys give the data of `role` (target, oracle, clean, retain)."""
         return f"{self.kind}:{role}:{self.forget_id}"
 
+    # Whether it offers a validation forget set (benchmark.forget_set=validation, docs/validation_protocol.md).
+    supports_validation: ClassVar[bool] = False
+
+    @property
+    def forget_data_id(self) -> str:
+        """The forget set's name in cache keys: `forget_id`, or the validation forget set's own id with
+        benchmark.forget_set=validation."""
+        return self.forget_id
+
+    def leave_out_validation(self, pool: list[dict]) -> list[dict]:
+        """A retain pool less the validation forget set's items (the pool itself when the run is not a
+        validation run)."""
+        return pool
+
     @abstractmethod
     def source(self) -> tuple[Path, str]:
         """The folder the data is read from, and a fingerprint of its contents (part of every cache key)."""

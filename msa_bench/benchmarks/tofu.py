@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import fields
+from functools import cached_property
 from pathlib import Path
 
+from msa_bench.benchmarks import tofu_validation as validation
 from msa_bench.benchmarks.base import (
     Benchmark,
     BenchmarkError,
@@ -57,6 +59,7 @@ class TofuBenchmark(Benchmark):
         "forget_knowmem_ROUGE",
     )
     generation_forget_metrics = ("forget_Q_A_ROUGE", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
+    supports_validation = True  # benchmark.forget_set=validation (tofu_validation.py)
 
     @property
     def retain_split(self) -> str:
@@ -68,7 +71,47 @@ class TofuBenchmark(Benchmark):
 
     def data_id(self, role: str) -> str:
         # TOFU's hub config names (the names these keys had before other benchmarks existed).
+        if self.validating:  # what the validation oracle and retain pool leave out joins their names
+            vid = self.forget_data_id
+            return {
+                "target": "full",
+                "oracle": f"full-minus-{vid}",
+                "retain": f"{self.retain_split}-minus-{vid}",
+            }[role]
         return {"target": "full", "oracle": self.retain_split, "retain": self.retain_split}[role]
+
+    @property
+    def validating(self) -> bool:
+        return self.cfg.forget_set == "validation"
+
+    @cached_property
+    def _validation(self) -> tuple[list[dict], list[dict], str]:
+        """The validation forget set: its training items, its eval records (with perturbed answers) and its id."""
+        split = self.context.split
+        full = split("full")
+        block, rows = validation.validation_block(full, split(self.forget_id), self.forget_id)
+        pool = (
+            full if all("perturbed_answer" in item for item in block) else split(validation.PERTURBED_SOURCE)
+        )
+        records = validation.with_perturbed_answers(block, pool, self.forget_id, rows)
+        validation.check_disjoint(
+            block,
+            {
+                f"the retain eval set (retain_perturbed[:{self.cfg.retain_eval_size}])": self._tofu_sets()[
+                    "retain"
+                ](),
+                f"the test forget set {self.forget_id}": split(self.forget_id),
+            },
+            self.forget_id,
+        )
+        return block, records, validation.validation_id(self.forget_id, block, rows)
+
+    @property
+    def forget_data_id(self) -> str:
+        return self._validation[2] if self.validating else self.forget_id
+
+    def leave_out_validation(self, pool: list[dict]) -> list[dict]:
+        return validation.without(pool, self._validation[0]) if self.validating else pool
 
     def source(self) -> tuple[Path, str]:
         if self.cfg.data_dir:
@@ -81,6 +124,8 @@ class TofuBenchmark(Benchmark):
         # Every retain split, not only the forget split's own: the MSA code draws the retain vector's data from
         # another one (1% of retain90 for forget01: method.retain_split).
         needed = tofu_hub_configs(self.forget_id)
+        if self.validating:
+            needed.append(validation.PERTURBED_SOURCE)
         configs = needed + [split for split in ("retain90", "retain95", "retain99") if split not in needed]
         hub = self.context.cached_artifact(
             "hub_data",
@@ -93,7 +138,7 @@ class TofuBenchmark(Benchmark):
         """Every split the run reads is there and parsed in full (records, fields, answer lists), and the forget
         and retain splits add up to `full` as in TOFU (a file cut at a line boundary still parses)."""
         folder = self.context.source_folder()
-        splits = tofu_hub_configs(self.forget_id)
+        splits = tofu_hub_configs(self.forget_id) + ([validation.PERTURBED_SOURCE] if self.validating else [])
         missing = [name for name in splits if not (folder / f"{name}.jsonl").is_file()]
         if missing:
             raise BenchmarkError(
@@ -124,6 +169,8 @@ class TofuBenchmark(Benchmark):
         muse_dir = self.context.cfg.metrics.muse.data_dir
         if muse_dir:
             load_muse_eval_sets(Path(muse_dir))
+        if self.validating:
+            self._validation  # noqa: B018  (the validation set's errors, before any training)
 
     def tokenizer_texts(self) -> list[str]:
         return [
@@ -134,13 +181,15 @@ class TofuBenchmark(Benchmark):
         return self.context.split("full")
 
     def oracle_items(self) -> list[dict]:
+        if self.validating:  # never saw the validation authors
+            return validation.without(self.context.split("full"), self._validation[0])
         return self.context.split(self.retain_split)
 
     def forget_items(self) -> list[dict]:
-        return self.context.split(self.forget_id)
+        return self._validation[0] if self.validating else self.context.split(self.forget_id)
 
     def retain_items(self) -> list[dict]:
-        return self.context.split(self.retain_split)
+        return self.leave_out_validation(self.context.split(self.retain_split))
 
     request_unit = "author"
 
@@ -200,7 +249,9 @@ class TofuBenchmark(Benchmark):
     def _tofu_sets(self) -> dict:
         split = self.context.split
         return {
-            "forget": lambda: split(f"{self.forget_id}_perturbed"),
+            "forget": lambda: (
+                self._validation[1] if self.validating else split(f"{self.forget_id}_perturbed")
+            ),
             "retain": lambda: split("retain_perturbed")[: self.cfg.retain_eval_size],
             "real_authors": lambda: split("real_authors_perturbed"),
             "world_facts": lambda: split("world_facts_perturbed"),
@@ -215,9 +266,9 @@ class TofuBenchmark(Benchmark):
         rng = random.Random(seed)
         relearned = [forget[i] for i in sorted(rng.sample(range(len(forget)), count))]
         excluded = frozenset(item["question"] for item in relearned)
-        evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_id} items not relearned"
+        evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_data_id} items not relearned"
         if data == "forget":
-            name = f"{self.forget_id}[relearn {count} seed {seed}]"
+            name = f"{self.forget_data_id}[relearn {count} seed {seed}]"
             return RelearningData(relearned, name, excluded, f"{count} {self.forget_id} items", evaluated)
         retain_evaluated = {item["question"] for item in self._tofu_sets()["retain"]()}
         pool = [item for item in self.retain_items() if item["question"] not in retain_evaluated]
@@ -254,7 +305,7 @@ class TofuBenchmark(Benchmark):
             return load_muse_eval_sets(Path(data_dir))
         split = self.context.split
         return muse_sets_from_tofu_items(
-            forget_items=split(self.forget_id),
+            forget_items=self.forget_items(),
             retain_items=split("retain_perturbed")[: self.cfg.retain_eval_size],
             holdout_items=split(self.holdout_split),
             icl_items=split("instruct"),

@@ -215,6 +215,10 @@ class BenchmarkConfig:
     # more trained with seeds seed + 1000·i on the same data; each is scored against the others by the run's
     # cross-model metrics (forget quality, privleak). 1: the run's oracle only.
     oracle_seeds: int = 1
+    # Which forget set the run unlearns and evaluates (docs/validation_protocol.md): test (the forget split) or
+    # validation (a disjoint set of the same size, with a validation oracle that never saw it; TOFU kinds only), to
+    # choose hyperparameters on with `msa-bench report --select-on validation`.
+    forget_set: str = "test"
 
 
 @dataclass

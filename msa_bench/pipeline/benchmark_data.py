@@ -67,8 +67,8 @@ class BenchmarkData:
 
     @property
     def forget_split(self) -> str:
-        """The forget set's name (forget01, mix_a0, forget): part of cache keys and run names."""
-        return self.benchmark.forget_id
+        """The forget set's name in cache keys (forget01, mix_a0, forget; a validation forget set's own id)."""
+        return self.benchmark.forget_data_id
 
     def forget_items(self) -> list[dict]:
         return self.benchmark.forget_items()
@@ -150,6 +150,10 @@ class BenchmarkData:
         pool's size. `draw` says how the items are picked (see msa_bench/data/retain_draw.py)."""
         pool = self.split(split) if split is not None else self.retain_items()
         pool_name = split if split is not None else self.benchmark.data_id("retain")
+        if split is not None:  # a validation run's retain terms never see its forget set
+            kept = self.benchmark.leave_out_validation(pool)
+            if len(kept) != len(pool):
+                pool, pool_name = kept, f"{split}-minus-{self.forget_split}"
         size = retain_subset_size(size, fraction, len(pool), len(self.forget_items()))
         indices = draw_retain_indices(draw, len(pool), size, seed)
         if draw == "sample" and split is None:

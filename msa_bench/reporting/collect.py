@@ -120,7 +120,14 @@ class Run:
 
     @property
     def forget_split(self) -> str:
-        return str(self._config_value("benchmark", "forget_split") or self.record.forget_split or "-")
+        """The forget split, with " (validation)" for a validation run: its tables are apart from the test runs'."""
+        split = str(self._config_value("benchmark", "forget_split") or self.record.forget_split or "-")
+        return f"{split} (validation)" if self.is_validation else split
+
+    @property
+    def is_validation(self) -> bool:
+        """Whether the run unlearnt the validation forget set (benchmark.forget_set=validation)."""
+        return self._config_value("benchmark", "forget_set") == "validation"
 
     @property
     def model(self) -> str:

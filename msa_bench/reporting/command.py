@@ -13,6 +13,12 @@ import sys
 from pathlib import Path
 
 from msa_bench.reporting.report import FORMATS, ReportOptions, build_report, to_markdown, write_report
+from msa_bench.reporting.selection import (
+    DEFAULT_FORGET_METRIC,
+    DEFAULT_TOLERANCE,
+    DEFAULT_UTILITY_METRIC,
+    Criterion,
+)
 
 PROG = "msa-bench report"
 
@@ -59,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         help="comma-separated metric columns instead of the paper's (e.g. forget_Q_A_Prob,model_utility)",
     )
+    parser.add_argument(
+        "--select-on",
+        choices=("validation",),
+        help="choose each method's hyperparameters on the validation forget set (runs with "
+        "benchmark.forget_set=validation) and report the test runs at the chosen point (docs/validation_protocol.md)",
+    )
+    parser.add_argument(
+        "--select-metric",
+        default=DEFAULT_FORGET_METRIC,
+        metavar="METRIC",
+        help=f"the forget metric that must match the validation oracle's (default: {DEFAULT_FORGET_METRIC})",
+    )
+    parser.add_argument(
+        "--select-utility",
+        default=DEFAULT_UTILITY_METRIC,
+        metavar="METRIC",
+        help=f"the utility maximised among the points that match (default: {DEFAULT_UTILITY_METRIC})",
+    )
+    parser.add_argument(
+        "--select-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="FRACTION",
+        help=f"how close to the oracle's forget metric a point must be, relative to it (default: {DEFAULT_TOLERANCE})",
+    )
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     parser.add_argument(
         "--wandb", action="store_true", help="also log tables, plots and the report folder to W&B"
@@ -82,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the report")
     return parser
+
+
+def selection_criterion(args) -> Criterion:
+    if not args.select_tolerance >= 0:
+        raise ValueError(f"--select-tolerance {args.select_tolerance}: must be a fraction >= 0, e.g. 0.2")
+    return Criterion(args.select_metric, args.select_utility, args.select_tolerance)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -114,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep_param=args.sweep_param,
             metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
             plots=not args.no_plots,
+            select_on=args.select_on,
+            selection=selection_criterion(args),
         )
         report = build_report(args.sources, options, plot_dir=args.out / "plots")
     except (FileNotFoundError, ValueError) as error:

@@ -218,6 +218,13 @@ def matched_forgetting(table: Table, metric: str, param: str | None = None) -> l
     return results
 
 
+def _selection_kind(table: Table) -> str:
+    """What the matching reads: a test table's own forget set is the test set."""
+    return (
+        "on the validation forget set" if table.forget_split.endswith("(validation)") else "selection on test"
+    )
+
+
 def to_markdown(table: Table, metric: str, results: Sequence[MatchedResult]) -> str:
     if not results:
         return ""
@@ -225,10 +232,11 @@ def to_markdown(table: Table, metric: str, results: Sequence[MatchedResult]) -> 
     columns = [c for c in table.columns if c != metric]
     headers = ["method", "swept", "value at match", *columns, "bracketed by"]
     lines = [
-        f"### Matched forgetting: {table.title}",
+        f"### Matched forgetting ({_selection_kind(table)}): {table.title}",
         "",
         f"Each method's sweep interpolated linearly to {metric} = {target_value:.4g} (the oracle's); "
-        "other metrics read there.",
+        "other metrics read there. The point is chosen by reading this table's own forget set; "
+        "`--select-on validation` chooses on a validation forget set instead (docs/validation_protocol.md).",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(columns) + ["---"]) + "|",

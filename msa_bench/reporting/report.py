@@ -14,12 +14,14 @@ from pathlib import Path
 from msa_bench.errors import ReportError
 from msa_bench.reporting import attacks_output
 from msa_bench.reporting import noise_floor as floor_output
+from msa_bench.reporting import selection as selection_output
 from msa_bench.reporting import tables as T
 from msa_bench.reporting.attacks import AttackSection, Recovery, attack_section, matched_recovery
 from msa_bench.reporting.collect import Run, UnreadableInput, collect_runs
 from msa_bench.reporting.matched import MatchedResult, matched_forgetting
 from msa_bench.reporting.matched import to_markdown as matched_markdown
 from msa_bench.reporting.matched import to_records as matched_records
+from msa_bench.reporting.selection import Criterion, Selection, select_on_validation
 from msa_bench.reporting.tables import Table
 
 log = logging.getLogger("msa_bench.report")
@@ -36,6 +38,9 @@ class ReportOptions:
     sweep_param: str | None = None
     metrics: list[str] | None = None
     plots: bool = True
+    # --select-on validation (msa_bench/reporting/selection.py); None: no selection section
+    select_on: str | None = None
+    selection: Criterion = field(default_factory=Criterion)
 
 
 @dataclass
@@ -62,6 +67,8 @@ class Report:
     sections: list[Section]
     sources: list[str]
     unreadable: list[UnreadableInput] = field(default_factory=list)  # inputs that could not be read, with why
+    selections: list[Selection] = field(default_factory=list)  # --select-on validation
+    criterion: Criterion | None = None
 
     def all_tables(self) -> list[Table]:
         tables = []
@@ -134,9 +141,18 @@ def build_report(
         if options.plots and plot_dir is not None:
             section.plots = make_plots(section, plot_dir, options.sweep_param)
         sections.append(section)
+    selections = []
+    if options.select_on == "validation":
+        test_columns = [c for c in T.FAMILY_COLUMNS["tofu"] if any(c in run.metrics for run in runs)]
+        selections = select_on_validation(runs, options.selection, test_columns)
     # Plots have read the per_item.json files they needed by now, so the list is complete.
     return Report(
-        runs=runs, sections=sections, sources=[str(s) for s in sources], unreadable=collected.unreadable
+        runs=runs,
+        sections=sections,
+        sources=[str(s) for s in sources],
+        unreadable=collected.unreadable,
+        selections=selections,
+        criterion=options.selection if options.select_on else None,
     )
 
 
@@ -213,6 +229,8 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
             ),
             "",
         ]
+    if report.selections:
+        lines.append(selection_output.to_markdown(report.selections, report.criterion))
     for section in report.sections:
         lines.append(T.to_markdown(section.table))
         if section.relative:
@@ -363,6 +381,16 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
         if matched:
             path = out_dir / "matched_forgetting.csv"
             path.write_text(matched)
+            written.append(path)
+    if report.selections:
+        path = out_dir / "selection.json"
+        path.write_text(
+            json.dumps(selection_output.to_records(report.selections, report.criterion), indent=2) + "\n"
+        )
+        written.append(path)
+        if "csv" in formats:
+            path = out_dir / "selection.csv"
+            path.write_text(selection_output.to_csv(report.selections, report.criterion))
             written.append(path)
     records = all_matched_records(report)
     if records:

@@ -1,0 +1,293 @@
+"""`msa-bench report --select-on validation` (issue 16, point 1; docs/validation_protocol.md): each method's
+hyperparameters chosen on the validation forget set by a declared criterion, then the test forget set's metrics at
+the chosen point.
+
+The criterion, stated in every report that uses it:
+1. A method's candidates are its grid points on the validation forget set (its rows among the validation runs:
+   one row per configuration, mean over seeds).
+2. A point *reaches* the oracle's forgetting when its forget metric (`--select-metric`, default forget_Q_A_Prob) is
+   within `--select-tolerance` (default 0.2, i.e. 20%) of the validation oracle's, relative to the oracle's value.
+3. Among the points that reach it, the one with the highest utility (`--select-utility`, default model_utility); a
+   method with none is reported at its closest point (smallest relative distance) and flagged "never reaches".
+4. The test runs whose configuration is the chosen point's, but for benchmark.forget_set, give the reported metrics
+   (mean ± std over their seeds). Without one, the report says which run to make.
+
+The matched-forgetting comparison interpolates each sweep on the test forget set itself: selection on test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from msa_bench.errors import ReportError
+from msa_bench.reporting.collect import ROW_EXCLUDED, Run, comparable_config, group_rows
+from msa_bench.reporting.tables import Cell, format_cell, format_number, metric_label
+
+DEFAULT_FORGET_METRIC = "forget_Q_A_Prob"
+DEFAULT_UTILITY_METRIC = "model_utility"
+DEFAULT_TOLERANCE = 0.2
+REFERENCE_METHODS = ("target", "oracle")
+# What a validation run and its test run may differ in, beyond what tells no two rows apart.
+_PAIRING_EXCLUDED = (*ROW_EXCLUDED, "benchmark.forget_set")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    forget_metric: str = DEFAULT_FORGET_METRIC
+    utility_metric: str = DEFAULT_UTILITY_METRIC
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def text(self) -> str:
+        return (
+            f"among each method's grid points on the validation forget set, those whose {self.forget_metric} is "
+            f"within {self.tolerance:.0%} of the validation oracle's (relative to it); of those, the highest "
+            f'{self.utility_metric}. A method with none is shown at its closest point, flagged "never reaches". '
+            "The test forget set's metrics are then read at the chosen configuration"
+        )
+
+
+@dataclass
+class Selection:
+    """One method's chosen point on one benchmark."""
+
+    table: str  # "<benchmark> / <split>, model <model>"
+    method: str
+    chosen: dict[str, Any]  # the settings that tell the chosen point apart from the method's other points
+    label: str
+    n_candidates: int
+    reached: bool
+    distance: float | None  # |forget metric − oracle's| / |oracle's| at the chosen point
+    validation: dict[str, Cell]  # forget and utility metric on the validation forget set
+    validation_oracle: float | None
+    test: dict[str, Cell] = field(default_factory=dict)  # the test runs at the chosen configuration
+    test_n: int = 0
+    note: str = ""
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _oracle_value(runs: Sequence[Run], metric: str) -> float | None:
+    """The oracle's value, one per distinct oracle model (runs of one seed share theirs)."""
+    distinct: dict[str, float] = {}
+    for run in runs:
+        value = run.reference("oracle").get(metric)
+        if _number(value):
+            distinct.setdefault(str(run.artifacts.get("oracle") or run.seed), float(value))
+    return _mean(list(distinct.values()))
+
+
+def _cell(runs: Sequence[Run], metric: str) -> Cell:
+    return Cell.of([run.metrics[metric] for run in runs if _number(run.metrics.get(metric))])
+
+
+def _pairing_identity(run: Run) -> str:
+    return json.dumps(comparable_config(run, _PAIRING_EXCLUDED), sort_keys=True, default=str)
+
+
+def _plain_key(run: Run) -> tuple[str, str, str, str]:
+    family, benchmark, _, model = run.table_key
+    split = str(run.config.get("benchmark", {}).get("forget_split") or run.record.forget_split or "-")
+    return family, benchmark, split, model
+
+
+def select_on_validation(
+    runs: Sequence[Run], criterion: Criterion, test_columns: Sequence[str] = ()
+) -> list[Selection]:
+    """Every method's chosen point per benchmark (see the module docstring), with the test metrics there."""
+    validation_runs = [run for run in runs if run.is_validation]
+    if not validation_runs:
+        raise ReportError(
+            "--select-on validation: no results.json among the inputs ran on the validation forget set; run the "
+            "sweep again with benchmark.forget_set=validation (docs/validation_protocol.md) and report both"
+        )
+    tests_by_identity: dict[tuple, dict[str, list[Run]]] = {}
+    for run in runs:
+        if not run.is_validation:
+            tests_by_identity.setdefault(_plain_key(run), {}).setdefault(_pairing_identity(run), []).append(
+                run
+            )
+    by_table: dict[tuple, list[Run]] = {}
+    for run in validation_runs:
+        by_table.setdefault(_plain_key(run), []).append(run)
+    selections = []
+    for key, table_runs in by_table.items():
+        _, benchmark, split, model = key
+        title = f"{benchmark} / {split}, model {model}"
+        oracle = _oracle_value(table_runs, criterion.forget_metric)
+        by_method: dict[str, list] = {}
+        for group in group_rows(table_runs):
+            if group.method not in REFERENCE_METHODS:
+                by_method.setdefault(group.method, []).append(group)
+        for method, groups in by_method.items():
+            selections.append(
+                _select(
+                    title, method, groups, oracle, criterion, tests_by_identity.get(key, {}), test_columns
+                )
+            )
+    return selections
+
+
+def _differing_settings(groups) -> list[dict[str, Any]]:
+    """Per group, the dotted config keys (as overrides name them) whose values differ among the groups."""
+    configs = [comparable_config(group.runs[0], _PAIRING_EXCLUDED) for group in groups]
+    if len(configs) < 2:
+        return [{} for _ in configs]
+    common = set(configs[0]).intersection(*configs[1:])
+    keys = sorted(k for k in common if len({json.dumps(c[k], default=str) for c in configs}) > 1)
+    return [{key: config[key] for key in keys} for config in configs]
+
+
+def _select(title, method, groups, oracle, criterion, tests, test_columns) -> Selection:
+    settings = {id(group): values for group, values in zip(groups, _differing_settings(groups), strict=True)}
+    scored = []
+    for group in groups:
+        forget = _cell(group.runs, criterion.forget_metric)
+        utility = _cell(group.runs, criterion.utility_metric)
+        distance = None
+        if forget.mean is not None and oracle is not None:
+            distance = abs(forget.mean - oracle) / abs(oracle) if oracle else abs(forget.mean)
+        scored.append((group, forget, utility, distance))
+    measurable = [entry for entry in scored if entry[3] is not None]
+    if not measurable:
+        group = groups[0]
+        return Selection(
+            title, method, settings[id(group)], group.label, len(groups), False, None, {}, oracle,
+            note=f"no grid point has {criterion.forget_metric} (or the validation oracle lacks it)",
+        )  # fmt: skip
+    reaching = [entry for entry in measurable if entry[3] <= criterion.tolerance]
+    if reaching:
+        chosen = max(reaching, key=lambda e: e[2].mean if e[2].mean is not None else float("-inf"))
+        note = f"{len(reaching)} of {len(groups)} points reach the oracle"
+    else:
+        chosen = min(measurable, key=lambda e: e[3])
+        note = f"never reaches (closest of {len(groups)} points, {chosen[3]:.0%} from the oracle)"
+    group, forget, utility, distance = chosen
+    selection = Selection(
+        title,
+        method,
+        settings[id(group)],
+        group.label,
+        len(groups),
+        bool(reaching),
+        distance,
+        {criterion.forget_metric: forget, criterion.utility_metric: utility},
+        oracle,
+        note=note,
+    )
+    matching = tests.get(_pairing_identity(group.runs[0]), [])
+    columns = list(dict.fromkeys([criterion.forget_metric, criterion.utility_metric, *test_columns]))
+    selection.test = {column: _cell(matching, column) for column in columns}
+    selection.test_n = len({json.dumps(run.seed, default=str) for run in matching})
+    if not matching:
+        overrides = " ".join(f"{k}={v}" for k, v in settings[id(group)].items())
+        selection.note += (
+            f"; no test run at this point: run it with benchmark.forget_set=test {overrides}".rstrip()
+        )
+    return selection
+
+
+def to_markdown(selections: Sequence[Selection], criterion: Criterion) -> str:
+    if not selections:
+        return ""
+    forget, utility = criterion.forget_metric, criterion.utility_metric
+    test_columns = list(dict.fromkeys(c for s in selections for c in s.test))
+    lines = [
+        "## Selection on validation",
+        "",
+        f"Criterion: {criterion.text()}. Values: mean ± std over seeds (n). The matched-forgetting comparison "
+        "interpolates on the test forget set itself (selection on test).",
+        "",
+    ]
+    for title in dict.fromkeys(s.table for s in selections):
+        rows = [s for s in selections if s.table == title]
+        oracle = rows[0].validation_oracle
+        lines += [
+            f"### {title}: chosen on the validation forget set (its oracle's {metric_label(forget)}: "
+            f"{format_number(oracle)})",
+            "",
+            "| method | chosen | points | val. "
+            + metric_label(forget)
+            + " | val. "
+            + metric_label(utility)
+            + " | "
+            + " | ".join(f"test {metric_label(c)}" for c in test_columns)
+            + " | test n | note |",
+            "|---|---|---:|---:|---:|" + "---:|" * len(test_columns) + "---:|---|",
+        ]
+        for s in rows:
+            chosen = ", ".join(f"{k}={v}" for k, v in s.chosen.items()) or "(its only point)"
+            val = [
+                format_cell(s.validation[m], s.validation[m].n) if m in s.validation else "—"
+                for m in (forget, utility)
+            ]
+            test = [
+                format_cell(s.test[c], s.test[c].n) if s.test.get(c) and s.test[c].n else "—"
+                for c in test_columns
+            ]
+            lines.append(
+                f"| {s.method} | {chosen} | {s.n_candidates} | {' | '.join(val)} | {' | '.join(test)} | "
+                f"{s.test_n} | {s.note} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_records(selections: Sequence[Selection], criterion: Criterion) -> list[dict]:
+    """selection.json: one record per method and benchmark, with the criterion."""
+    return [
+        {
+            "table": s.table,
+            "method": s.method,
+            "criterion": {
+                "forget_metric": criterion.forget_metric,
+                "utility_metric": criterion.utility_metric,
+                "tolerance": criterion.tolerance,
+            },
+            "chosen": s.chosen,
+            "label": s.label,
+            "n_candidates": s.n_candidates,
+            "reached": s.reached,
+            "relative_distance": s.distance,
+            "validation_oracle": s.validation_oracle,
+            "validation": {m: c.mean for m, c in s.validation.items()},
+            "test": {m: {"mean": c.mean, "std": c.std, "n": c.n} for m, c in s.test.items()},
+            "test_n": s.test_n,
+            "note": s.note,
+        }
+        for s in selections
+    ]
+
+
+def to_csv(selections: Sequence[Selection], criterion: Criterion) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    test_columns = list(dict.fromkeys(c for s in selections for c in s.test))
+    writer.writerow(
+        ["table", "method", "chosen", "reached", "relative_distance", "validation_oracle"]
+        + [f"validation:{m}" for m in (criterion.forget_metric, criterion.utility_metric)]
+        + [f"test:{c}" for c in test_columns]
+        + ["test_n", "note"]
+    )
+    for s in selections:
+        writer.writerow(
+            [s.table, s.method, json.dumps(s.chosen, default=str), s.reached, s.distance, s.validation_oracle]
+            + [
+                s.validation[m].mean if m in s.validation else ""
+                for m in (criterion.forget_metric, criterion.utility_metric)
+            ]
+            + [s.test[c].mean if c in s.test and s.test[c].mean is not None else "" for c in test_columns]
+            + [s.test_n, s.note]
+        )
+    return buffer.getvalue()

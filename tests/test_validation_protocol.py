@@ -1,0 +1,262 @@
+"""The validation protocol (docs/validation_protocol.md): TOFU's validation forget set, its oracle and retain pools,
+the cache keys of test runs left as they were, and `msa-bench report --select-on validation`'s criterion on
+hand-written results.
+
+The real-TOFU cases read ../shared/data/tofu, as CI has it (skipped without it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from msa_bench.benchmarks.base import BenchmarkError
+from msa_bench.benchmarks.tofu_validation import validation_block
+from msa_bench.errors import ConfigError
+from msa_bench.pipeline.artifacts import ArtifactStore
+from msa_bench.pipeline.stages import Pipeline
+from msa_bench.reporting.command import main as report_main
+from msa_bench.reporting.report import ReportOptions, build_report
+from msa_bench.reporting.selection import Criterion
+from msa_bench.validation import validate_config
+from tests.conftest import compose_config
+from tests.test_benchmark_sources import SHARED_TOFU, needs_tofu
+
+
+def pipeline_for(tmp_path: Path, overrides: list[str]) -> Pipeline:
+    config = validate_config(compose_config(["logger=none", *overrides], tmp_path))
+    return Pipeline(config, ArtifactStore(tmp_path / "cache"), "cpu")
+
+
+def real_tofu(tmp_path: Path, split: str, forget_set: str) -> Pipeline:
+    return pipeline_for(
+        tmp_path,
+        [
+            "benchmark=tofu",
+            f"benchmark.data_dir={SHARED_TOFU}",
+            f"benchmark.forget_split={split}",
+            f"benchmark.forget_set={forget_set}",
+        ],
+    )
+
+
+# --- real TOFU --------------------------------------------------------------------------------------------------
+
+
+@needs_tofu
+@pytest.mark.parametrize(("split", "rows"), [("forget01", (3920, 3960)), ("forget05", (3600, 3800))])
+def test_the_validation_authors_are_those_just_before_the_test_split(tmp_path, split, rows):
+    pipeline = real_tofu(tmp_path, split, "validation")
+    pipeline.preflight()
+    full = pipeline.split("full")
+    start, end = rows  # forget01: authors 196-197 (TOFU's 20 QA each); forget05: authors 180-189
+    forget = pipeline.forget_items()
+    assert forget == full[start:end]
+    questions = {item["question"] for item in forget}
+    assert not questions & {item["question"] for item in pipeline.split(split)}  # disjoint from the test set
+    # the oracle never saw them; the target did
+    oracle = pipeline.benchmark.oracle_items()
+    assert len(oracle) == len(full) - (end - start) and not questions & {i["question"] for i in oracle}
+    assert questions <= {item["question"] for item in pipeline.benchmark.target_items()}
+    retain = pipeline.retain_items()
+    assert not questions & {item["question"] for item in retain}
+    assert len(retain) == len(pipeline.split(pipeline.benchmark.retain_split)) - (end - start)
+    # the eval records carry TOFU's own perturbed answers (forget10_perturbed), in the same order
+    records = pipeline.eval_sets({"forget"})["forget"]
+    by_question = {item["question"]: item for item in pipeline.split("forget10_perturbed")}
+    assert records == [by_question[item["question"]] for item in forget]
+    assert not questions & {item["question"] for item in pipeline.eval_sets({"retain"})["retain"]}
+    # every cache name of the forget set, the oracle and the retain pool is the validation set's own
+    assert pipeline.forget_split.startswith(f"{split}-validation[full rows {start}-{end - 1}, sha256 ")
+    assert pipeline.benchmark.data_id("oracle") == f"full-minus-{pipeline.forget_split}"
+    assert pipeline.benchmark.data_id("target") == "full"
+
+
+@needs_tofu
+def test_a_named_retain_split_leaves_the_validation_authors_out_under_its_own_name(tmp_path):
+    pipeline = real_tofu(tmp_path, "forget01", "validation")
+    items, data_id = pipeline.retain_subset(10, 0, split="retain99")
+    assert data_id.startswith(f"retain99-minus-{pipeline.forget_split}[10 of 3920, sample seed 0]")
+    assert not {i["question"] for i in items} & {i["question"] for i in pipeline.forget_items()}
+    # retain90 holds none of authors 196-197: nothing to leave out, the name it always had
+    _, data_id = pipeline.retain_subset(10, 0, split="retain90")
+    assert data_id == "retain90[10 of 3600, sample seed 0]"
+
+
+@needs_tofu
+@pytest.mark.parametrize("split", ["forget01", "forget05", "forget10"])
+def test_a_test_run_keeps_every_name_its_caches_had(tmp_path, split):
+    pipeline = real_tofu(tmp_path, split, "test")
+    retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}[split]
+    assert pipeline.forget_split == split
+    assert [pipeline.benchmark.data_id(role) for role in ("target", "oracle", "retain")] == [
+        "full",
+        retain,
+        retain,
+    ]
+    assert pipeline.forget_items() == pipeline.split(split)
+    assert pipeline.eval_sets({"forget"})["forget"] == pipeline.split(f"{split}_perturbed")
+    assert pipeline.retain_subset(5, 0, split="retain90")[1] == "retain90[5 of 3600, sample seed 0]"
+
+
+@needs_tofu
+def test_forget10_has_no_perturbed_answers_for_its_validation_authors_and_is_refused(tmp_path):
+    pipeline = real_tofu(tmp_path, "forget10", "validation")
+    with pytest.raises(
+        BenchmarkError, match=r"rows 3200-3599 of full.*no perturbed answers.*forget01 or forget05"
+    ):
+        pipeline.preflight()
+
+
+# --- the generated benchmark --------------------------------------------------------------------------------------
+
+
+def test_the_smoke_benchmarks_validation_set_comes_with_its_own_perturbed_answers(tmp_path):
+    pipeline = pipeline_for(tmp_path, ["experiment=smoke", "benchmark.forget_set=validation"])
+    full = pipeline.split("full")
+    n = len(pipeline.split("forget10"))
+    assert pipeline.forget_items() == full[-2 * n : -n]
+    subjects = {item["subject"] for item in pipeline.forget_items()}
+    assert len(subjects) == 3  # smoke's forget10: 3 of its 30 authors; validation: the 3 before them
+    assert not subjects & {item["subject"] for item in pipeline.split("forget10")}
+    records = pipeline.eval_sets({"forget"})["forget"]
+    assert [r["question"] for r in records] == [i["question"] for i in pipeline.forget_items()]
+    assert all(r["perturbed_answer"] for r in records)
+
+
+def test_the_block_rule_refuses_a_forget_set_that_is_not_fulls_tail():
+    full = [{"question": f"q{i}", "answer": "a"} for i in range(6)]
+    assert validation_block(full, full[4:], "forget")[1] == (2, 4)
+    with pytest.raises(BenchmarkError, match="needs forget to be full's last 2 items"):
+        validation_block(full, full[:2], "forget")
+    with pytest.raises(BenchmarkError, match="needs 4 items of full before"):
+        validation_block(full, full[2:], "forget")
+
+
+# --- config checks ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["benchmark.forget_set=dev"], "benchmark.forget_set='dev' must be one of test, validation"),
+        (["benchmark=muse_news", "benchmark.forget_set=validation"], "benchmark.kind=muse has no validation"),
+        (["benchmark=restor", "benchmark.forget_set=validation"], "benchmark.kind=restor has no validation"),
+        (
+            ["benchmark.forget_set=validation", "benchmark.requests=3"],
+            "benchmark.forget_set=validation with benchmark.requests=3",
+        ),
+    ],
+)
+def test_a_forget_set_the_run_cannot_have_is_refused_naming_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as raised:
+        validate_config(compose_config(["experiment=smoke", *overrides]))
+    assert any(expected in problem for problem in raised.value.problems), raised.value.problems
+
+
+# --- selection on validation --------------------------------------------------------------------------------------
+
+ORACLE = {"validation": 0.10, "test": 0.12}
+
+
+def _write(
+    root: Path, method: str, alpha: float, seed: int, forget_set: str, prob: float, utility: float
+) -> None:
+    folder = root / f"{method}-{alpha}-{forget_set}-{seed}"
+    folder.mkdir(parents=True)
+    payload = {
+        "schema_version": 2,
+        "method": method,
+        "benchmark": "synthetic_tofu",
+        "seed": seed,
+        "metrics": {"forget_Q_A_Prob": prob, "model_utility": utility, "forget_quality": prob / 2},
+        "reference_metrics": {
+            "target": {"forget_Q_A_Prob": 0.9, "model_utility": 0.5},
+            "oracle": {"forget_Q_A_Prob": ORACLE[forget_set], "model_utility": 0.5},
+        },
+        "artifacts": {"oracle": f"/c/oracle-{forget_set}-{seed}", "target": f"/c/target-{seed}"},
+        "config": {
+            "seed": seed,
+            "method": {"name": method, "alpha": alpha},
+            "benchmark": {
+                "name": "synthetic_tofu",
+                "kind": "synthetic_tofu",
+                "forget_split": "forget10",
+                "forget_set": forget_set,
+            },
+            "model": {"name": "tiny_llama"},
+        },
+    }
+    (folder / "results.json").write_text(json.dumps(payload))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """msa's alpha 0.5, 1, 2 (validation prob 0.30, 0.11, 0.09: alpha 1 and 2 within 20% of the oracle's 0.10;
+    utility 0.40, 0.35, 0.30, so alpha 1 wins); npo's lr points never get within 20% (closest: 0.2, 100% away)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for alpha, prob, utility in ((0.5, 0.30, 0.40), (1.0, 0.11, 0.35), (2.0, 0.09, 0.30)):
+            _write(root, "msa", alpha, seed, "validation", prob, utility)
+            _write(root, "msa", alpha, seed, "test", prob + 0.01 * (seed + 1), utility - 0.01 * seed)
+        for alpha, prob in ((1.0, 0.5), (2.0, 0.2)):
+            _write(root, "npo", alpha, seed, "validation", prob, 0.45)
+        _write(root, "npo", 2.0, seed, "test", 0.25, 0.44)
+    return root
+
+
+def test_the_criterion_picks_the_most_useful_point_that_reaches_the_validation_oracle(sweep):
+    report = build_report([sweep], ReportOptions(plots=False, select_on="validation", selection=Criterion()))
+    chosen = {s.method: s for s in report.selections}
+    msa, npo = chosen["msa"], chosen["npo"]
+    assert msa.chosen == {"method.alpha": 1.0} and msa.reached and msa.n_candidates == 3
+    assert msa.validation_oracle == pytest.approx(0.10)
+    assert msa.distance == pytest.approx(0.1)
+    # the test runs at alpha 1, mean over their two seeds
+    assert msa.test["forget_Q_A_Prob"].mean == pytest.approx((0.12 + 0.13) / 2)
+    assert msa.test["model_utility"].mean == pytest.approx((0.35 + 0.34) / 2)
+    assert msa.test_n == 2
+    assert npo.chosen == {"method.alpha": 2.0} and not npo.reached
+    assert "never reaches" in npo.note and npo.distance == pytest.approx(1.0)
+    assert npo.test["forget_Q_A_Prob"].mean == pytest.approx(0.25)
+
+
+def test_a_looser_tolerance_changes_the_choice_as_declared(sweep):
+    loose = Criterion(tolerance=2.0)  # every point reaches: the most useful, alpha 0.5
+    report = build_report([sweep], ReportOptions(plots=False, select_on="validation", selection=loose))
+    assert {s.method: s.chosen for s in report.selections}["msa"] == {"method.alpha": 0.5}
+
+
+def test_the_command_prints_the_chosen_values_and_writes_the_records(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report_main([str(sweep), "--out", str(out), "--no-plots", "--select-on", "validation"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Selection on validation" in printed
+    assert "| msa | method.alpha=1.0 | 3 |" in printed, printed
+    assert "never reaches" in printed
+    records = json.loads((out / "selection.json").read_text())
+    assert {r["method"]: r["chosen"] for r in records} == {
+        "msa": {"method.alpha": 1.0},
+        "npo": {"method.alpha": 2.0},
+    }
+    assert (out / "selection.csv").read_text().startswith("table,method,chosen,reached")
+
+
+def test_a_chosen_point_without_a_test_run_names_the_run_to_make(tmp_path):
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "validation", 0.1, 0.3)
+    _write(root, "msa", 2.0, 0, "validation", 0.5, 0.3)
+    report = build_report([root], ReportOptions(plots=False, select_on="validation"))
+    [selection] = report.selections
+    assert (
+        "no test run at this point: run it with benchmark.forget_set=test method.alpha=1.0" in selection.note
+    )
+
+
+def test_without_validation_runs_the_selection_is_refused_saying_what_to_run(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "test", 0.1, 0.3)
+    assert report_main([str(root), "--out", str(tmp_path / "r"), "--select-on", "validation"]) == 2
+    assert "benchmark.forget_set=validation" in capsys.readouterr().err
