@@ -218,6 +218,8 @@ class Reproduction:
     sweeps: Callable[[str, int, list[str]], dict[str, list[list[str]]]]  # (benchmark, seed, extra) -> groups
     # Report name -> the sweep groups it reads, and whether it adds the matched-forgetting comparison.
     reports: dict[str, tuple[tuple[str, ...], bool]]
+    # Report name -> more `msa-bench report` options (e.g. --select-on validation).
+    report_args: dict[str, list[str]] = field(default_factory=dict)
 
 
 def reproduction_main(plan: Reproduction) -> int:
@@ -278,6 +280,7 @@ def reproduction_main(plan: Reproduction) -> int:
             # No --sweep-param: each method's curve follows the key it varies (α for the arithmetic methods,
             # epochs for the baselines).
             command += ["--matched-forgetting", forget_metric]
+        command += plan.report_args.get(name, [])
         subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL)
 
     total, log = record_sweeps(out / "runs.json", fresh, wall, machine_description())

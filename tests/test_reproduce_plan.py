@@ -183,3 +183,21 @@ def test_every_planned_arithmetic_job_composes_and_validates(benchmark, compose_
     assert {"msa", "task_vector", "msa_ties", "msa_projected", "msa_fisher"} <= family
     if sequential:
         assert sequential == set(f"{arithmetic.SEQUENTIAL_ARITHMETIC},{reproduce.BASELINES}".split(","))
+
+
+@pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu"])
+def test_every_planned_validation_job_composes_and_validates(benchmark, compose_cfg, tmp_path):
+    validation = _load_sibling_script("reproduce_validation")
+    groups = validation.sweeps(benchmark, seed=0, extra=[])
+    assert set(groups) == {"arithmetic", "baselines"}
+    seen: dict[str, set] = {}
+    for commands in groups.values():
+        for overrides in commands:
+            load_multirun_config(overrides)
+            for variant in job_variants(overrides):
+                cfg = validate_config(compose_cfg(variant, tmp_path))
+                seen.setdefault(cfg.method.name, set()).add(cfg.benchmark.forget_set)
+                if cfg.method.name not in ("msa", "task_vector"):
+                    assert cfg.method.recipe.learning_rate in (1e-4, 3e-4, 1e-3)
+    # every method on both forget sets, so each validation choice has its test runs
+    assert seen == {m: {"validation", "test"} for m in ["msa", "task_vector", *reproduce.BASELINES.split(",")]}
