@@ -200,4 +200,6 @@ def test_every_planned_validation_job_composes_and_validates(benchmark, compose_
                 if cfg.method.name not in ("msa", "task_vector"):
                     assert cfg.method.recipe.learning_rate in (1e-4, 3e-4, 1e-3)
     # every method on both forget sets, so each validation choice has its test runs
-    assert seen == {m: {"validation", "test"} for m in ["msa", "task_vector", *reproduce.BASELINES.split(",")]}
+    assert seen == {
+        m: {"validation", "test"} for m in ["msa", "task_vector", *reproduce.BASELINES.split(",")]
+    }
