@@ -282,6 +282,8 @@ def run(cfg: MSABenchConfig, resolved_config: dict, output_dir: Path) -> dict:
 
 def _run_name(cfg: MSABenchConfig) -> str:
     parts = [cfg.method.name, cfg.benchmark.forget_split, cfg.checkpoint.name]
+    if cfg.benchmark.forget_set == "validation":
+        parts.insert(2, "validation")
     for key in ("alpha", "beta"):
         if hasattr(cfg.method, key):
             parts.append(f"{key}={getattr(cfg.method, key)}")

@@ -16,7 +16,7 @@ import torch
 from msa_bench.errors import ConfigError
 from msa_bench.metrics.registry import Direction
 from msa_bench.models.build import load_model
-from msa_bench.pipeline.noise_floor import floor_of, is_inside, oracle_seeds
+from msa_bench.pipeline.noise_floor import floor_metrics, floor_of, is_inside, oracle_seeds
 from msa_bench.reporting.report import ReportOptions, build_report, write_report
 from msa_bench.validation import validate_config
 from tests.conftest import compose_config
@@ -83,13 +83,23 @@ def problems_of(overrides: list[str]) -> tuple[str, ...]:
         ),
         (
             ["benchmark.oracle_seeds=2", "metrics.names=[model_utility]"],
-            "has no cross-model metric",
+            "has no metric that compares a model with the oracle",
         ),
     ],
 )
 def test_a_floor_it_cannot_measure_is_refused_naming_the_key(overrides, expected):
     problems = problems_of(overrides)
     assert any(expected in problem for problem in problems), problems
+
+
+def test_a_last_oracle_seed_beyond_numpys_range_is_refused_before_anything_trains():
+    problems = problems_of([f"seed={2**32 - 1500}", "benchmark.oracle_seeds=3"])
+    assert any("the last oracle's seed, 4294967796, is beyond 4294967295" in p for p in problems), problems
+
+
+def test_scores_that_never_read_the_oracle_have_no_floor():
+    names = ["forget_quality", "memorization_score", "privacy_score", "utility_score", "model_utility"]
+    assert floor_metrics(names) == ["forget_quality", "privacy_score"]
 
 
 def test_restor_whose_oracle_no_seed_changes_is_refused():

@@ -255,6 +255,42 @@ def test_a_chosen_point_without_a_test_run_names_the_run_to_make(tmp_path):
     )
 
 
+def test_an_unknown_selection_metric_is_refused_naming_it(sweep, tmp_path, capsys):
+    argv = [
+        str(sweep),
+        "--out",
+        str(tmp_path / "r"),
+        "--select-on",
+        "validation",
+        "--select-metric",
+        "forget_prob",
+    ]
+    assert report_main(argv) == 2
+    assert "no validation run has the metric 'forget_prob'" in capsys.readouterr().err
+
+
+def test_each_point_is_compared_with_the_oracles_of_its_own_seeds(tmp_path):
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "validation", 0.11, 0.3)  # seed 0's oracle: 0.10, so 10% away
+    _write(root, "msa", 2.0, 5, "validation", 0.2, 0.9)  # another seed, its oracle moved to 0.2 below
+    moved = root / "msa-2.0-validation-5" / "results.json"
+    payload = json.loads(moved.read_text())
+    payload["reference_metrics"]["oracle"]["forget_Q_A_Prob"] = 0.2
+    moved.write_text(json.dumps(payload))
+    report = build_report([root], ReportOptions(plots=False, select_on="validation"))
+    [selection] = report.selections
+    # against its own oracle alpha 2 is at 0% and more useful: chosen (against the pooled 0.15 it would be 33% away)
+    assert selection.chosen == {"method.alpha": 2.0} and selection.distance == pytest.approx(0.0)
+
+
+@needs_tofu
+def test_benign_relearning_data_of_a_validation_run_have_a_name_of_their_own(tmp_path):
+    test = real_tofu(tmp_path / "t", "forget01", "test").benchmark.relearning_data("retain", 0.25, 0)
+    val = real_tofu(tmp_path / "v", "forget01", "validation").benchmark.relearning_data("retain", 0.25, 0)
+    assert test.data_id.startswith("retain99[relearn 10 of ")
+    assert val.data_id.startswith("retain99-minus-forget01-validation[")
+
+
 def test_without_validation_runs_the_selection_is_refused_saying_what_to_run(tmp_path, capsys):
     root = tmp_path / "runs"
     _write(root, "msa", 1.0, 0, "test", 0.1, 0.3)

@@ -91,7 +91,13 @@ class TofuBenchmark(Benchmark):
         full = split("full")
         block, rows = validation.validation_block(full, split(self.forget_id), self.forget_id)
         pool = (
-            full if all("perturbed_answer" in item for item in block) else split(validation.PERTURBED_SOURCE)
+            full
+            if all("perturbed_answer" in item for item in block)
+            else self._extra_split(
+                validation.PERTURBED_SOURCE,
+                "benchmark.forget_set=validation",
+                "use benchmark.forget_set=test",
+            )
         )
         records = validation.with_perturbed_answers(block, pool, self.forget_id, rows)
         validation.check_disjoint(
@@ -124,8 +130,6 @@ class TofuBenchmark(Benchmark):
         # Every retain split, not only the forget split's own: the MSA code draws the retain vector's data from
         # another one (1% of retain90 for forget01: method.retain_split).
         needed = tofu_hub_configs(self.forget_id)
-        if self.validating:
-            needed.append(validation.PERTURBED_SOURCE)
         configs = needed + [split for split in ("retain90", "retain95", "retain99") if split not in needed]
         hub = self.context.cached_artifact(
             "hub_data",
@@ -138,7 +142,7 @@ class TofuBenchmark(Benchmark):
         """Every split the run reads is there and parsed in full (records, fields, answer lists), and the forget
         and retain splits add up to `full` as in TOFU (a file cut at a line boundary still parses)."""
         folder = self.context.source_folder()
-        splits = tofu_hub_configs(self.forget_id) + ([validation.PERTURBED_SOURCE] if self.validating else [])
+        splits = tofu_hub_configs(self.forget_id)
         missing = [name for name in splits if not (folder / f"{name}.jsonl").is_file()]
         if missing:
             raise BenchmarkError(
@@ -229,22 +233,26 @@ class TofuBenchmark(Benchmark):
         return pool, pool_id
 
     def _all_holdout(self) -> list[dict]:
-        """holdout10's records: from benchmark.data_dir, or fetched from the hub as an artifact of its own (the
-        run's download holds only the configs every run reads)."""
+        return self._extra_split(ALL_HOLDOUT, "method.project_off=heldout", "use method.project_off=retain")
+
+    def _extra_split(self, name: str, reader: str, fix: str) -> list[dict]:
+        """A split only some runs read (holdout10, forget10_perturbed): from benchmark.data_dir, or fetched from
+        the hub as an artifact of its own. The run's own download holds the configs every run reads, and its content
+        key enters every model's cache key, so adding a split there would retrain the target."""
         if self.cfg.data_dir:
             folder = self.context.source_folder()
-            if not (folder / f"{ALL_HOLDOUT}.jsonl").is_file():
+            if not (folder / f"{name}.jsonl").is_file():
                 raise BenchmarkError(
-                    f"method.project_off=heldout reads TOFU's {ALL_HOLDOUT} split, and {folder} "
-                    f"(benchmark.data_dir) has no {ALL_HOLDOUT}.jsonl; add it, or use method.project_off=retain"
+                    f"{reader} reads TOFU's {name} split, and {folder} (benchmark.data_dir) has no {name}.jsonl; "
+                    f"add it, or {fix}"
                 )
-            return self.context.split(ALL_HOLDOUT)
+            return self.context.split(name)
         hub = self.context.cached_artifact(
             "hub_data",
-            {"hub_id": self.cfg.hub_id, "configs": [ALL_HOLDOUT]},
-            lambda out: download_tofu(self.cfg.hub_id, [ALL_HOLDOUT], out),
+            {"hub_id": self.cfg.hub_id, "configs": [name]},
+            lambda out: download_tofu(self.cfg.hub_id, [name], out),
         )
-        return load_benchmark_split(hub.path, ALL_HOLDOUT)
+        return load_benchmark_split(hub.path, name)
 
     def _tofu_sets(self) -> dict:
         split = self.context.split
@@ -269,7 +277,8 @@ class TofuBenchmark(Benchmark):
         evaluated = f"the {len(forget) - count} of {len(forget)} {self.forget_data_id} items not relearned"
         if data == "forget":
             name = f"{self.forget_data_id}[relearn {count} seed {seed}]"
-            return RelearningData(relearned, name, excluded, f"{count} {self.forget_id} items", evaluated)
+            what = f"{count} {self.forget_id} items" + (" (its validation set)" if self.validating else "")
+            return RelearningData(relearned, name, excluded, what, evaluated)
         retain_evaluated = {item["question"] for item in self._tofu_sets()["retain"]()}
         pool = [item for item in self.retain_items() if item["question"] not in retain_evaluated]
         if len(pool) < count:
@@ -280,7 +289,7 @@ class TofuBenchmark(Benchmark):
         items = [pool[i] for i in sorted(random.Random(seed + 1).sample(range(len(pool)), count))]
         return RelearningData(
             items,
-            f"{self.retain_split}[relearn {count} of {len(pool)} not evaluated, seed {seed}]",
+            f"{self.data_id('retain')}[relearn {count} of {len(pool)} not evaluated, seed {seed}]",
             excluded,
             f"{count} {self.retain_split} items outside the retain eval set",
             f"{evaluated} (those a forget-set attack with this fraction relearns are left out)",

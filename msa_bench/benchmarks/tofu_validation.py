@@ -32,7 +32,8 @@ def validation_block(
     if [item["question"] for item in full[-n:]] != [item["question"] for item in forget]:
         raise BenchmarkError(
             f"benchmark.forget_set=validation takes the {n} items of full just before {forget_id}, which needs "
-            f"{forget_id} to be full's last {n} items in order, as in TOFU; in this data it is not"
+            f"{forget_id} to be full's last {n} items in order, as in TOFU; in this data it is not, so run "
+            "benchmark.forget_set=test"
         )
     if 2 * n > len(full):
         raise BenchmarkError(
@@ -69,7 +70,7 @@ def check_disjoint(validation: list[dict], others: dict[str, list[dict]], forget
             raise BenchmarkError(
                 f"benchmark.forget_set=validation with {forget_id}: {len(shared)} validation item(s) are also in "
                 f"{name} (first: {shared[0]!r}); the validation forget set must be disjoint from every set the run "
-                "evaluates or trains its retain terms on"
+                "evaluates: lower benchmark.retain_eval_size, or run benchmark.forget_set=test"
             )
 
 

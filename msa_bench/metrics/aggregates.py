@@ -152,6 +152,7 @@ AGGREGATE_METRICS: Mapping[str, CrossModelMetric] = MappingProxyType(
                 info=MetricInfo("memorization_score", Direction.HIGHER, "Mem.", r"Mem.$\uparrow$"),
                 needs=MEMORIZATION_COMPONENTS,
                 compute=memorization_against_oracle,
+                reads_reference=False,
             ),
             CrossModelMetric(
                 info=MetricInfo("privacy_score", Direction.HIGHER, "Priv.", r"Priv.$\uparrow$"),
@@ -162,6 +163,7 @@ AGGREGATE_METRICS: Mapping[str, CrossModelMetric] = MappingProxyType(
                 info=MetricInfo("utility_score", Direction.HIGHER, "Utility", r"Utility$\uparrow$"),
                 needs=UTILITY_COMPONENTS,
                 compute=utility_against_oracle,
+                reads_reference=False,
             ),
             CrossModelMetric(
                 info=MetricInfo("overall_score", Direction.HIGHER, "Overall", r"Overall$\uparrow$"),

@@ -79,13 +79,16 @@ class CrossModelMetric:
     """compute(evaluation, oracle_evaluation, settings) -> float, from two eval dicts (EvalResult.to_dict()).
     needs: the per-model metrics whose per-item values it reads (they are computed even if not requested).
     needs_eval_sets: compute also receives `eval_sets=` (the items), e.g. for judges that need the candidates.
-    provenance: optional settings -> str saying what produced the number (e.g. which judge), kept in results.json."""
+    provenance: optional settings -> str saying what produced the number (e.g. which judge), kept in results.json.
+    reads_reference: False for a score registered here for its null handling that never reads the oracle's
+    evaluation (the memorization and utility aggregates); the noise floor leaves those out."""
 
     info: MetricInfo
     needs: tuple[str, ...]
     compute: Callable[..., float]
     needs_eval_sets: bool = False
     provenance: Callable[[object], str] | None = None
+    reads_reference: bool = True
 
     @property
     def name(self) -> str:

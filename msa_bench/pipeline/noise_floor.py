@@ -21,17 +21,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+from msa_bench.config.schema import SEED_RANGE
 from msa_bench.metrics.registry import CROSS_MODEL_METRICS, Direction, discover_suites
 
 log = logging.getLogger("msa_bench.noise_floor")
 
 SEED_STRIDE = 1000
+MAX_SEED = SEED_RANGE[1]  # numpy's and torch's bound (validation.py checks the run's own seed against it)
 SEED_RULE = f"seed + {SEED_STRIDE}·i for i = 0 .. oracle_seeds - 1 (i = 0: the run's oracle)"
 
 
 def oracle_seeds(base_seed: int, count: int) -> list[int]:
     """The seeds of the noise floor's oracles, the run's own first."""
     return [base_seed + SEED_STRIDE * index for index in range(count)]
+
+
+def floor_metrics(names) -> list[str]:
+    """The cross-model metrics among `names` that read the reference's evaluation: a pair of oracles has a value
+    of them (the memorization and utility aggregates, registered as cross-model for their null handling, read the
+    model alone and have no floor)."""
+    return [
+        name for name in names if name in CROSS_MODEL_METRICS and CROSS_MODEL_METRICS[name].reads_reference
+    ]
 
 
 def is_enabled(config) -> bool:
@@ -65,11 +76,17 @@ def noise_floor_problems(config) -> list[str]:
             f"benchmark.oracle_seeds={count} with benchmark.kind=restor: RESTOR's oracle is the model the target "
             "started from, which no seed changes; run benchmark.oracle_seeds=1"
         )
-    discover_suites()
-    if not [name for name in config.metrics.names if name in CROSS_MODEL_METRICS]:
+    highest = oracle_seeds(config.seed, count)[-1] if isinstance(config.seed, int) else None
+    if highest is not None and highest > MAX_SEED:
         problems.append(
-            f"benchmark.oracle_seeds={count}: metrics={config.metrics.name} has no cross-model metric (forget "
-            "quality, privleak, ...) to take the floor of; choose metrics that have one or run "
+            f"benchmark.oracle_seeds={count} with seed={config.seed}: the last oracle's seed, {highest}, is beyond "
+            f"{MAX_SEED} (2**32 - 1), the largest numpy and torch take; lower seed or benchmark.oracle_seeds"
+        )
+    discover_suites()
+    if not floor_metrics(config.metrics.names):
+        problems.append(
+            f"benchmark.oracle_seeds={count}: metrics={config.metrics.name} has no metric that compares a model "
+            "with the oracle (forget quality, privleak, ...) to take the floor of; choose metrics that have one or run "
             "benchmark.oracle_seeds=1"
         )
     return problems
@@ -118,7 +135,7 @@ def measure(
 
     cfg = pipeline.cfg
     seeds = oracle_seeds(cfg.seed, cfg.benchmark.oracle_seeds)
-    names = [name for name in cfg.metrics.names if name in CROSS_MODEL_METRICS]
+    names = floor_metrics(cfg.metrics.names)
     oracles = {seeds[0]: oracle}
     for seed in seeds[1:]:
         with progress.stage():

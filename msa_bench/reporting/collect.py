@@ -41,6 +41,9 @@ ROW_EXCLUDED = (
     "method.eval_every_steps",
     # More oracles (the noise floor) change neither the method's model nor the run's oracle.
     "benchmark.oracle_seeds",
+    # Validation runs have tables of their own (their forget split is labelled "(validation)"); within a table the
+    # key only tells results written before it existed from those written after.
+    "benchmark.forget_set",
 )
 # Config groups whose `name` stands for the whole group in a label (checkpoint=base rather than its fields).
 NAMED_GROUPS = ("model", "checkpoint", "benchmark", "metrics", "method")

@@ -33,8 +33,8 @@ DEFAULT_FORGET_METRIC = "forget_Q_A_Prob"
 DEFAULT_UTILITY_METRIC = "model_utility"
 DEFAULT_TOLERANCE = 0.2
 REFERENCE_METHODS = ("target", "oracle")
-# What a validation run and its test run may differ in, beyond what tells no two rows apart.
-_PAIRING_EXCLUDED = (*ROW_EXCLUDED, "benchmark.forget_set")
+# What a validation run and its test run may differ in: what tells no two rows apart (benchmark.forget_set among it).
+_PAIRING_EXCLUDED = ROW_EXCLUDED
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,12 @@ def select_on_validation(
     by_table: dict[tuple, list[Run]] = {}
     for run in validation_runs:
         by_table.setdefault(_plain_key(run), []).append(run)
+    for metric in (criterion.forget_metric, criterion.utility_metric):
+        if not any(_number(run.metrics.get(metric)) for run in validation_runs):
+            raise ReportError(
+                f"--select-on validation: no validation run has the metric {metric!r} (--select-metric / "
+                "--select-utility); choose one the runs computed, e.g. forget_Q_A_Prob and model_utility"
+            )
     selections = []
     for key, table_runs in by_table.items():
         _, benchmark, split, model = key
@@ -149,16 +155,22 @@ def _differing_settings(groups) -> list[dict[str, Any]]:
     return [{key: config[key] for key in keys} for config in configs]
 
 
-def _select(title, method, groups, oracle, criterion, tests, test_columns) -> Selection:
+def _select(title, method, groups, table_oracle, criterion, tests, test_columns) -> Selection:
     settings = {id(group): values for group, values in zip(groups, _differing_settings(groups), strict=True)}
     scored = []
+    oracles = {}
     for group in groups:
         forget = _cell(group.runs, criterion.forget_metric)
         utility = _cell(group.runs, criterion.utility_metric)
+        # Against the oracles of the point's own seeds: a sweep whose points ran on different seeds compares each
+        # with its own references.
+        oracle = oracles[id(group)] = _oracle_value(group.runs, criterion.forget_metric)
         distance = None
         if forget.mean is not None and oracle is not None:
+            # Relative to the oracle's value; an oracle at exactly 0 makes it the absolute distance (the note says so).
             distance = abs(forget.mean - oracle) / abs(oracle) if oracle else abs(forget.mean)
         scored.append((group, forget, utility, distance))
+    oracle = table_oracle
     measurable = [entry for entry in scored if entry[3] is not None]
     if not measurable:
         group = groups[0]
@@ -174,6 +186,9 @@ def _select(title, method, groups, oracle, criterion, tests, test_columns) -> Se
         chosen = min(measurable, key=lambda e: e[3])
         note = f"never reaches (closest of {len(groups)} points, {chosen[3]:.0%} from the oracle)"
     group, forget, utility, distance = chosen
+    oracle = oracles[id(group)]
+    if oracle == 0:
+        note += f"; the validation oracle's {criterion.forget_metric} is 0, so the distance is absolute"
     selection = Selection(
         title,
         method,
