@@ -27,6 +27,16 @@ def compose_config(overrides: list[str], output_dir: Path | str = "/tmp/msa-benc
         return compose(config_name="config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+def smoke_config_problems(overrides: list[str]) -> tuple[str, ...]:
+    """The problems validate_config reports for `experiment=smoke <overrides>` (which must have some)."""
+    from msa_bench.errors import ConfigError
+    from msa_bench.validation import validate_config
+
+    with pytest.raises(ConfigError) as raised:
+        validate_config(compose_config(["experiment=smoke", *overrides]))
+    return raised.value.problems
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

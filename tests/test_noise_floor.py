@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from msa_bench.errors import ConfigError
 from msa_bench.metrics.registry import Direction
 from msa_bench.models.build import load_model
 from msa_bench.pipeline.noise_floor import floor_metrics, floor_of, is_inside, oracle_seeds
 from msa_bench.reporting.report import ReportOptions, build_report, write_report
-from msa_bench.validation import validate_config
-from tests.conftest import compose_config
+from tests.conftest import smoke_config_problems as problems_of
 from tests.pipeline_runs import run_job
 
 # --- the rules --------------------------------------------------------------------------------------------------
@@ -65,12 +63,6 @@ def test_a_value_is_inside_when_no_farther_from_the_oracle_than_an_oracle_pair(v
 
 
 # --- the option's checks ----------------------------------------------------------------------------------------
-
-
-def problems_of(overrides: list[str]) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as raised:
-        validate_config(compose_config(["experiment=smoke", *overrides]))
-    return raised.value.problems
 
 
 @pytest.mark.parametrize(

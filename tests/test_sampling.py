@@ -22,6 +22,7 @@ from msa_bench.metrics.tofu_suite import evaluate_tofu
 from msa_bench.pipeline.evaluation import _settings_spec
 from msa_bench.validation import validate_config
 from tests.conftest import compose_config
+from tests.conftest import smoke_config_problems as problems_of
 from tests.tiny_models import tiny_eval_llama, tiny_tokenizer
 
 SENTENCES = [
@@ -345,12 +346,6 @@ def test_sampling_enters_the_cache_key_with_the_batch_size():
 
 
 # --- bad settings ---------------------------------------------------------------------------------------------------
-
-
-def problems_of(overrides: list[str]) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as raised:
-        validate_config(compose_config(["experiment=smoke", *overrides]))
-    return raised.value.problems
 
 
 @pytest.mark.parametrize(

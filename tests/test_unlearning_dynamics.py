@@ -18,7 +18,6 @@ import torch
 
 from msa_bench.config.cache_keys import without_default_options
 from msa_bench.config.schema import TrainRecipe
-from msa_bench.errors import ConfigError
 from msa_bench.methods.grad_ascent import GradAscentConfig, grad_ascent_loss
 from msa_bench.methods.grad_diff import GradDiffConfig
 from msa_bench.methods.npo import NPOConfig
@@ -27,8 +26,8 @@ from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.dynamics import expected_point_count, read_points, schedule_matches_shorter_runs
 from msa_bench.training.data import ForgetRetainDataset, qa_examples
 from msa_bench.training.trainer import LossOverrideTrainer, SavePoints, run_training
-from msa_bench.validation import validate_config
 from tests.conftest import compose_config
+from tests.conftest import smoke_config_problems as problems_of
 from tests.pipeline_runs import run_job
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
@@ -47,12 +46,6 @@ RETAIN = [
     {"question": "What does Bram Oteka write?", "answer": "He writes mountain novels."},
     {"question": "Which prize did Bram Oteka win?", "answer": "He won the Iron Pen."},
 ]
-
-
-def problems_of(overrides: list[str]) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as raised:
-        validate_config(compose_config(["experiment=smoke", *overrides]))
-    return raised.value.problems
 
 
 # --- the option's checks ------------------------------------------------------------------------------------------
