@@ -52,14 +52,7 @@ SEQUENTIAL_SELECT = {"tofu": ["benchmark.forget_split=forget05"], "synthetic_tof
 
 def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
     plan = cpu.BENCHMARKS[benchmark]
-    common = [
-        *plan.select,
-        f"metrics={plan.metrics}",
-        f"seed={seed}",
-        "logger=none",
-        "progress=false",
-        *extra,
-    ]
+    common = cpu.common_overrides(benchmark, seed, extra)
     alpha = [f"method.alpha={ALPHAS}", "method.beta=1"]
     family = [
         [*common, "method=msa", *alpha],

@@ -36,15 +36,7 @@ BASELINE_EPOCHS = "5,10"
 
 def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
     plan = cpu.BENCHMARKS[benchmark]
-    common = [
-        *plan.select,
-        f"metrics={plan.metrics}",
-        f"seed={seed}",
-        "logger=none",
-        "progress=false",
-        ATTACKS,
-        *extra,
-    ]
+    common = cpu.common_overrides(benchmark, seed, extra, ATTACKS)
     baselines = [*common, f"method={cpu.BASELINES}", *plan.baseline_overrides]
     defaults = [[*common, f"method={cpu.ARITHMETIC_METHODS}"], baselines]
     matched = [

@@ -86,16 +86,24 @@ BENCHMARKS = {
 }
 
 
-def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
+def common_overrides(benchmark: str, seed: int, extra: list[str], *more: str) -> list[str]:
+    """The overrides every job of a reproduction's seed starts with: the benchmark's selection and metrics, the
+    seed, no logger or progress display, then the script's own `more` and the command line's `extra`."""
     plan = BENCHMARKS[benchmark]
-    common = [
+    return [
         *plan.select,
         f"metrics={plan.metrics}",
         f"seed={seed}",
         "logger=none",
         "progress=false",
+        *more,
         *extra,
     ]
+
+
+def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
+    plan = BENCHMARKS[benchmark]
+    common = common_overrides(benchmark, seed, extra)
     if plan.baseline_overrides:
         methods = [
             [*common, f"method={ARITHMETIC_METHODS}"],

@@ -35,16 +35,7 @@ FORGET_SETS = "validation,test"
 
 
 def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[str]]]:
-    plan = cpu.BENCHMARKS[benchmark]
-    common = [
-        *plan.select,
-        f"metrics={plan.metrics}",
-        f"seed={seed}",
-        "logger=none",
-        "progress=false",
-        f"benchmark.forget_set={FORGET_SETS}",
-        *extra,
-    ]
+    common = cpu.common_overrides(benchmark, seed, extra, f"benchmark.forget_set={FORGET_SETS}")
     return {
         "arithmetic": [
             [*common, "method=msa", f"method.alpha={ALPHAS}", "method.beta=1"],
