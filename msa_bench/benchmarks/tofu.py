@@ -186,7 +186,7 @@ class TofuBenchmark(Benchmark):
 
     def oracle_items(self) -> list[dict]:
         if self.validating:  # never saw the validation authors
-            return validation.without(self.context.split("full"), self._validation[0])
+            return self.leave_out_validation(self.context.split("full"))
         return self.context.split(self.retain_split)
 
     def forget_items(self) -> list[dict]:
