@@ -8,10 +8,11 @@ in the cache.
 from __future__ import annotations
 
 import random
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
+from msa_bench.benchmarks import tofu_authors
 from msa_bench.benchmarks import tofu_validation as validation
 from msa_bench.benchmarks.base import (
     Benchmark,
@@ -22,6 +23,8 @@ from msa_bench.benchmarks.base import (
     register_benchmark,
     relearned_count,
 )
+from msa_bench.benchmarks.tofu_authors import TOFU_QA_PER_AUTHOR
+from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.formatting import format_answer, format_prompt
 from msa_bench.data.muse import MUSE_EVAL_SET_NAMES, load_muse_eval_sets, muse_sets_from_tofu_items
 from msa_bench.data.records import RESTORE_HINT
@@ -29,12 +32,17 @@ from msa_bench.data.sources import download_tofu, local_data_source, tofu_hub_co
 from msa_bench.data.tofu_splits import load_benchmark_split
 from msa_bench.errors import MalformedDataError
 
-# Real TOFU's forget splits are blocks of 20 QA per author, in order (its items carry no author field).
-TOFU_QA_PER_AUTHOR = 20
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TOFU_EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 # TOFU's never-trained authors; holdout01 and holdout05 are its first 40 and 200 rows.
 ALL_HOLDOUT = "holdout10"
+
+
+@dataclass
+class TofuConfig(BenchmarkConfig):
+    # Train on this many of TOFU's 200 authors (tofu_authors.py: the forget, validation and retain-eval authors,
+    # then the first others); null: all of them. The CPU tier's model cannot learn all 4,000 answers in minutes.
+    authors: int | None = None
 
 
 @register_benchmark
@@ -42,6 +50,7 @@ class TofuBenchmark(Benchmark):
     """Real TOFU, read from benchmark.data_dir or the hub."""
 
     kinds = ("tofu",)
+    config_class = TofuConfig
     forget_splits = ForgetSplits(names=tuple(FORGET_TO_RETAIN))
     family = "tofu"
     default_metrics = "tofu"
@@ -120,6 +129,26 @@ class TofuBenchmark(Benchmark):
         return validation.without(pool, self._validation[0]) if self.validating else pool
 
     def source(self) -> tuple[Path, str]:
+        folder, key = self._whole_source()
+        if self.cfg.authors is None:
+            return folder, key
+        full = load_benchmark_split(folder, "full")
+        authors = tofu_authors.kept_authors(
+            full,
+            load_benchmark_split(folder, self.forget_id),
+            load_benchmark_split(folder, "retain_perturbed")[: self.cfg.retain_eval_size],
+            self.cfg.authors,
+            self.forget_id,
+        )
+        subset = self.context.cached_artifact(
+            "tofu_authors",
+            {"source": key, "authors": authors},
+            lambda out: tofu_authors.write_subset(folder, out, full, authors),
+        )
+        return subset.path, subset.content_key
+
+    def _whole_source(self) -> tuple[Path, str]:
+        """All of TOFU: benchmark.data_dir, or the hub download."""
         if self.cfg.data_dir:
             return local_data_source(Path(self.cfg.data_dir), "benchmark.data_dir")
         if not self.cfg.hub_id:
@@ -326,6 +355,8 @@ class SyntheticTofuBenchmark(TofuBenchmark):
     """The TOFU-layout benchmark the generated world wrote (the world behind the embedded model's history)."""
 
     kinds = ("synthetic_tofu",)
+    # The generated world is sized by benchmark.world (its n_benchmark_authors), not by an author subset.
+    config_class = BenchmarkConfig
     uses_generated_world = True
 
     def source(self) -> tuple[Path, str]:
