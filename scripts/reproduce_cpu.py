@@ -64,8 +64,9 @@ BENCHMARKS = {
             ["checkpoint=pretrain_step", "checkpoint.step=100,200,300,400"],
         ],
     ),
+    # judged_full: the judged accuracies and TOFU's whole suite with open-unlearning's aggregate scores.
     "tofu": BenchmarkPlan(
-        ["experiment=cpu/tofu"], "judged", "forget_Q_A_Prob", [["checkpoint=base,instruct,target"]]
+        ["experiment=cpu/tofu"], "judged_full", "forget_Q_A_Prob", [["checkpoint=base,instruct,target"]]
     ),
     "restor": BenchmarkPlan(
         ["experiment=cpu/restor"], "restor", "restor_accuracy", [["checkpoint=base,instruct,closest"]]

@@ -8,7 +8,7 @@ The grid, the same on both forget sets (`benchmark.forget_set=validation,test`):
 - msa:          α ∈ {0.5, 1, 2, 3}, β = 1;  task_vector: α ∈ {0.5, 1, 2, 3}
 - every loss-based baseline (grad_ascent, grad_diff, npo, simnpo, rmu, satimp, undial): learning rate ∈
   {1e-4, 3e-4, 1e-3} × epochs ∈ {2, 5, 10}, the rest of its recipe as configured. The defaults (1e-4 or 2e-4,
-  5 or 10 epochs) lie inside the grid's span; 1e-3 is the rate the target itself was trained at.
+  5 or 10 epochs) lie inside the grid's span; 1e-3 is the generated benchmark's target rate (cpu/tofu's: 3e-3).
 
 The baselines' points are separate runs: with the recipes' decaying schedule, a point of one long run is not a
 shorter run (docs/unlearning_dynamics.md). TOFU kinds only (MUSE and RESTOR have no validation set yet); real TOFU's

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_config
+from test_benchmark_sources import SHARED_TOFU, needs_tofu
 
 from msa_bench.benchmarks.base import BenchmarkError
 from msa_bench.benchmarks.tofu_authors import kept_authors, write_subset
@@ -159,3 +160,25 @@ def test_a_tofu_run_with_benchmark_authors_trains_and_evaluates_on_the_subset(tm
 def test_benchmark_authors_is_a_key_of_real_tofu_only(tmp_path):
     with pytest.raises(Exception, match=r"authors"):
         compose_config(["benchmark.authors=40"], tmp_path)  # the default benchmark is the generated one
+
+
+# --- real TOFU: the CPU tier's 40 authors ----------------------------------------------------------------------------
+
+
+@needs_tofu
+@pytest.mark.parametrize("forget_set", ["test", "validation"])
+def test_the_cpu_tier_keeps_40_real_tofu_authors_and_its_validation_set(tmp_path, forget_set):
+    overrides = ["experiment=cpu/tofu", f"benchmark.data_dir={SHARED_TOFU}", f"benchmark.forget_set={forget_set}"]
+    pipeline = Pipeline(validate_config(compose_config(overrides, tmp_path)), ArtifactStore(tmp_path / "c"), "cpu")
+    pipeline.preflight()
+    whole = load_benchmark_split(SHARED_TOFU, "full")
+    kept = [*range(36), 196, 197, 198, 199]  # retain eval authors 0-19, then 20-35; validation 196-197; forget
+    assert pipeline.split("full") == [whole[a * QA + i] for a in kept for i in range(QA)]
+    assert len(pipeline.split("retain99")) == 38 * QA and len(pipeline.split("retain90")) == 36 * QA
+    assert pipeline.eval_sets({"retain"})["retain"] == load_benchmark_split(SHARED_TOFU, "retain_perturbed")
+    if forget_set == "validation":  # authors 196-197, with TOFU's perturbed answers
+        assert pipeline.forget_items() == whole[196 * QA : 198 * QA]
+        assert len(pipeline.benchmark.oracle_items()) == 38 * QA
+    else:
+        assert pipeline.forget_items() == load_benchmark_split(SHARED_TOFU, "forget01")
+        assert pipeline.benchmark.oracle_items() == pipeline.split("retain99")

@@ -1,4 +1,4 @@
-"""A subset of real TOFU's authors (benchmark.authors; docs/cpu_tier.md).
+"""A subset of real TOFU's authors (benchmark.authors; docs/benchmarks.md#the-cpu-tier-of-real-tofu).
 
 A model of ~1.4M parameters cannot memorise TOFU's 4,000 answers on two CPU cores in minutes: after 20 epochs of
 the full set its forget01 answer probability is about 0.5. With fewer authors to learn it can, so the CPU tier
@@ -6,8 +6,8 @@ trains on N of TOFU's 200 authors. The kept authors are, in this order of priori
 1. the forget split's authors (forget01: 198-199);
 2. as many authors just before them, the validation forget set of benchmark.forget_set=validation
    (forget01: 196-197), so that a validation run and a test run share their target;
-3. the authors of the retain eval set, retain_perturbed[:benchmark.retain_eval_size] (the first 400 rows are
-   authors 0-19 and 22), so that the retain metrics read items the model was trained on;
+3. the authors of the retain eval set, retain_perturbed[:benchmark.retain_eval_size] (its 400 rows are authors
+   0-19), so that the retain metrics read items the model was trained on;
 4. then the lowest-numbered other authors, until there are N.
 
 Every split of the source folder whose records are items of `full` (full, forget*, retain*, their perturbed sets)
