@@ -168,11 +168,23 @@ def test_benchmark_authors_is_a_key_of_real_tofu_only(tmp_path):
 @needs_tofu
 @pytest.mark.parametrize("forget_set", ["test", "validation"])
 def test_the_cpu_tier_keeps_40_real_tofu_authors_and_its_validation_set(tmp_path, forget_set):
-    overrides = ["experiment=cpu/tofu", f"benchmark.data_dir={SHARED_TOFU}", f"benchmark.forget_set={forget_set}"]
-    pipeline = Pipeline(validate_config(compose_config(overrides, tmp_path)), ArtifactStore(tmp_path / "c"), "cpu")
+    overrides = [
+        "experiment=cpu/tofu",
+        f"benchmark.data_dir={SHARED_TOFU}",
+        f"benchmark.forget_set={forget_set}",
+    ]
+    pipeline = Pipeline(
+        validate_config(compose_config(overrides, tmp_path)), ArtifactStore(tmp_path / "c"), "cpu"
+    )
     pipeline.preflight()
     whole = load_benchmark_split(SHARED_TOFU, "full")
-    kept = [*range(36), 196, 197, 198, 199]  # retain eval authors 0-19, then 20-35; validation 196-197; forget
+    kept = [
+        *range(36),
+        196,
+        197,
+        198,
+        199,
+    ]  # retain eval authors 0-19, then 20-35; validation 196-197; forget
     assert pipeline.split("full") == [whole[a * QA + i] for a in kept for i in range(QA)]
     assert len(pipeline.split("retain99")) == 38 * QA and len(pipeline.split("retain90")) == 36 * QA
     assert pipeline.eval_sets({"retain"})["retain"] == load_benchmark_split(SHARED_TOFU, "retain_perturbed")
