@@ -74,7 +74,8 @@ def kept_authors(
             f"(retain_perturbed[:{len(retain_eval)}]); raise it to at least {len(required)}, or lower "
             "benchmark.retain_eval_size"
         )
-    others = [author for author in range(total) if author not in set(required)]
+    needed = set(required)
+    others = [author for author in range(total) if author not in needed]
     return sorted(required + others[: count - len(required)])
 
 
@@ -82,16 +83,17 @@ def write_subset(source: Path, out: Path, full: list[dict], authors: list[int]) 
     """Every <split>.jsonl of `source` into `out`, without the items of `full` whose author is not kept. Returns
     each split's item count, for the artifact's metadata."""
     authors_of = author_rows(full)
-    kept = set(authors)
+    kept_marker = -1  # stands for "not an item of full": always kept
+    kept = set(authors) | {kept_marker}
     counts = {}
     for path in sorted(source.glob("*.jsonl")):
         lines = path.read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
+        # A record that is not an item of `full` (holdout, real authors, world facts) has no author and stays.
         keep = [
             record
             for record in records
-            if authors_of.get((record.get("question"), record.get("answer")), -1) in kept
-            or (record.get("question"), record.get("answer")) not in authors_of
+            if authors_of.get((record.get("question"), record.get("answer")), kept_marker) in kept
         ]
         if len(keep) == len(records):
             shutil.copyfile(path, out / path.name)
