@@ -172,12 +172,20 @@ def test_ou_compatible_reproduces_every_eval_aggregate(argv):
 @needs_reference_logs
 def test_wf_truth_ratio_differs_only_by_the_division_guard():
     """Our exact truth ratio vs open-unlearning's guarded one: 1.5e-6 apart on world facts, and the guarded
-    variant reproduces every stored per-item truth ratio exactly."""
+    variant reproduces every stored per-item truth ratio to the last bit or two.
+
+    Not bit for bit: numpy's exp and mean may round the last bit differently from the build that wrote the log
+    (9 of the 117 items differ by one ulp on numpy 2.4.6). A tolerance of 4 ulps (rtol 1e-15) is still a million
+    times tighter than the division guard's own effect, which moves every item by at least 1e-9 relative."""
     entries = eval_entries(TOFU_FULL)
     correct = [item["avg_loss"] for item in entries["wf_Q_A_Prob"]["value_by_index"].values()]
     perturbed = [item["avg_loss"] for item in entries["wf_Q_A_PERT_Prob"]["value_by_index"].values()]
-    stored = [item["score"] for item in entries["wf_Truth_Ratio"]["value_by_index"].values()]
-    np.testing.assert_array_equal(ou_variants.ou_truth_ratios(correct, perturbed), stored)
+    stored = np.asarray([item["score"] for item in entries["wf_Truth_Ratio"]["value_by_index"].values()])
+    np.testing.assert_allclose(ou_variants.ou_truth_ratios(correct, perturbed), stored, rtol=1e-15, atol=0)
+    unguarded = tofu.truth_ratios(correct, perturbed)
+    assert np.all(np.abs(unguarded - stored) / stored > 1e-10), (
+        "the tolerance no longer separates the two variants"
+    )
     ours = tofu.truth_ratio_true_better(tofu.truth_ratios(correct, perturbed))
     theirs = entries["wf_Truth_Ratio"]["agg_value"]
     assert 1e-6 < abs(ours - theirs) / theirs < 1e-5
