@@ -7,7 +7,9 @@ The real-TOFU cases read ../shared/data/tofu, as CI has it (skipped without it).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -194,8 +196,9 @@ def _write(
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    """msa's alpha 0.5, 1, 2 (validation prob 0.30, 0.11, 0.09: alpha 1 and 2 within 20% of the oracle's 0.10;
-    utility 0.40, 0.35, 0.30, so alpha 1 wins); npo's lr points never get within 20% (closest: 0.2, 100% away)."""
+    """msa's alpha 0.5, 1, 2 (validation prob 0.30, 0.11, 0.09: alpha 1 and 2 within a factor 1.2 of the oracle's
+    0.10; utility 0.40, 0.35, 0.30, so alpha 1 wins); npo's lr points never get that close (closest: 0.2, a factor
+    2 away)."""
     root = tmp_path / "runs"
     for seed in (0, 1):
         for alpha, prob, utility in ((0.5, 0.30, 0.40), (1.0, 0.11, 0.35), (2.0, 0.09, 0.30)):
@@ -213,18 +216,73 @@ def test_the_criterion_picks_the_most_useful_point_that_reaches_the_validation_o
     msa, npo = chosen["msa"], chosen["npo"]
     assert msa.chosen == {"method.alpha": 1.0} and msa.reached and msa.n_candidates == 3
     assert msa.validation_oracle == pytest.approx(0.10)
-    assert msa.distance == pytest.approx(0.1)
+    assert msa.distance == pytest.approx(math.log(1.1))
     # the test runs at alpha 1, mean over their two seeds
     assert msa.test["forget_Q_A_Prob"].mean == pytest.approx((0.12 + 0.13) / 2)
     assert msa.test["model_utility"].mean == pytest.approx((0.35 + 0.34) / 2)
     assert msa.test_n == 2
     assert npo.chosen == {"method.alpha": 2.0} and not npo.reached
-    assert "never reaches" in npo.note and npo.distance == pytest.approx(1.0)
+    assert "never reaches" in npo.note and npo.distance == pytest.approx(math.log(2.0))
+    assert "a factor 2 from the oracle" in npo.note
     assert npo.test["forget_Q_A_Prob"].mean == pytest.approx(0.25)
 
 
+def _choose(root: Path, criterion: Criterion):
+    report = build_report([root], ReportOptions(plots=False, select_on="validation", selection=criterion))
+    [selection] = report.selections
+    return selection
+
+
+def test_the_log_ratio_does_not_favour_over_forgetting_when_the_oracle_is_near_0(tmp_path):
+    """Oracle 0.10 here; alpha 1 forgets to a tenth of it (relative distance 90%), alpha 2 stays a factor 4 above it
+    (300%). The relative distance calls the over-forgetting point closest; the log ratio the one a smaller factor
+    away. Neither reaches, so each is the closest point under its own distance."""
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "validation", 0.01, 0.3)
+    _write(root, "msa", 2.0, 0, "validation", 0.40, 0.3)
+    log_ratio = _choose(root, Criterion())
+    assert log_ratio.chosen == {"method.alpha": 2.0} and not log_ratio.reached
+    assert log_ratio.distance == pytest.approx(math.log(4.0))
+    assert "a factor 4 from the oracle" in log_ratio.note
+    relative = _choose(root, Criterion(distance="relative"))
+    assert relative.chosen == {"method.alpha": 1.0} and relative.distance == pytest.approx(0.9)
+    assert "90% from the oracle" in relative.note
+
+
+def test_the_log_ratio_reaches_as_far_below_the_oracle_as_above(tmp_path):
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "validation", 0.10 / 1.19, 0.3)  # a factor 1.19 below: reaches
+    _write(root, "msa", 2.0, 0, "validation", 0.10 * 1.19, 0.2)  # a factor 1.19 above: reaches, less useful
+    _write(root, "msa", 3.0, 0, "validation", 0.10 / 1.21, 0.9)  # a factor 1.21 below: does not reach
+    selection = _choose(root, Criterion())
+    assert selection.chosen == {"method.alpha": 1.0} and selection.reached
+    assert selection.note.startswith("2 of 3 points reach the oracle")
+
+
+def test_a_metric_at_0_under_the_log_ratio_says_which_distance_to_use(tmp_path):
+    root = tmp_path / "runs"
+    _write(root, "msa", 1.0, 0, "validation", 0.0, 0.3)
+    selection = _choose(root, Criterion())
+    assert selection.distance is None and "--select-distance relative" in selection.note
+    assert _choose(root, Criterion(distance="relative")).distance == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--select-tolerance", "-0.1"], "--select-tolerance -0.1: must be a fraction >= 0"),
+        (["--select-distance", "absolute"], "invalid choice: 'absolute'"),
+    ],
+)
+def test_a_bad_criterion_is_refused_naming_the_option(sweep, tmp_path, capsys, argv, expected):
+    with contextlib.suppress(SystemExit):  # argparse's choices exit; the rest return 2
+        assert report_main([str(sweep), "--out", str(tmp_path / "r"), "--select-on", "validation", *argv]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_looser_tolerance_changes_the_choice_as_declared(sweep):
-    loose = Criterion(tolerance=2.0)  # every point reaches: the most useful, alpha 0.5
+    loose = Criterion(tolerance=2.5)  # within a factor 3.5: every point reaches, the most useful is alpha 0.5
     report = build_report([sweep], ReportOptions(plots=False, select_on="validation", selection=loose))
     assert {s.method: s.chosen for s in report.selections}["msa"] == {"method.alpha": 0.5}
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from msa_bench.reporting.report import FORMATS, ReportOptions, build_report, to_markdown, write_report
 from msa_bench.reporting.selection import (
+    DEFAULT_DISTANCE,
     DEFAULT_FORGET_METRIC,
     DEFAULT_TOLERANCE,
+    DISTANCES,
     DEFAULT_UTILITY_METRIC,
     Criterion,
 )
@@ -88,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TOLERANCE,
         metavar="FRACTION",
-        help=f"how close to the oracle's forget metric a point must be, relative to it (default: {DEFAULT_TOLERANCE})",
+        help="how close to the oracle's forget metric a point must be: within a factor 1 + FRACTION with "
+        f"log_ratio, within FRACTION of it with relative (default: {DEFAULT_TOLERANCE})",
+    )
+    parser.add_argument(
+        "--select-distance",
+        choices=DISTANCES,
+        default=DEFAULT_DISTANCE,
+        help=f"how the distance from the oracle is measured (default: {DEFAULT_DISTANCE}; "
+        "docs/validation_protocol.md says why)",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     parser.add_argument(
@@ -116,9 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def selection_criterion(args) -> Criterion:
-    if not args.select_tolerance >= 0:
-        raise ValueError(f"--select-tolerance {args.select_tolerance}: must be a fraction >= 0, e.g. 0.2")
-    return Criterion(args.select_metric, args.select_utility, args.select_tolerance)
+    return Criterion(args.select_metric, args.select_utility, args.select_tolerance, args.select_distance)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

@@ -6,13 +6,20 @@ The criterion, stated in every report that uses it:
 1. A method's candidates are its grid points on the validation forget set (its rows among the validation runs:
    one row per configuration, mean over seeds).
 2. A point *reaches* the oracle's forgetting when its forget metric (`--select-metric`, default forget_Q_A_Prob) is
-   within `--select-tolerance` (default 0.2, i.e. 20%) of the validation oracle's, relative to the oracle's value.
+   within a factor 1 + `--select-tolerance` (default 0.2) of the validation oracle's, above or below:
+   |ln(value / oracle)| <= ln(1.2), the log-ratio distance (`--select-distance log_ratio`, the default). With
+   `--select-distance relative` it is |value − oracle| / |oracle| <= 0.2 instead.
 3. Among the points that reach it, the one with the highest utility (`--select-utility`, default model_utility); a
-   method with none is reported at its closest point (smallest relative distance) and flagged "never reaches".
+   method with none is reported at its closest point (smallest distance) and flagged "never reaches".
 4. The test runs whose configuration is the chosen point's, but for benchmark.forget_set, give the reported metrics
    (mean ± std over their seeds). Without one, the report says which run to make.
 
 The matched-forgetting comparison interpolates each sweep on the test forget set itself: selection on test.
+
+Why the log ratio by default: forget metrics are probabilities and ratios, and an oracle's forget probability can be
+near 0 (0.001 on cpu/tofu). A relative distance is then lopsided: a point far *below* the oracle is at most 100%
+away, one a factor 2 above it is 100% away too, so "closest" favours over-forgetting. The log ratio treats a factor
+k above and below alike, and is what "as close as retraining" means for a probability.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +40,8 @@ from msa_bench.reporting.tables import Cell, format_cell, format_number, metric_
 DEFAULT_FORGET_METRIC = "forget_Q_A_Prob"
 DEFAULT_UTILITY_METRIC = "model_utility"
 DEFAULT_TOLERANCE = 0.2
+DISTANCES = ("log_ratio", "relative")
+DEFAULT_DISTANCE = "log_ratio"
 REFERENCE_METHODS = ("target", "oracle")
 # What a validation run and its test run may differ in: what tells no two rows apart (benchmark.forget_set among it).
 _PAIRING_EXCLUDED = ROW_EXCLUDED
@@ -42,13 +52,41 @@ class Criterion:
     forget_metric: str = DEFAULT_FORGET_METRIC
     utility_metric: str = DEFAULT_UTILITY_METRIC
     tolerance: float = DEFAULT_TOLERANCE
+    distance: str = DEFAULT_DISTANCE
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"--select-distance {self.distance!r}: must be one of {', '.join(DISTANCES)}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"--select-tolerance {self.tolerance}: must be a fraction >= 0, e.g. 0.2")
+
+    @property
+    def threshold(self) -> float:
+        """The largest distance that still reaches the oracle."""
+        return math.log1p(self.tolerance) if self.distance == "log_ratio" else self.tolerance
+
+    def measure(self, value: float, oracle: float) -> float | None:
+        """The distance of a point's forget metric from the oracle's; None where the log ratio is undefined."""
+        if self.distance == "log_ratio":
+            return abs(math.log(value / oracle)) if value > 0 and oracle > 0 else None
+        # Relative to the oracle's value; an oracle at exactly 0 makes it the absolute distance (the note says so).
+        return abs(value - oracle) / abs(oracle) if oracle else abs(value)
+
+    def describe(self, distance: float) -> str:
+        if self.distance == "log_ratio":
+            return f"a factor {math.exp(distance):.3g} from the oracle"
+        return f"{distance:.0%} from the oracle"
 
     def text(self) -> str:
+        closeness = (
+            f"within a factor {1 + self.tolerance:g} of the validation oracle's, above or below (log-ratio distance)"
+            if self.distance == "log_ratio"
+            else f"within {self.tolerance:.0%} of the validation oracle's (relative to it)"
+        )
         return (
             f"among each method's grid points on the validation forget set, those whose {self.forget_metric} is "
-            f"within {self.tolerance:.0%} of the validation oracle's (relative to it); of those, the highest "
-            f'{self.utility_metric}. A method with none is shown at its closest point, flagged "never reaches". '
-            "The test forget set's metrics are then read at the chosen configuration"
+            f"{closeness}; of those, the highest {self.utility_metric}. A method with none is shown at its closest "
+            'point, flagged "never reaches". The test forget set\'s metrics are then read at the chosen configuration'
         )
 
 
@@ -62,7 +100,7 @@ class Selection:
     label: str
     n_candidates: int
     reached: bool
-    distance: float | None  # |forget metric − oracle's| / |oracle's| at the chosen point
+    distance: float | None  # the criterion's distance of the chosen point's forget metric from the oracle's
     validation: dict[str, Cell]  # forget and utility metric on the validation forget set
     validation_oracle: float | None
     test: dict[str, Cell] = field(default_factory=dict)  # the test runs at the chosen configuration
@@ -167,27 +205,33 @@ def _select(title, method, groups, table_oracle, criterion, tests, test_columns)
         oracle = oracles[id(group)] = _oracle_value(group.runs, criterion.forget_metric)
         distance = None
         if forget.mean is not None and oracle is not None:
-            # Relative to the oracle's value; an oracle at exactly 0 makes it the absolute distance (the note says so).
-            distance = abs(forget.mean - oracle) / abs(oracle) if oracle else abs(forget.mean)
+            distance = criterion.measure(forget.mean, oracle)
         scored.append((group, forget, utility, distance))
     oracle = table_oracle
     measurable = [entry for entry in scored if entry[3] is not None]
     if not measurable:
         group = groups[0]
+        note = f"no grid point has {criterion.forget_metric} (or the validation oracle lacks it)"
+        if criterion.distance == "log_ratio" and any(entry[1].mean is not None for entry in scored):
+            note = (
+                f"the log-ratio distance needs positive values of {criterion.forget_metric} and of the oracle's; "
+                "pass --select-distance relative for a metric that can be 0 or negative"
+            )
         return Selection(
-            title, method, settings[id(group)], group.label, len(groups), False, None, {}, oracle,
-            note=f"no grid point has {criterion.forget_metric} (or the validation oracle lacks it)",
-        )  # fmt: skip
-    reaching = [entry for entry in measurable if entry[3] <= criterion.tolerance]
+            title, method, settings[id(group)], group.label, len(groups), False, None, {}, oracle, note=note
+        )
+    reaching = [entry for entry in measurable if entry[3] <= criterion.threshold]
     if reaching:
         chosen = max(reaching, key=lambda e: e[2].mean if e[2].mean is not None else float("-inf"))
         note = f"{len(reaching)} of {len(groups)} points reach the oracle"
     else:
         chosen = min(measurable, key=lambda e: e[3])
-        note = f"never reaches (closest of {len(groups)} points, {chosen[3]:.0%} from the oracle)"
+        note = f"never reaches (closest of {len(groups)} points, {criterion.describe(chosen[3])})"
+    if len(measurable) < len(groups):
+        note += f"; {len(groups) - len(measurable)} point(s) without a distance left out"
     group, forget, utility, distance = chosen
     oracle = oracles[id(group)]
-    if oracle == 0:
+    if oracle == 0 and criterion.distance == "relative":
         note += f"; the validation oracle's {criterion.forget_metric} is 0, so the distance is absolute"
     selection = Selection(
         title,
@@ -269,12 +313,13 @@ def to_records(selections: Sequence[Selection], criterion: Criterion) -> list[di
                 "forget_metric": criterion.forget_metric,
                 "utility_metric": criterion.utility_metric,
                 "tolerance": criterion.tolerance,
+                "distance": criterion.distance,
             },
             "chosen": s.chosen,
             "label": s.label,
             "n_candidates": s.n_candidates,
             "reached": s.reached,
-            "relative_distance": s.distance,
+            "distance": s.distance,
             "validation_oracle": s.validation_oracle,
             "validation": {m: c.mean for m, c in s.validation.items()},
             "test": {m: {"mean": c.mean, "std": c.std, "n": c.n} for m, c in s.test.items()},
@@ -290,7 +335,7 @@ def to_csv(selections: Sequence[Selection], criterion: Criterion) -> str:
     writer = csv.writer(buffer)
     test_columns = list(dict.fromkeys(c for s in selections for c in s.test))
     writer.writerow(
-        ["table", "method", "chosen", "reached", "relative_distance", "validation_oracle"]
+        ["table", "method", "chosen", "reached", f"distance ({criterion.distance})", "validation_oracle"]
         + [f"validation:{m}" for m in (criterion.forget_metric, criterion.utility_metric)]
         + [f"test:{c}" for c in test_columns]
         + ["test_n", "note"]
