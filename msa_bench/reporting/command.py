@@ -17,8 +17,8 @@ from msa_bench.reporting.selection import (
     DEFAULT_DISTANCE,
     DEFAULT_FORGET_METRIC,
     DEFAULT_TOLERANCE,
-    DISTANCES,
     DEFAULT_UTILITY_METRIC,
+    DISTANCES,
     Criterion,
 )
 
