@@ -276,7 +276,9 @@ def test_a_metric_at_0_under_the_log_ratio_says_which_distance_to_use(tmp_path):
 )
 def test_a_bad_criterion_is_refused_naming_the_option(sweep, tmp_path, capsys, argv, expected):
     with contextlib.suppress(SystemExit):  # argparse's choices exit; the rest return 2
-        assert report_main([str(sweep), "--out", str(tmp_path / "r"), "--select-on", "validation", *argv]) == 2
+        assert (
+            report_main([str(sweep), "--out", str(tmp_path / "r"), "--select-on", "validation", *argv]) == 2
+        )
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
