@@ -254,6 +254,52 @@ def test_many_series_get_a_panel_each(tmp_path, saved):
     assert sorted(a.get_title() for a in shown) == sorted(f"{m} (along alpha)" for m in methods)
 
 
+def _grid_runs(root: Path, method: str, learning_rates, epochs_list, utility: float = 0.3) -> None:
+    """A learning rate × epochs grid of separate runs of one method (no swept key: two keys vary)."""
+    for lr in learning_rates:
+        for epochs in epochs_list:
+            metrics = {"forget_quality": lr * epochs, "model_utility": utility - lr * epochs}
+            recipe = {"learning_rate": lr, "epochs": epochs}
+            write_run(root, f"{method}-{lr}-{epochs}", {"name": method, "recipe": recipe}, metrics)
+
+
+def test_a_two_key_grid_is_drawn_as_a_line_per_value_of_one_key(tmp_path, saved):
+    root = tmp_path / "runs"
+    for index, method in enumerate(("npo", "grad_ascent", "rmu", "simnpo", "undial", "satimp")):
+        _grid_runs(root, method, (1e-4, 1e-3), (2.0, 5.0, 10.0), utility=0.3 + 0.01 * index)
+    tradeoff_plots.plot_tradeoff(tofu_table(root), tmp_path)
+    axes = next(a for a in saved[0].axes if a.get_title().startswith("npo"))
+    assert " ".join(axes.get_title().split()) == "npo: along epochs, a line per learning_rate"
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "learning_rate=0.0001",
+        "learning_rate=0.001",
+    ]
+    lines = [c for c in axes.containers if isinstance(c, ErrorbarContainer)]
+    drawn = [c for c in lines if c.lines[0].get_linestyle() == "-"]
+    assert len(drawn) == 2
+    for line, lr in zip(drawn, (1e-4, 1e-3), strict=True):
+        _, y_data = line.lines[0].get_data()
+        assert list(y_data) == pytest.approx([lr * e for e in (2.0, 5.0, 10.0)])  # along epochs, in order
+    texts = sorted(a.get_text() for a in axes.get_children() if isinstance(a, Annotation))
+    assert texts == sorted(["2", "5", "10"] * 2)  # each point named by its epochs alone
+
+
+def test_settings_that_are_not_a_two_key_numeric_grid_stay_one_point_each():
+    def single(text: str) -> tradeoff_plots.TradeoffSeries:
+        point = tradeoff_plots.TradeoffPoint(T.Cell.of([0.1]), T.Cell.of([0.2]), [0.1], [0.2], text)
+        return tradeoff_plots.TradeoffSeries("npo", text, [point], joined=False)
+
+    cases = {
+        "one key": ["recipe.epochs=2", "recipe.epochs=5"],
+        "three keys": ["a=1 b=1 c=1", "a=2 b=2 c=2"],
+        "not numeric": ["checkpoint=base beta=1", "checkpoint=instruct beta=2"],
+        "one value of a key": ["a=1 b=1", "a=2 b=1"],
+    }
+    for name, texts in cases.items():
+        (panel,) = tradeoff_plots.panel_groups([single(t) for t in texts])
+        assert not panel.legend and panel.title.startswith("npo: one point per setting"), name
+
+
 # --- histograms ---------------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Per method, the seed means at each swept value are joined along the sweep, the s
 where it overlaps nothing; a row of a method without a sweep is a point of its own. Every point has bars of ±1
 sample std over seeds on both axes, as the tables' cells; the target and the oracle are reference points. A few
 series share one axes, their names in a legend beside it; more than that get one panel each (small multiples on
-shared axes, every other series in grey behind), since a dozen curves with bars on one axes cannot be read.
+shared axes, every other series in grey behind), since a dozen curves with bars on one axes cannot be read. A
+method's grid over two keys (learning rate × epochs) is a panel of lines, one per value of one key.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def plot_tradeoff(
     if log_y:
         note += f"; {LOG_BAR_NOTE}"
     axis_labels = (metric_label(x_metric), metric_label(y_metric) + (" (log scale)" if log_y else ""))
-    if len(plot.series) <= OVERLAY_MAX_SERIES or not sweeps:
+    singles = [s.method for s in plot.series if not s.joined]
+    grouped = sweeps or len(set(singles)) < len(singles)  # some panel would hold one method's curve or grid
+    if len(plot.series) <= OVERLAY_MAX_SERIES or not grouped:
         figure = _overlay(plot, table.title, note, axis_labels)
     else:
         figure = _panels(plot, table.title, note, axis_labels)
@@ -249,11 +252,24 @@ def _overlay(plot: _Plot, title: str, note: str, axis_labels: tuple[str, str]):
     return figure
 
 
-def panel_groups(series: Sequence[TradeoffSeries]) -> list[tuple[str, list[TradeoffSeries], bool]]:
-    """(title, series, named by row) per panel: one per sweep (its points named by the swept value); one per method
-    with several single points (named by their settings); one for the methods that are a single point each (named
-    by their row)."""
-    panels = [(s.label, [s], False) for s in series if s.joined]
+@dataclass
+class Panel:
+    """One axes of the small multiples: what it draws in colour (`members`), and which of the plot's series those
+    stand for (`covers`: the members themselves, or the single points a grid's lines were built from), so that they
+    are not drawn again in grey behind."""
+
+    title: str
+    members: list[TradeoffSeries]
+    covers: list[TradeoffSeries]
+    by_row: bool = False  # its points are named by their row (the panel of methods run at one setting)
+    legend: bool = False  # its lines are named in a legend of its own (a grid: one line per value of a key)
+
+
+def panel_groups(series: Sequence[TradeoffSeries]) -> list[Panel]:
+    """One panel per sweep (its points named by the swept value); one per method with several single points (a
+    grid over two numeric keys as a line per value of one key, its points named by the other; any other set of
+    points named by their settings); one for the methods that are a single point each (named by their row)."""
+    panels = [Panel(s.label, [s], [s]) for s in series if s.joined]
     singles: dict[str, list[TradeoffSeries]] = {}
     for entry in series:
         if not entry.joined:
@@ -262,12 +278,18 @@ def panel_groups(series: Sequence[TradeoffSeries]) -> list[tuple[str, list[Trade
     for method, members in singles.items():
         if len(members) > 1:
             shared = _drop_shared_settings(members)
-            title = f"{method}: one point per setting" + (f" (all {shared})" if shared else "")
-            panels.append((title, members, False))
+            suffix = f" (all {shared})" if shared else ""
+            grid = _grid_lines(method, members)
+            if grid is not None:
+                lines, along, across = grid
+                title = f"{method}: along {along}, a line per {across}{suffix}"
+                panels.append(Panel(title, lines, members, legend=True))
+            else:
+                panels.append(Panel(f"{method}: one point per setting{suffix}", members, members))
         else:
             alone.append(members[0])
     if alone:
-        panels.append(("methods run at one setting", alone, True))
+        panels.append(Panel("methods run at one setting", alone, alone, by_row=True))
     return panels
 
 
@@ -279,6 +301,46 @@ def _drop_shared_settings(members: Sequence[TradeoffSeries]) -> str:
     for entry, words in zip(members, tokens, strict=True):
         entry.points[0].text = " ".join(w for w in words if w not in shared) or entry.points[0].text
     return " ".join(shared)
+
+
+def _numeric_settings(text: str) -> dict[str, float] | None:
+    """`recipe.epochs=10.0 recipe.learning_rate=0.001` -> {"epochs": 10.0, "learning_rate": 0.001}; None when a
+    word is not `key=number`."""
+    settings = {}
+    for word in text.replace(",", " ").split():
+        key, sep, value = word.partition("=")
+        try:
+            settings[key.rsplit(".", 1)[-1]] = float(value)
+        except ValueError:
+            return None
+        if not sep:
+            return None
+    return settings
+
+
+def _grid_lines(
+    method: str, members: Sequence[TradeoffSeries]
+) -> tuple[list[TradeoffSeries], str, str] | None:
+    """A grid over exactly two numeric keys (a learning rate × epochs sweep of separate runs) drawn as one line per
+    value of one key along the other, the points named by their value alone: nine points, each named by two full
+    keys, cannot be labelled apart in a small panel. Joined along the key with more values (the first on a tie).
+    These lines join separate runs; they are not one run's trajectory. None for any other set of points."""
+    parsed = [_numeric_settings(entry.points[0].text) for entry in members]
+    if any(p is None or len(p) != 2 for p in parsed) or len({tuple(p) for p in parsed}) != 1:
+        return None
+    first, second = parsed[0]
+    counts = {key: len({p[key] for p in parsed}) for key in (first, second)}
+    if min(counts.values()) < 2:
+        return None
+    along, across = (first, second) if counts[first] >= counts[second] else (second, first)
+    by_value: dict[float, list[tuple[float, TradeoffPoint]]] = {}
+    for settings, entry in zip(parsed, members, strict=True):
+        by_value.setdefault(settings[across], []).append((settings[along], entry.points[0]))
+    lines = []
+    for value, points in sorted(by_value.items()):
+        ordered = [replace(point, text=f"{x:g}") for x, point in sorted(points, key=lambda pair: pair[0])]
+        lines.append(TradeoffSeries(method, f"{across}={value:g}", ordered, joined=len(ordered) > 1))
+    return lines, along, across
 
 
 def _panels(plot: _Plot, title: str, note: str, axis_labels: tuple[str, str]):
@@ -293,26 +355,30 @@ def _panels(plot: _Plot, title: str, note: str, axis_labels: tuple[str, str]):
             axes.set_visible(False)
         elif place + columns >= len(panels):  # nothing drawn below it: it carries the x ticks
             axes.xaxis.set_tick_params(labelbottom=True)
-    for index, (axes, (name, members, by_row)) in enumerate(zip(grid.flat, panels, strict=False)):
+    for index, (axes, panel) in enumerate(zip(grid.flat, panels, strict=False)):
         if plot.log_y:
             axes.set_yscale("log")
         for entry in plot.series:
-            if entry not in members:
+            if entry not in panel.covers:
                 plot.draw_context(axes, entry)
         marked = plot.draw_references(axes)
         labels = []
-        for number, entry in enumerate(members):
-            # A sweep keeps the colour it has in every panel; the unswept rows' panel colours its rows apart.
-            style = (
-                series_style(index, len(panels)) if len(members) == 1 else series_style(number, len(members))
-            )
+        lines = []
+        for number, entry in enumerate(panel.members):
+            # A sweep keeps the colour it has in every panel; a panel of several series colours them apart.
+            count = len(panel.members)
+            style = series_style(index, len(panels)) if count == 1 else series_style(number, count)
             drawn = plot.draw(axes, entry, style, None)
+            lines.append((axes.containers[-1], entry.label))
             labels += [
-                replace(label, text=wrapped(entry.label if by_row else label.text, 1.3, 6.5))
+                replace(label, text=wrapped(entry.label if panel.by_row else label.text, 1.3, 6.5))
                 for label in drawn
             ]
-        axes.set_title(wrapped(name, 3.1, 8), fontsize=8)
+        axes.set_title(wrapped(panel.title, 3.1, 8), fontsize=8)
         axes.tick_params(labelsize=7)
+        if panel.legend:
+            # Not in the figure's legend, which names what every panel shares (the references, the grey).
+            axes.legend(*zip(*lines, strict=True), fontsize=6, loc="best", framealpha=0.8)
         place_labels(axes, [label for label in labels if label.text], obstacles=marked, fontsize=6.5)
     handles, names = grid.flat[0].get_legend_handles_labels()
     (context,) = grid.flat[0].plot([], [], color=CONTEXT_GREY, marker="o", markersize=3)
