@@ -308,12 +308,10 @@ def _numeric_settings(text: str) -> dict[str, float] | None:
     word is not `key=number`."""
     settings = {}
     for word in text.replace(",", " ").split():
-        key, sep, value = word.partition("=")
+        key, _, value = word.partition("=")  # a word without "=" leaves value "", which float refuses
         try:
             settings[key.rsplit(".", 1)[-1]] = float(value)
         except ValueError:
-            return None
-        if not sep:
             return None
     return settings
 
