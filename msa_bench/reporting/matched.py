@@ -5,6 +5,10 @@ seed means at each swept value, ordered by the chosen forget metric; the curve i
 where that metric equals the oracle's value, and every other metric (and the swept value itself) is read there.
 The result names the two runs that bracket the crossing. When the oracle's value lies outside the range the sweep
 covered, the method "never reached" it and nothing is read: there is no extrapolation.
+
+A method run over a grid of several keys (the validation protocol's learning rate × epochs) has no single swept key.
+Its strength is how long it trains, so it is matched along method.recipe.epochs, one curve per value of the other
+keys: each learning rate gets its own crossing, or its own "never reached".
 """
 
 from __future__ import annotations
@@ -110,15 +114,23 @@ def swept_param(runs: Sequence[Run], requested: str | None) -> str | None:
     varies (None when there is none or the choice is ambiguous)."""
     if requested:
         return requested
+    varying = varying_numeric_keys(runs)
+    if "method.alpha" in varying:
+        return "method.alpha"
+    return varying[0] if len(varying) == 1 else None
+
+
+# The key along which a method trained for longer forgets more: the curve to match when a grid varies several keys.
+STRENGTH_KEY = "method.recipe.epochs"
+
+
+def varying_numeric_keys(runs: Sequence[Run]) -> list[str]:
     values: dict[str, set] = {}
     for run in runs:
         for key, value in run.flat_config.items():
             if key.startswith("method.") and _numeric(value):
                 values.setdefault(key, set()).add(value)
-    varying = sorted(k for k, v in values.items() if len(v) > 1)
-    if "method.alpha" in varying:
-        return "method.alpha"
-    return varying[0] if len(varying) == 1 else None
+    return sorted(k for k, v in values.items() if len(v) > 1)
 
 
 def curves(runs: Sequence[Run], param: str) -> dict[str, list[Run]]:
@@ -182,13 +194,17 @@ def method_curves(table: Table, param: str | None = None) -> list[Curve]:
         if key is None:
             result.append(Curve(method, method, None, runs))
             continue
-        groups = list(curves(runs, key).values())
-        configs = [comparable_config(members[0], (*ROW_EXCLUDED, key)) for members in groups]
-        labels = unique_labels([settings_label(method, s) for s in distinguishing_settings(configs)])
-        result += [
-            Curve(method, label, key, list(members)) for members, label in zip(groups, labels, strict=True)
-        ]
+        result += labelled_curves(method, runs, key)
     return result
+
+
+def labelled_curves(method: str, runs: Sequence[Run], key: str) -> list[Curve]:
+    """The method's runs as curves along `key`, one per value of the settings that vary besides it, each labelled
+    by those settings (`npo [recipe.learning_rate=0.001]`)."""
+    groups = list(curves(runs, key).values())
+    configs = [comparable_config(members[0], (*ROW_EXCLUDED, key)) for members in groups]
+    labels = unique_labels([settings_label(method, s) for s in distinguishing_settings(configs)])
+    return [Curve(method, label, key, list(members)) for members, label in zip(groups, labels, strict=True)]
 
 
 def oracle_value(table: Table, metric: str) -> float | None:
@@ -209,12 +225,17 @@ def matched_forgetting(table: Table, metric: str, param: str | None = None) -> l
         raise ValueError(f"table {table.id}: the oracle has no {metric}, so there is nothing to match")
     results = []
     for curve in method_curves(table, param):
-        if curve.param is None:
+        if curve.param is not None:
+            results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points()))
+        elif STRENGTH_KEY in varying_numeric_keys(curve.runs):
+            results += [
+                match_curve(strength.label, STRENGTH_KEY, metric, target_value, strength.points())
+                for strength in labelled_curves(curve.method, curve.runs, STRENGTH_KEY)
+            ]
+        else:
             result = MatchedResult(curve.label, "-", metric, target_value, [], reached=False)
             result.note = "no swept hyperparameter (pass --sweep-param when several vary)"
             results.append(result)
-            continue
-        results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points()))
     return results
 
 
