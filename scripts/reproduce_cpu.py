@@ -6,7 +6,8 @@ For each benchmark and seed it runs, as `msa-bench -m` multiruns (basic launcher
 - forget_only: msa with β = 0,
 - alpha_beta:  msa over α × β, and task_vector over α (the sweeps behind the matched-forgetting comparison),
 - strength:    every loss-based baseline over its training epochs (its matched-forgetting curve),
-- checkpoints: msa from every saved model state of the embedded history (the checkpoint-distance ablation).
+- checkpoints: msa from every saved model state of the embedded history (the checkpoint-distance ablation),
+- checkpoint_alpha: the same checkpoints over α ∈ {0.5, 1, 2, 3}, so each θ0 gets a matched-forgetting reading.
 
 Raw runs go to --runs (outside the repository); the tables, plots and a README fragment with the exact commands,
 the machine and the wall times go to --out. Every job after a seed's first reuses the cached history, target and
@@ -123,6 +124,12 @@ def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[s
         if plan.baseline_epochs
         else [],
         "checkpoints": [[*common, "method=msa", *overrides] for overrides in plan.checkpoint_sweeps],
+        # The checkpoint ablation along α too, so that each θ0 is compared at matched forgetting and not only at
+        # α = 1, where the checkpoints forget by different amounts.
+        "checkpoint_alpha": [
+            [*common, "method=msa", "method.alpha=0.5,1,2,3", *overrides]
+            for overrides in plan.checkpoint_sweeps
+        ],
     }
 
 
@@ -307,7 +314,7 @@ def main() -> int:
             sweeps=sweeps,
             reports={
                 "all": (("methods", "forget_only", "checkpoints"), False),
-                "alpha_beta": (("alpha_beta", "strength"), True),
+                "alpha_beta": (("alpha_beta", "strength", "checkpoint_alpha"), True),
             },
         )
     )

@@ -78,7 +78,18 @@ def test_a_plain_override_of_a_baseline_only_key_would_stop_the_sweep():
 @pytest.mark.parametrize("benchmark", sorted(reproduce.BENCHMARKS))
 def test_every_planned_job_composes_and_validates(benchmark, compose_cfg, tmp_path):
     groups = reproduce.sweeps(benchmark, seed=0, extra=[])
-    assert set(groups) == {"methods", "forget_only", "alpha_beta", "strength", "checkpoints"}
+    assert set(groups) == {
+        "methods",
+        "forget_only",
+        "alpha_beta",
+        "strength",
+        "checkpoints",
+        "checkpoint_alpha",
+    }
+    # The checkpoint ablation along α: each checkpoint sweep of the ablation, with α swept after method=msa
+    for ablation, along_alpha in zip(groups["checkpoints"], groups["checkpoint_alpha"], strict=True):
+        at = ablation.index("method=msa") + 1
+        assert along_alpha == [*ablation[:at], "method.alpha=0.5,1,2,3", *ablation[at:]]
     methods_run, composed = set(), set()
     for commands in groups.values():
         for overrides in commands:
