@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARITHMETIC_METHODS = "msa,task_vector"
 BASELINES = "grad_ascent,grad_diff,npo,simnpo,rmu,satimp,undial"
+ALPHAS = "0.5,1,2,3"  # the α of every α sweep: msa × β, task_vector, and the checkpoints
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[s
         "methods": methods,
         "forget_only": [[*common, "method=msa", "method.beta=0"]],
         "alpha_beta": [
-            [*common, "method=msa", "method.alpha=0.5,1,2,3", "method.beta=0,1"],
-            [*common, "method=task_vector", "method.alpha=0.5,1,2,3"],
+            [*common, "method=msa", f"method.alpha={ALPHAS}", "method.beta=0,1"],
+            [*common, "method=task_vector", f"method.alpha={ALPHAS}"],
         ],
         "strength": [[*common, f"method={BASELINES}", f"method.recipe.epochs={plan.baseline_epochs}"]]
         if plan.baseline_epochs
@@ -127,7 +128,7 @@ def sweeps(benchmark: str, seed: int, extra: list[str]) -> dict[str, list[list[s
         # The checkpoint ablation along α too, so that each θ0 is compared at matched forgetting and not only at
         # α = 1, where the checkpoints forget by different amounts.
         "checkpoint_alpha": [
-            [*common, "method=msa", "method.alpha=0.5,1,2,3", *overrides]
+            [*common, "method=msa", f"method.alpha={ALPHAS}", *overrides]
             for overrides in plan.checkpoint_sweeps
         ],
     }

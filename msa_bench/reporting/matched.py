@@ -28,6 +28,9 @@ from msa_bench.reporting.collect import (
 )
 from msa_bench.reporting.tables import Table
 
+# The key along which a method trained for longer forgets more: the curve to match when a grid varies several keys.
+STRENGTH_KEY = "method.recipe.epochs"
+
 
 @dataclass
 class CurvePoint:
@@ -118,10 +121,6 @@ def swept_param(runs: Sequence[Run], requested: str | None) -> str | None:
     if "method.alpha" in varying:
         return "method.alpha"
     return varying[0] if len(varying) == 1 else None
-
-
-# The key along which a method trained for longer forgets more: the curve to match when a grid varies several keys.
-STRENGTH_KEY = "method.recipe.epochs"
 
 
 def varying_numeric_keys(runs: Sequence[Run]) -> list[str]:
