@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from msa_bench.benchmarks.base import benchmark_class, forget_split_error
+from msa_bench.benchmarks.base import benchmark_class, discover_benchmarks, forget_split_error
 from msa_bench.benchmarks.tofu_validation import FORGET_SETS
 from msa_bench.config.attacks import attack_problems
 from msa_bench.config.checkpoint_rules import checkpoint_problem
@@ -191,9 +191,10 @@ def _forget_set_problems(config: MSABenchConfig, benchmark) -> list[str]:
         return []
     problems = []
     if not benchmark.supports_validation:
+        offering = sorted(kind for kind, cls in discover_benchmarks().items() if cls.supports_validation)
         problems.append(
             f"benchmark.forget_set=validation: benchmark.kind={config.benchmark.kind} has no validation forget set "
-            "yet (the TOFU kinds do: tofu, synthetic_tofu); run benchmark.forget_set=test"
+            f"yet (these kinds do: {', '.join(offering)}); run benchmark.forget_set=test"
         )
     if (config.benchmark.requests or 1) > 1:
         problems.append(

@@ -292,18 +292,20 @@ def test_matched_forgetting_at_an_exact_run(tmp_path):
     assert result.note == "at the run alpha=1"
 
 
-def test_matched_forgetting_along_epochs_for_each_learning_rate_of_a_grid(tmp_path):
-    # A learning rate × epochs grid has no single swept key: each learning rate is matched along its epochs.
+@pytest.mark.parametrize("length", ["epochs", "max_steps"])
+def test_matched_forgetting_along_epochs_for_each_learning_rate_of_a_grid(tmp_path, length):
+    # A learning rate × epochs (or × optimizer steps) grid has no single swept key: each learning rate is matched
+    # along how long it trains.
     root = tmp_path / "runs"
     probs = {(1e-4, 2): 0.8, (1e-4, 5): 0.5, (1e-3, 2): 0.4, (1e-3, 5): 0.1}
     for (lr, epochs), prob in probs.items():
-        recipe = {"learning_rate": lr, "epochs": epochs}
+        recipe = {"learning_rate": lr, length: epochs}
         metrics = {"forget_Q_A_Prob": prob, "model_utility": epochs / 10}
         write_run(root, f"npo-{lr}-{epochs}", {"name": "npo", "recipe": recipe}, metrics)
     table = tofu_table(root, ["forget_Q_A_Prob", "model_utility"])
     slow, fast = sorted(matched_forgetting(table, "forget_Q_A_Prob"), key=lambda r: r.label)
     assert "learning_rate=0.0001" in slow.label and "learning_rate=0.001" in fast.label
-    assert slow.param == fast.param == "method.recipe.epochs"
+    assert slow.param == fast.param == f"method.recipe.{length}"
     # 1e-4 spans [0.5, 0.8] over its epochs: the oracle's 0.3 is never reached
     assert not slow.reached and "never reached" in slow.note
     # 1e-3: 0.3 lies two thirds of the way from 0.1 (5 epochs) to 0.4 (2 epochs): t = (0.3 - 0.1) / (0.4 - 0.1),

@@ -196,12 +196,13 @@ def test_every_planned_arithmetic_job_composes_and_validates(benchmark, compose_
         assert sequential == set(f"{arithmetic.SEQUENTIAL_ARITHMETIC},{reproduce.BASELINES}".split(","))
 
 
-@pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu"])
+@pytest.mark.parametrize("benchmark", ["synthetic_tofu", "tofu", "muse_news"])
 def test_every_planned_validation_job_composes_and_validates(benchmark, compose_cfg, tmp_path):
     validation = _load_sibling_script("reproduce_validation")
     groups = validation.sweeps(benchmark, seed=0, extra=[])
     assert set(groups) == {"arithmetic", "baselines"}
     seen: dict[str, set] = {}
+    lengths = set()
     for commands in groups.values():
         for overrides in commands:
             load_multirun_config(overrides)
@@ -210,6 +211,11 @@ def test_every_planned_validation_job_composes_and_validates(benchmark, compose_
                 seen.setdefault(cfg.method.name, set()).add(cfg.benchmark.forget_set)
                 if cfg.method.name not in ("msa", "task_vector"):
                     assert cfg.method.recipe.learning_rate in (1e-4, 3e-4, 1e-3)
+                    # MUSE's grid counts steps: its validation set is a twelfth of the forget corpus
+                    lengths.add(
+                        cfg.method.recipe.max_steps if benchmark == "muse_news" else cfg.method.recipe.epochs
+                    )
+    assert lengths == ({100, 300} if benchmark == "muse_news" else {2, 5, 10})
     # every method on both forget sets, so each validation choice has its test runs
     assert seen == {
         m: {"validation", "test"} for m in ["msa", "task_vector", *reproduce.BASELINES.split(",")]

@@ -144,8 +144,10 @@ def test_the_block_rule_refuses_a_forget_set_that_is_not_fulls_tail():
     ("overrides", "expected"),
     [
         (["benchmark.forget_set=dev"], "benchmark.forget_set='dev' must be one of test, validation"),
-        (["benchmark=muse_news", "benchmark.forget_set=validation"], "benchmark.kind=muse has no validation"),
-        (["benchmark=restor", "benchmark.forget_set=validation"], "benchmark.kind=restor has no validation"),
+        (
+            ["benchmark=restor", "benchmark.forget_set=validation"],
+            "benchmark.kind=restor has no validation forget set yet (these kinds do: muse, synthetic_tofu, tofu)",
+        ),
         (
             ["benchmark.forget_set=validation", "benchmark.requests=3"],
             "benchmark.forget_set=validation with benchmark.requests=3",
@@ -302,6 +304,56 @@ def test_the_command_prints_the_chosen_values_and_writes_the_records(sweep, tmp_
         "npo": {"method.alpha": 2.0},
     }
     assert (out / "selection.csv").read_text().startswith("table,method,chosen,reached")
+
+
+def _write_muse(root: Path, alpha: float, seed: int, forget_set: str, auc: float, knowmem: float) -> None:
+    folder = root / f"muse-{alpha}-{forget_set}-{seed}"
+    folder.mkdir(parents=True)
+    oracle_auc = {"validation": 0.52, "test": 0.51}[forget_set]
+    payload = {
+        "schema_version": 2,
+        "method": "msa",
+        "benchmark": "muse_news",
+        "seed": seed,
+        "metrics": {"muse_mia_min_k": auc, "retain_knowmem_ROUGE": knowmem, "forget_verbmem_ROUGE": auc / 4},
+        "reference_metrics": {
+            "target": {"muse_mia_min_k": 0.78, "retain_knowmem_ROUGE": 0.024},
+            "oracle": {"muse_mia_min_k": oracle_auc, "retain_knowmem_ROUGE": 0.022},
+        },
+        "artifacts": {"oracle": f"/c/oracle-{forget_set}-{seed}", "target": f"/c/target-{seed}"},
+        "config": {
+            "seed": seed,
+            "method": {"name": "msa", "alpha": alpha},
+            "benchmark": {
+                "name": "muse_news",
+                "kind": "muse",
+                "forget_split": "forget",
+                "forget_set": forget_set,
+            },
+            "model": {"name": "tiny_llama"},
+        },
+    }
+    (folder / "results.json").write_text(json.dumps(payload))
+
+
+def test_on_muse_the_default_criterion_reads_its_membership_auc_and_retain_knowmem(tmp_path, capsys):
+    """No --select-metric: a MUSE sweep is chosen by min-k% AUC within a factor 1.2 of the validation oracle's
+    (0.52), then the highest retain KnowMem. alpha 1 (0.55) and 2 (0.50) reach, alpha 1 keeps more."""
+    root = tmp_path / "runs"
+    for alpha, auc, knowmem in ((0.5, 0.70, 0.020), (1.0, 0.55, 0.018), (2.0, 0.50, 0.010)):
+        _write_muse(root, alpha, 0, "validation", auc, knowmem)
+        _write_muse(root, alpha, 0, "test", auc + 0.01, knowmem)
+    out = tmp_path / "report"
+    assert report_main([str(root), "--out", str(out), "--no-plots", "--select-on", "validation"]) == 0
+    [record] = json.loads((out / "selection.json").read_text())
+    assert record["chosen"] == {"method.alpha": 1.0} and record["reached"]
+    assert "muse_mia_min_k" in capsys.readouterr().out
+    report = build_report([root], ReportOptions(plots=False, select_on="validation"))
+    [selection] = report.selections
+    assert report.criterion.forget_metric == "muse_mia_min_k"
+    assert report.criterion.utility_metric == "retain_knowmem_ROUGE"
+    assert selection.test["muse_mia_min_k"].mean == pytest.approx(0.56)
+    assert selection.test["forget_verbmem_ROUGE"].mean == pytest.approx(0.56 / 4)  # MUSE's columns at test
 
 
 def test_a_chosen_point_without_a_test_run_names_the_run_to_make(tmp_path):

@@ -6,6 +6,8 @@
 - Evaluation: verbmem, knowmem (forget and retain) and privleak, read from the same folder (msa_bench/data/muse.py).
 - Sequential deletion requests (benchmark.requests) delete contiguous blocks of forget articles; each forget eval
   item is evaluated in the request of the articles it comes from (msa_bench/data/muse_attribution.py).
+- The validation forget set (benchmark.forget_set=validation) is a block of retain texts, with eval sets made from
+  them and a validation oracle that never saw them (muse_validation.py).
 
 The data comes from `benchmark.data_dir` (a folder in MUSE's layout, e.g. ../shared/data/muse-news) or, when it is
 null, from the hub (`benchmark.hub_id`), fetched once into the cache. MUSE-Books is not distributed with the project:
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from msa_bench.benchmarks import muse_validation as validation
 from msa_bench.benchmarks.base import (
     Benchmark,
     BenchmarkError,
@@ -30,7 +33,12 @@ from msa_bench.benchmarks.base import (
 )
 from msa_bench.config.schema import BenchmarkConfig
 from msa_bench.data.muse import (
+    KNOWMEM_FORGET,
+    KNOWMEM_RETAIN,
     MUSE_EVAL_SET_NAMES,
+    PRIVLEAK_FORGET,
+    PRIVLEAK_HOLDOUT,
+    VERBMEM_FORGET,
     check_muse_folder,
     load_muse_corpus,
     load_muse_eval_sets,
@@ -63,12 +71,24 @@ def evaluated_passages(eval_sets: dict[str, list[dict]]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class MuseValidation:
+    """The validation forget set: its texts, its id, and every eval set as a validation run reads it."""
+
+    block: list[dict]
+    id: str
+    eval_sets: dict[str, list[dict]]
+
+
 @dataclass
 class MuseConfig(BenchmarkConfig):
     # The raw corpora, relative to data_dir. The retain corpus is what the target and the oracle learn besides the
     # forget corpus, and what the retain vector is fine-tuned on.
     forget_corpus: str = "raw/forget.json"
     retain_corpus: str = "raw/retain1.json"
+    # benchmark.forget_set=validation: how many texts at the end of the retain corpus form the validation forget set
+    # (muse_validation.py); null: as many as the forget corpus has documents, which needs a retain corpus twice that.
+    validation_documents: int | None = None
 
 
 @register_benchmark
@@ -82,6 +102,7 @@ class MuseBenchmark(Benchmark):
     # The min-k% membership AUC first: at CPU scale it is the forget metric that separates target from oracle.
     forget_metrics = ("muse_mia_min_k", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
     generation_forget_metrics = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE")
+    supports_validation = True  # benchmark.forget_set=validation (muse_validation.py)
 
     def source(self) -> tuple[Path, str]:
         if self.cfg.data_dir:
@@ -112,6 +133,8 @@ class MuseBenchmark(Benchmark):
         check_muse_folder(folder, self.cfg.forget_corpus, self.cfg.retain_corpus, key=key)
         # Every file parsed in full and every record checked, before any training (the loads are kept).
         self._forget, self._retain, self._eval_sets  # noqa: B018
+        if self.validating:
+            self._validation  # noqa: B018  (the validation set's errors, before any training)
 
     def _corpus(self, relative_path: str, key: str) -> list[dict]:
         folder = self.context.source_folder()
@@ -137,25 +160,80 @@ class MuseBenchmark(Benchmark):
         return self._forget + self._retain
 
     def oracle_items(self) -> list[dict]:
+        if self.validating:  # never saw the validation texts
+            return self._forget + self.retain_items()
         return self._retain
 
     def forget_items(self) -> list[dict]:
-        return self._forget
+        return self._validation.block if self.validating else self._forget
 
     def retain_items(self) -> list[dict]:
-        return self._retain
+        return self.leave_out_validation(self._retain)
+
+    @property
+    def validating(self) -> bool:
+        return self.cfg.forget_set == "validation"
+
+    def data_id(self, role: str) -> str:
+        if self.validating and role in ("oracle", "retain"):  # what they leave out joins their names
+            return f"{self.kind}:{role}:{self.forget_data_id}"
+        return super().data_id(role)
+
+    @property
+    def forget_data_id(self) -> str:
+        return self._validation.id if self.validating else self.forget_id
+
+    def leave_out_validation(self, pool: list[dict]) -> list[dict]:
+        if not self.validating:
+            return pool
+        block = {item["text"] for item in self._validation.block}
+        return [item for item in pool if item.get("text") not in block]
+
+    @cached_property
+    def _validation(self) -> MuseValidation:
+        block, start = validation.validation_block(
+            self._retain, len(self._forget), self.cfg.validation_documents
+        )
+        texts = [item["text"] for item in block]
+        validation.check_disjoint(
+            texts,
+            [item["text"] for item in self._forget],
+            [item["text"] for item in self._eval_sets.get(PRIVLEAK_HOLDOUT, [])],
+        )
+        taught, kept = validation.split_retain_qa(
+            self._eval_sets.get(KNOWMEM_RETAIN, []), [item["text"] for item in self._retain], start
+        )
+        eval_sets = dict(self._eval_sets)
+        eval_sets[VERBMEM_FORGET] = validation.verbmem_items(texts, self._eval_sets.get(VERBMEM_FORGET, []))
+        eval_sets[PRIVLEAK_FORGET] = [{"text": text} for text in texts]
+        eval_sets[KNOWMEM_FORGET] = taught
+        eval_sets[KNOWMEM_RETAIN] = kept
+        return MuseValidation(
+            block, validation.validation_id(self.cfg.retain_corpus, block, start), eval_sets
+        )
 
     def relearning_data(self, data: str, fraction: float, seed: int) -> RelearningData:
         """Forget data: a seeded `fraction` of the forget articles, among those that share no passage (a run of 12
         words that is not boilerplate, msa_bench/data/overlap.py) with any evaluated verbmem or privleak text, so every
         eval item stays evaluated. Retain data: as many retain articles, with the same rule (all of them that pass it
         when the corpus is smaller). knowmem's questions name no source article, so a relearned article may hold the
-        answer to one: that is relearning on related data, not on an evaluated item."""
+        answer to one: that is relearning on related data, not on an evaluated item. A validation run relearns retain
+        articles only: each validation text is one of its privleak members, so none can be relearnt and stay out of
+        the eval."""
+        if self.validating and data == "forget":
+            raise BenchmarkError(
+                "a relearning attack on forget data with benchmark.forget_set=validation: every text of MUSE's "
+                "validation forget set is evaluated (it is a privleak member), so none can be relearnt without "
+                "being read; run the attack on the test forget set (benchmark.forget_set=test) or on retain data"
+            )
         count = relearned_count(len(self._forget), fraction)
         ignored = self._boilerplate
-        evaluated = content_shingles(evaluated_passages(self._eval_sets), ignored)
+        eval_sets = self._validation.eval_sets if self.validating else self._eval_sets
+        evaluated = content_shingles(evaluated_passages(eval_sets), ignored)
         corpus, name = (
-            (self._forget, "forget articles") if data == "forget" else (self._retain, "retain articles")
+            (self._forget, "forget articles")
+            if data == "forget"
+            else (self.retain_items(), "retain articles")
         )
         pool = [item for item in corpus if not shares_content(item["text"], evaluated, ignored)]
         if data == "retain":
@@ -168,7 +246,8 @@ class MuseBenchmark(Benchmark):
         items = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), count))]
         return RelearningData(
             items,
-            f"muse:{data}[relearn {count} of {len(pool)}, seed {seed}]",
+            f"muse:{data}{'@' + self.forget_data_id if self.validating else ''}[relearn {count} of {len(pool)}, "
+            f"seed {seed}]",
             frozenset(),
             f"{count} of the {len(pool)} {name} sharing no passage with an evaluated verbmem or privleak text",
             "every eval item",
@@ -185,7 +264,12 @@ class MuseBenchmark(Benchmark):
         return load_muse_eval_sets(self.context.source_folder())
 
     def eval_sets(self, required: set[str]) -> dict[str, list[dict]]:
-        return {name: self._eval_sets[name] for name in required if name in self._eval_sets}
+        if not self.validating:
+            return {name: self._eval_sets[name] for name in required if name in self._eval_sets}
+        sets = self._validation.eval_sets
+        chosen = {name: sets[name] for name in required if name in sets}
+        validation.required_nonempty(chosen, required, self.forget_data_id)
+        return chosen
 
     request_unit = "document"
 

@@ -216,8 +216,9 @@ class BenchmarkConfig:
     # cross-model metrics (forget quality, privleak). 1: the run's oracle only.
     oracle_seeds: int = 1
     # Which forget set the run unlearns and evaluates (docs/validation_protocol.md): test (the forget split) or
-    # validation (a disjoint set of the same size, with a validation oracle that never saw it; TOFU kinds only), to
-    # choose hyperparameters on with `msa-bench report --select-on validation`.
+    # validation (a disjoint set the target learnt, with a validation oracle that never saw it: TOFU's authors before
+    # the forget split, MUSE's last retain texts), to choose hyperparameters on with `msa-bench report --select-on
+    # validation`.
     forget_set: str = "test"
 
 

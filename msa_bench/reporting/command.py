@@ -15,9 +15,9 @@ from pathlib import Path
 from msa_bench.reporting.report import FORMATS, ReportOptions, build_report, to_markdown, write_report
 from msa_bench.reporting.selection import (
     DEFAULT_DISTANCE,
-    DEFAULT_FORGET_METRIC,
+    DEFAULT_FORGET_METRICS,
     DEFAULT_TOLERANCE,
-    DEFAULT_UTILITY_METRIC,
+    DEFAULT_UTILITY_METRICS,
     DISTANCES,
     Criterion,
 )
@@ -75,15 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--select-metric",
-        default=DEFAULT_FORGET_METRIC,
         metavar="METRIC",
-        help=f"the forget metric that must match the validation oracle's (default: {DEFAULT_FORGET_METRIC})",
+        help="the forget metric that must match the validation oracle's (default: the first of "
+        f"{', '.join(DEFAULT_FORGET_METRICS)} the validation runs have: TOFU's, then MUSE's; name one for a report "
+        "that mixes benchmarks)",
     )
     parser.add_argument(
         "--select-utility",
-        default=DEFAULT_UTILITY_METRIC,
         metavar="METRIC",
-        help=f"the utility maximised among the points that match (default: {DEFAULT_UTILITY_METRIC})",
+        help="the utility maximised among the points that match (default: the first of "
+        f"{', '.join(DEFAULT_UTILITY_METRICS)} the validation runs have)",
     )
     parser.add_argument(
         "--select-tolerance",

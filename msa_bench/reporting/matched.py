@@ -7,8 +7,9 @@ The result names the two runs that bracket the crossing. When the oracle's value
 covered, the method "never reached" it and nothing is read: there is no extrapolation.
 
 A method run over a grid of several keys (the validation protocol's learning rate × epochs) has no single swept key.
-Its strength is how long it trains, so it is matched along method.recipe.epochs, one curve per value of the other
-keys: each learning rate gets its own crossing, or its own "never reached".
+Its strength is how long it trains, so it is matched along method.recipe.epochs (or method.recipe.max_steps, where
+the grid counts optimizer steps), one curve per value of the other keys: each learning rate gets its own crossing,
+or its own "never reached".
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from msa_bench.reporting.collect import (
 )
 from msa_bench.reporting.tables import Table
 
-# The key along which a method trained for longer forgets more: the curve to match when a grid varies several keys.
-STRENGTH_KEY = "method.recipe.epochs"
+# The keys along which a method trained for longer forgets more, the first a grid varies being the curve to match
+# when it varies several: epochs, or optimizer steps (a grid meant to give two forget sets of different sizes the
+# same number of updates, scripts/reproduce_validation.py).
+STRENGTH_KEYS = ("method.recipe.epochs", "method.recipe.max_steps")
 
 
 @dataclass
@@ -226,10 +229,10 @@ def matched_forgetting(table: Table, metric: str, param: str | None = None) -> l
     for curve in method_curves(table, param):
         if curve.param is not None:
             results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points()))
-        elif STRENGTH_KEY in varying_numeric_keys(curve.runs):
+        elif strength_key := next((k for k in STRENGTH_KEYS if k in varying_numeric_keys(curve.runs)), None):
             results += [
-                match_curve(strength.label, STRENGTH_KEY, metric, target_value, strength.points())
-                for strength in labelled_curves(curve.method, curve.runs, STRENGTH_KEY)
+                match_curve(strength.label, strength_key, metric, target_value, strength.points())
+                for strength in labelled_curves(curve.method, curve.runs, strength_key)
             ]
         else:
             result = MatchedResult(curve.label, "-", metric, target_value, [], reached=False)

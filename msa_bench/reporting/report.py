@@ -142,9 +142,16 @@ def build_report(
             section.plots = make_plots(section, plot_dir, options.sweep_param)
         sections.append(section)
     selections = []
+    criterion = options.selection.resolved(runs) if options.select_on else None
     if options.select_on == "validation":
-        test_columns = [c for c in T.FAMILY_COLUMNS["tofu"] if any(c in run.metrics for run in runs)]
-        selections = select_on_validation(runs, options.selection, test_columns)
+        families = dict.fromkeys(run.table_key[0] for run in runs)
+        test_columns = [
+            column
+            for family in families
+            for column in T.FAMILY_COLUMNS.get(family, ())
+            if any(column in run.metrics for run in runs)
+        ]
+        selections = select_on_validation(runs, criterion, list(dict.fromkeys(test_columns)))
     # Plots have read the per_item.json files they needed by now, so the list is complete.
     return Report(
         runs=runs,
@@ -152,7 +159,7 @@ def build_report(
         sources=[str(s) for s in sources],
         unreadable=collected.unreadable,
         selections=selections,
-        criterion=options.selection if options.select_on else None,
+        criterion=criterion,
     )
 
 

@@ -5,11 +5,13 @@ the chosen point.
 The criterion, stated in every report that uses it:
 1. A method's candidates are its grid points on the validation forget set (its rows among the validation runs:
    one row per configuration, mean over seeds).
-2. A point *reaches* the oracle's forgetting when its forget metric (`--select-metric`, default forget_Q_A_Prob) is
+2. A point *reaches* the oracle's forgetting when its forget metric (`--select-metric`, default forget_Q_A_Prob, on
+   MUSE muse_mia_min_k) is
    within a factor 1 + `--select-tolerance` (default 0.2) of the validation oracle's, above or below:
    |ln(value / oracle)| <= ln(1.2), the log-ratio distance (`--select-distance log_ratio`, the default). With
    `--select-distance relative` it is |value − oracle| / |oracle| <= 0.2 instead.
-3. Among the points that reach it, the one with the highest utility (`--select-utility`, default model_utility); a
+3. Among the points that reach it, the one with the highest utility (`--select-utility`, default model_utility, on
+   MUSE retain_knowmem_ROUGE); a
    method with none is reported at its closest point (smallest distance) and flagged "never reaches".
 4. The test runs whose configuration is the chosen point's, but for benchmark.forget_set, give the reported metrics
    (mean ± std over their seeds). Without one, the report says which run to make.
@@ -30,15 +32,18 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from msa_bench.errors import ReportError
 from msa_bench.reporting.collect import ROW_EXCLUDED, Run, comparable_config, group_rows
 from msa_bench.reporting.tables import Cell, format_cell, format_number, metric_label
 
-DEFAULT_FORGET_METRIC = "forget_Q_A_Prob"
-DEFAULT_UTILITY_METRIC = "model_utility"
+# The default criterion's metrics: the first of each that the validation runs computed. TOFU's forget answer
+# probability and model utility; MUSE's min-k% membership AUC (the forget metric that separates target and oracle at
+# CPU scale, results/cpu_reproduction) and retain KnowMem.
+DEFAULT_FORGET_METRICS = ("forget_Q_A_Prob", "muse_mia_min_k")
+DEFAULT_UTILITY_METRICS = ("model_utility", "retain_knowmem_ROUGE")
 DEFAULT_TOLERANCE = 0.2
 DISTANCES = ("log_ratio", "relative")
 DEFAULT_DISTANCE = "log_ratio"
@@ -49,8 +54,9 @@ _PAIRING_EXCLUDED = ROW_EXCLUDED
 
 @dataclass(frozen=True)
 class Criterion:
-    forget_metric: str = DEFAULT_FORGET_METRIC
-    utility_metric: str = DEFAULT_UTILITY_METRIC
+    # None: the first of DEFAULT_FORGET_METRICS / DEFAULT_UTILITY_METRICS the validation runs have (`resolved`).
+    forget_metric: str | None = None
+    utility_metric: str | None = None
     tolerance: float = DEFAULT_TOLERANCE
     distance: str = DEFAULT_DISTANCE
 
@@ -59,6 +65,20 @@ class Criterion:
             raise ValueError(f"--select-distance {self.distance!r}: must be one of {', '.join(DISTANCES)}")
         if not self.tolerance >= 0:
             raise ValueError(f"--select-tolerance {self.tolerance}: must be a fraction >= 0, e.g. 0.2")
+
+    def resolved(self, runs: Sequence[Run]) -> Criterion:
+        """The criterion with its unset metrics chosen from the defaults, by what the validation runs computed (the
+        first default when none has any: the error then names it)."""
+        held = {name for run in runs if run.is_validation for name in run.metrics}
+
+        def first(choices: tuple[str, ...]) -> str:
+            return next((name for name in choices if name in held), choices[0])
+
+        return replace(
+            self,
+            forget_metric=self.forget_metric or first(DEFAULT_FORGET_METRICS),
+            utility_metric=self.utility_metric or first(DEFAULT_UTILITY_METRICS),
+        )
 
     @property
     def threshold(self) -> float:
@@ -143,7 +163,8 @@ def _plain_key(run: Run) -> tuple[str, str, str, str]:
 def select_on_validation(
     runs: Sequence[Run], criterion: Criterion, test_columns: Sequence[str] = ()
 ) -> list[Selection]:
-    """Every method's chosen point per benchmark (see the module docstring), with the test metrics there."""
+    """Every method's chosen point per benchmark (see the module docstring), with the test metrics there; the
+    criterion's metrics must be set (`Criterion.resolved`)."""
     validation_runs = [run for run in runs if run.is_validation]
     if not validation_runs:
         raise ReportError(
@@ -163,7 +184,8 @@ def select_on_validation(
         if not any(_number(run.metrics.get(metric)) for run in validation_runs):
             raise ReportError(
                 f"--select-on validation: no validation run has the metric {metric!r} (--select-metric / "
-                "--select-utility); choose one the runs computed, e.g. forget_Q_A_Prob and model_utility"
+                "--select-utility); choose one the runs computed, e.g. forget_Q_A_Prob and model_utility on TOFU, "
+                "muse_mia_min_k and retain_knowmem_ROUGE on MUSE"
             )
     selections = []
     for key, table_runs in by_table.items():
