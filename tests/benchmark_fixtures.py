@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 
 from msa_bench.data.synthetic import SyntheticWorldSpec, generate_world, write_benchmark
+from msa_bench.pipeline.artifacts import ArtifactStore
+from msa_bench.pipeline.stages import Pipeline
+from msa_bench.validation import validate_config
+from tests.conftest import compose_config
 
 TINY_WORLD = SyntheticWorldSpec(
     n_benchmark_authors=20,
@@ -124,3 +128,21 @@ def write_tiny_muse(folder: Path, *, with_retain1: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(records))
     return folder
+
+
+def muse_smoke_pipeline(tmp_path: Path, folder: Path, *overrides: str) -> Pipeline:
+    """A smoke-scale MUSE pipeline on the MUSE folder `folder`, with its cache in `tmp_path`."""
+    cfg = validate_config(
+        compose_config(
+            [
+                "experiment=smoke",
+                "benchmark=muse_news",
+                "metrics=muse",
+                f"benchmark.data_dir={folder}",
+                "logger=none",
+                *overrides,
+            ],
+            tmp_path,
+        )
+    )
+    return Pipeline(cfg, ArtifactStore(tmp_path / "cache"), "cpu")

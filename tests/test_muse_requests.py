@@ -20,12 +20,8 @@ from msa_bench.data.muse_attribution import (
     passage_sources,
 )
 from msa_bench.errors import BenchmarkError
-from msa_bench.pipeline.artifacts import ArtifactStore
-from msa_bench.pipeline.stages import Pipeline
 from msa_bench.sequential.driver import checked_requests, request_records
-from msa_bench.validation import validate_config
-from tests.benchmark_fixtures import write_tiny_muse
-from tests.conftest import compose_config
+from tests.benchmark_fixtures import muse_smoke_pipeline, write_tiny_muse
 from tests.pipeline_runs import run_job
 from tests.test_muse_data import MUSE_NEWS_DIR, needs_muse_news
 
@@ -63,20 +59,7 @@ def _muse_folder(tmp_path: Path) -> Path:
 
 
 def _benchmark(tmp_path: Path, folder: Path, overrides=()):
-    cfg = validate_config(
-        compose_config(
-            [
-                "experiment=smoke",
-                "benchmark=muse_news",
-                "metrics=muse",
-                f"benchmark.data_dir={folder}",
-                "logger=none",
-                *overrides,
-            ],
-            tmp_path,
-        )
-    )
-    return Pipeline(cfg, ArtifactStore(tmp_path / "cache"), "cpu")
+    return muse_smoke_pipeline(tmp_path, folder, *overrides)
 
 
 def test_the_requests_are_contiguous_blocks_of_documents_covering_the_corpus(tmp_path):

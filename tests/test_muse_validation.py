@@ -16,7 +16,7 @@ from msa_bench.errors import BenchmarkError
 from msa_bench.pipeline.artifacts import ArtifactStore
 from msa_bench.pipeline.stages import Pipeline
 from msa_bench.validation import validate_config
-from tests.benchmark_fixtures import write_tiny_muse
+from tests.benchmark_fixtures import muse_smoke_pipeline, write_tiny_muse
 from tests.conftest import compose_config
 from tests.pipeline_runs import run_job
 from tests.test_muse_data import MUSE_NEWS_DIR, needs_muse_news
@@ -37,23 +37,6 @@ def _folder(tmp_path: Path) -> Path:
     return folder
 
 
-def _pipeline(tmp_path: Path, folder: Path, *overrides: str) -> Pipeline:
-    cfg = validate_config(
-        compose_config(
-            [
-                "experiment=smoke",
-                "benchmark=muse_news",
-                "metrics=muse",
-                f"benchmark.data_dir={folder}",
-                "logger=none",
-                *overrides,
-            ],
-            tmp_path,
-        )
-    )
-    return Pipeline(cfg, ArtifactStore(tmp_path / "cache"), "cpu")
-
-
 def _texts(items: list[dict]) -> list[str]:
     return [item["text"] for item in items]
 
@@ -62,7 +45,7 @@ def test_the_validation_set_is_the_last_retain_texts_with_eval_sets_of_its_own(t
     folder = _folder(tmp_path)
     retain = json.loads((folder / "raw" / "retain1.json").read_text())
     forget = json.loads((folder / "raw" / "forget.json").read_text())
-    pipeline = _pipeline(
+    pipeline = muse_smoke_pipeline(
         tmp_path, folder, "benchmark.forget_set=validation", "benchmark.validation_documents=2"
     )
     pipeline.preflight()
@@ -102,7 +85,7 @@ def test_the_validation_set_is_the_last_retain_texts_with_eval_sets_of_its_own(t
 
 def test_a_test_run_keeps_every_name_and_eval_set_it_had(tmp_path):
     folder = _folder(tmp_path)
-    pipeline = _pipeline(tmp_path, folder)
+    pipeline = muse_smoke_pipeline(tmp_path, folder)
     benchmark = pipeline.benchmark
     assert pipeline.forget_split == "forget"
     assert [benchmark.data_id(role) for role in ("target", "oracle", "retain")] == [
@@ -124,14 +107,14 @@ def test_a_test_run_keeps_every_name_and_eval_set_it_had(tmp_path):
     ],
 )
 def test_a_block_the_retain_corpus_cannot_give_is_refused_before_training(tmp_path, overrides, expected):
-    pipeline = _pipeline(tmp_path, _folder(tmp_path), "benchmark.forget_set=validation", *overrides)
+    pipeline = muse_smoke_pipeline(tmp_path, _folder(tmp_path), "benchmark.forget_set=validation", *overrides)
     with pytest.raises(BenchmarkError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         pipeline.preflight()
 
 
 def test_a_knowmem_set_the_block_does_not_teach_is_refused_naming_the_knob(tmp_path):
     folder = write_tiny_muse(tmp_path / "muse")  # its retain QA asks about Oxford and Cardiff only
-    pipeline = _pipeline(
+    pipeline = muse_smoke_pipeline(
         tmp_path, folder, "benchmark.forget_set=validation", "benchmark.validation_documents=2"
     )
     with pytest.raises(
@@ -141,7 +124,7 @@ def test_a_knowmem_set_the_block_does_not_teach_is_refused_naming_the_knob(tmp_p
 
 
 def test_relearning_the_validation_texts_is_refused_saying_what_to_run(tmp_path):
-    pipeline = _pipeline(
+    pipeline = muse_smoke_pipeline(
         tmp_path, _folder(tmp_path), "benchmark.forget_set=validation", "benchmark.validation_documents=2"
     )
     with pytest.raises(BenchmarkError, match="run the attack on the test forget set"):

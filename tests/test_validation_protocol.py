@@ -165,35 +165,47 @@ def test_a_forget_set_the_run_cannot_have_is_refused_naming_the_key(overrides, e
 ORACLE = {"validation": 0.10, "test": 0.12}
 
 
-def _write(
-    root: Path, method: str, alpha: float, seed: int, forget_set: str, prob: float, utility: float
+def _write_results(
+    root: Path,
+    method: str,
+    alpha: float,
+    seed: int,
+    forget_set: str,
+    metrics: dict,
+    references: dict,
+    benchmark: tuple[str, str, str] = ("synthetic_tofu", "synthetic_tofu", "forget10"),
 ) -> None:
+    """A results.json of `method` at `alpha` on `forget_set`; `benchmark` is (name, kind, forget split)."""
+    name, kind, split = benchmark
     folder = root / f"{method}-{alpha}-{forget_set}-{seed}"
     folder.mkdir(parents=True)
     payload = {
         "schema_version": 2,
         "method": method,
-        "benchmark": "synthetic_tofu",
+        "benchmark": name,
         "seed": seed,
-        "metrics": {"forget_Q_A_Prob": prob, "model_utility": utility, "forget_quality": prob / 2},
-        "reference_metrics": {
-            "target": {"forget_Q_A_Prob": 0.9, "model_utility": 0.5},
-            "oracle": {"forget_Q_A_Prob": ORACLE[forget_set], "model_utility": 0.5},
-        },
+        "metrics": metrics,
+        "reference_metrics": references,
         "artifacts": {"oracle": f"/c/oracle-{forget_set}-{seed}", "target": f"/c/target-{seed}"},
         "config": {
             "seed": seed,
             "method": {"name": method, "alpha": alpha},
-            "benchmark": {
-                "name": "synthetic_tofu",
-                "kind": "synthetic_tofu",
-                "forget_split": "forget10",
-                "forget_set": forget_set,
-            },
+            "benchmark": {"name": name, "kind": kind, "forget_split": split, "forget_set": forget_set},
             "model": {"name": "tiny_llama"},
         },
     }
     (folder / "results.json").write_text(json.dumps(payload))
+
+
+def _write(
+    root: Path, method: str, alpha: float, seed: int, forget_set: str, prob: float, utility: float
+) -> None:
+    metrics = {"forget_Q_A_Prob": prob, "model_utility": utility, "forget_quality": prob / 2}
+    references = {
+        "target": {"forget_Q_A_Prob": 0.9, "model_utility": 0.5},
+        "oracle": {"forget_Q_A_Prob": ORACLE[forget_set], "model_utility": 0.5},
+    }
+    _write_results(root, method, alpha, seed, forget_set, metrics, references)
 
 
 @pytest.fixture
@@ -307,33 +319,15 @@ def test_the_command_prints_the_chosen_values_and_writes_the_records(sweep, tmp_
 
 
 def _write_muse(root: Path, alpha: float, seed: int, forget_set: str, auc: float, knowmem: float) -> None:
-    folder = root / f"muse-{alpha}-{forget_set}-{seed}"
-    folder.mkdir(parents=True)
-    oracle_auc = {"validation": 0.52, "test": 0.51}[forget_set]
-    payload = {
-        "schema_version": 2,
-        "method": "msa",
-        "benchmark": "muse_news",
-        "seed": seed,
-        "metrics": {"muse_mia_min_k": auc, "retain_knowmem_ROUGE": knowmem, "forget_verbmem_ROUGE": auc / 4},
-        "reference_metrics": {
-            "target": {"muse_mia_min_k": 0.78, "retain_knowmem_ROUGE": 0.024},
-            "oracle": {"muse_mia_min_k": oracle_auc, "retain_knowmem_ROUGE": 0.022},
-        },
-        "artifacts": {"oracle": f"/c/oracle-{forget_set}-{seed}", "target": f"/c/target-{seed}"},
-        "config": {
-            "seed": seed,
-            "method": {"name": "msa", "alpha": alpha},
-            "benchmark": {
-                "name": "muse_news",
-                "kind": "muse",
-                "forget_split": "forget",
-                "forget_set": forget_set,
-            },
-            "model": {"name": "tiny_llama"},
+    metrics = {"muse_mia_min_k": auc, "retain_knowmem_ROUGE": knowmem, "forget_verbmem_ROUGE": auc / 4}
+    references = {
+        "target": {"muse_mia_min_k": 0.78, "retain_knowmem_ROUGE": 0.024},
+        "oracle": {
+            "muse_mia_min_k": {"validation": 0.52, "test": 0.51}[forget_set],
+            "retain_knowmem_ROUGE": 0.022,
         },
     }
-    (folder / "results.json").write_text(json.dumps(payload))
+    _write_results(root, "msa", alpha, seed, forget_set, metrics, references, ("muse_news", "muse", "forget"))
 
 
 def test_on_muse_the_default_criterion_reads_its_membership_auc_and_retain_knowmem(tmp_path, capsys):
