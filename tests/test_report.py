@@ -264,6 +264,49 @@ def test_matched_forgetting_interpolates_between_the_bracketing_runs(tofu_runs):
     assert not results["npo"].reached and "no swept hyperparameter" in results["npo"].note
 
 
+def test_matched_forgetting_on_a_log_scale_places_the_crossing_by_the_metric_log(tofu_runs):
+    table = tofu_table(tofu_runs)
+    results = {r.label: r for r in matched_forgetting(table, "forget_Q_A_Prob", scale="log")}
+    msa_result = results["msa"]
+    # The same bracket as on the linear scale (α = 1: 0.2, α = 0.5: 0.6), the oracle's 0.3 placed by the log:
+    # t = ln(0.3 / 0.2) / ln(0.6 / 0.2) = ln 1.5 / ln 3 = 0.36907.
+    low, high = msa_result.bracket
+    assert (low.param, high.param) == (1.0, 0.5) and msa_result.scale == "log"
+    assert msa_result.weight == pytest.approx(math.log(1.5) / math.log(3))
+    assert msa_result.param_value == pytest.approx(1 - 0.5 * 0.369070246)
+    assert msa_result.values["model_utility"] == pytest.approx(0.4 + 0.1 * 0.369070246)
+    assert msa_result.values["forget_Q_A_Prob"] == pytest.approx(0.2 + 0.4 * 0.369070246)
+
+
+def test_matched_forgetting_on_a_log_scale_refuses_a_zero_bracket_for_that_curve_only(tmp_path):
+    root = tmp_path / "runs"
+    reference = {"target": TARGET, "oracle": {**ORACLE, "forget_Q_A_Prob": 0.1}}
+    for alpha, prob in ((0.5, 0.6), (1.0, 0.0)):
+        write_run(
+            root,
+            f"a{alpha}",
+            msa(alpha),
+            {"forget_Q_A_Prob": prob, "model_utility": 0.4},
+            reference=reference,
+        )
+    for alpha, prob in ((0.5, 0.4), (1.0, 0.05)):
+        write_run(
+            root,
+            f"tv{alpha}",
+            {"name": "task_vector", "alpha": alpha},
+            {"forget_Q_A_Prob": prob, "model_utility": 0.4},
+            reference=reference,
+        )
+    table = tofu_table(root, ["forget_Q_A_Prob", "model_utility"])
+    results = {r.label: r for r in matched_forgetting(table, "forget_Q_A_Prob", scale="log")}
+    assert not results["msa"].reached and results["msa"].values == {}
+    assert "--matched-scale log" in results["msa"].note and "positive" in results["msa"].note
+    assert results["task_vector"].reached  # ln(0.1 / 0.05) / ln(0.4 / 0.05) = 1/3
+    assert results["task_vector"].weight == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="scale 'cubic'"):
+        matched_forgetting(table, "forget_Q_A_Prob", scale="cubic")
+
+
 def test_matched_forgetting_never_extrapolates(tmp_path):
     root = tmp_path / "runs"
     reference = {"target": TARGET, "oracle": {**ORACLE, "forget_Q_A_Prob": 0.01}}
@@ -397,6 +440,16 @@ def test_paper_reference_matches_benchmark_and_model(tmp_path):
     # MSA closest 63.95)
     relative = T.relative_to_ideal(paper)
     assert relative.row("target").cells["restor_accuracy"].mean == pytest.approx(100 * 44.31 / 63.95)
+
+
+def test_report_command_matched_scale_reaches_the_written_records(tofu_runs, tmp_path):
+    out = tmp_path / "out"
+    args = [str(tofu_runs), "--out", str(out), "--format", "md,csv", "--no-plots", "--quiet"]
+    assert report_main([*args, "--matched-forgetting", "forget_Q_A_Prob", "--matched-scale", "log"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((out / "matched_forgetting.csv").read_text()))}
+    assert rows["msa"]["scale"] == "log"
+    assert float(rows["msa"]["param_value"]) == pytest.approx(1 - 0.5 * math.log(1.5) / math.log(3))
+    assert "on forget_Q_A_Prob's log scale" in (out / "report.md").read_text()
 
 
 def test_report_command(tofu_runs, tmp_path, capsys):

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from msa_bench.reporting.matched import SCALES
 from msa_bench.reporting.report import FORMATS, ReportOptions, build_report, to_markdown, write_report
 from msa_bench.reporting.selection import (
     DEFAULT_DISTANCE,
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--matched-forgetting",
         metavar="METRIC",
         help="compare methods where METRIC (e.g. forget_Q_A_Prob) equals the oracle's, interpolating each sweep",
+    )
+    parser.add_argument(
+        "--matched-scale",
+        choices=SCALES,
+        default="linear",
+        help="the scale of METRIC on which --matched-forgetting places the crossing between two runs (default: "
+        "linear; log suits a forget probability, which falls geometrically with training)",
     )
     parser.add_argument(
         "--sweep-param",
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             relative_to_ideal=args.relative_to_ideal,
             paper_reference=args.paper_reference,
             matched_metric=args.matched_forgetting,
+            matched_scale=args.matched_scale,
             sweep_param=args.sweep_param,
             metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
             plots=not args.no_plots,

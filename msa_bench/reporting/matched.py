@@ -6,6 +6,12 @@ where that metric equals the oracle's value, and every other metric (and the swe
 The result names the two runs that bracket the crossing. When the oracle's value lies outside the range the sweep
 covered, the method "never reached" it and nothing is read: there is no extrapolation.
 
+Where the crossing lies between its two runs can be found on the metric's linear scale (the default) or on its log
+scale (`--matched-scale log`). A forget answer probability falls roughly geometrically with training: between runs
+at 0.31 and 0.015, the oracle's 0.135 is 60% of the way in linear terms but 27% in log terms, and the other metrics
+and the swept value are read at that position. Both scales give the same answer when a run sits at the oracle's
+value, and neither extrapolates.
+
 A method run over a grid of several keys (the validation protocol's learning rate × epochs) has no single swept key.
 Its strength is how long it trains, so it is matched along method.recipe.epochs (or method.recipe.max_steps, where
 the grid counts optimizer steps), one curve per value of the other keys: each learning rate gets its own crossing,
@@ -33,6 +39,7 @@ from msa_bench.reporting.tables import Table
 # when it varies several: epochs, or optimizer steps (a grid meant to give two forget sets of different sizes the
 # same number of updates, scripts/reproduce_validation.py).
 STRENGTH_KEYS = ("method.recipe.epochs", "method.recipe.max_steps")
+SCALES = ("linear", "log")
 
 
 @dataclass
@@ -55,36 +62,56 @@ class MatchedResult:
     param_value: float | None = None
     values: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    scale: str = "linear"  # the scale of `metric` on which the crossing's position was found (SCALES)
 
 
 def interpolate(
-    points: Sequence[CurvePoint], metric: str, target_value: float
+    points: Sequence[CurvePoint], metric: str, target_value: float, scale: str = "linear"
 ) -> tuple[int, int, float] | None:
     """(i, j, t) such that the metric equals target_value at t between points[i] (t = 0) and points[j] (t = 1),
-    for points sorted by the metric; i == j when a run sits exactly at the target. None when no pair brackets it."""
+    for points sorted by the metric, t measured on the metric's `scale`; i == j when a run sits exactly at the
+    target. None when no pair brackets it."""
+    if scale not in SCALES:
+        raise ValueError(f"matched-forgetting scale {scale!r}: choose among {', '.join(SCALES)}")
     for i, point in enumerate(points):
         if math.isclose(point.metrics[metric], target_value, rel_tol=1e-12, abs_tol=0.0):
             return i, i, 0.0
     for i in range(len(points) - 1):
         low, high = points[i].metrics[metric], points[i + 1].metrics[metric]
         if low < target_value < high:
+            if scale == "log":
+                if low <= 0:
+                    raise ValueError(
+                        f"--matched-scale log: {metric} = {low:.4g} at one end of the bracket around the oracle's "
+                        f"{target_value:.4g}, and a log scale needs positive values; use --matched-scale linear"
+                    )
+                return i, i + 1, math.log(target_value / low) / math.log(high / low)
             return i, i + 1, (target_value - low) / (high - low)
     return None
 
 
 def match_curve(
-    label: str, param: str, metric: str, target_value: float, points: Sequence[CurvePoint]
+    label: str,
+    param: str,
+    metric: str,
+    target_value: float,
+    points: Sequence[CurvePoint],
+    scale: str = "linear",
 ) -> MatchedResult:
     usable = sorted(
         (p for p in points if metric in p.metrics and not math.isnan(p.metrics[metric])),
         key=lambda p: (p.metrics[metric], p.param),
     )
-    result = MatchedResult(label, param, metric, target_value, list(usable), reached=False)
+    result = MatchedResult(label, param, metric, target_value, list(usable), reached=False, scale=scale)
     if not usable:
         result.note = f"no run has {metric}"
         return result
     low, high = usable[0].metrics[metric], usable[-1].metrics[metric]
-    found = interpolate(usable, metric, target_value)
+    try:
+        found = interpolate(usable, metric, target_value, scale)
+    except ValueError as error:  # this curve's bracket cannot be placed on a log scale; the others still can
+        result.note = str(error)
+        return result
     if found is None:
         values = ", ".join(f"{p.param:g}" for p in sorted(usable, key=lambda p: p.param))
         result.note = (
@@ -220,18 +247,23 @@ def oracle_value(table: Table, metric: str) -> float | None:
     return statistics.fmean(values.values()) if values else None
 
 
-def matched_forgetting(table: Table, metric: str, param: str | None = None) -> list[MatchedResult]:
-    """Every method curve of the table matched to the oracle's value of `metric`."""
+def matched_forgetting(
+    table: Table, metric: str, param: str | None = None, scale: str = "linear"
+) -> list[MatchedResult]:
+    """Every method curve of the table matched to the oracle's value of `metric`, the crossing placed on the
+    metric's `scale` (SCALES)."""
+    if scale not in SCALES:
+        raise ValueError(f"matched-forgetting scale {scale!r}: choose among {', '.join(SCALES)}")
     target_value = oracle_value(table, metric)
     if target_value is None:
         raise ValueError(f"table {table.id}: the oracle has no {metric}, so there is nothing to match")
     results = []
     for curve in method_curves(table, param):
         if curve.param is not None:
-            results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points()))
+            results.append(match_curve(curve.label, curve.param, metric, target_value, curve.points(), scale))
         elif strength_key := next((k for k in STRENGTH_KEYS if k in varying_numeric_keys(curve.runs)), None):
             results += [
-                match_curve(strength.label, strength_key, metric, target_value, strength.points())
+                match_curve(strength.label, strength_key, metric, target_value, strength.points(), scale)
                 for strength in labelled_curves(curve.method, curve.runs, strength_key)
             ]
         else:
@@ -257,8 +289,8 @@ def to_markdown(table: Table, metric: str, results: Sequence[MatchedResult]) -> 
     lines = [
         f"### Matched forgetting ({_selection_kind(table)}): {table.title}",
         "",
-        f"Each method's sweep interpolated linearly to {metric} = {target_value:.4g} (the oracle's); "
-        "other metrics read there. The point is chosen by reading this table's own forget set; "
+        f"Each method's sweep interpolated to {metric} = {target_value:.4g} (the oracle's), the crossing placed on "
+        f"{metric}'s {results[0].scale} scale; other metrics read there, linearly between the two runs. The point is chosen by reading this table's own forget set; "
         "`--select-on validation` chooses on a validation forget set instead (docs/validation_protocol.md).",
         "",
         "| " + " | ".join(headers) + " |",
@@ -287,6 +319,7 @@ def to_records(table: Table, results: Sequence[MatchedResult]) -> list[dict]:
             "reached": r.reached,
             "param_value": r.param_value,
             "weight": r.weight,
+            "scale": r.scale,
             "note": r.note,
             "values": r.values,
         }

@@ -35,6 +35,7 @@ class ReportOptions:
     relative_to_ideal: bool = False
     paper_reference: Path | None = None
     matched_metric: str | None = None
+    matched_scale: str = "linear"  # the metric's scale on which a crossing is placed (matched.SCALES)
     sweep_param: str | None = None
     metrics: list[str] | None = None
     plots: bool = True
@@ -127,7 +128,9 @@ def build_report(
                 ]
         if options.matched_metric and not ablation:
             try:
-                section.matched = matched_forgetting(table, options.matched_metric, options.sweep_param)
+                section.matched = matched_forgetting(
+                    table, options.matched_metric, options.sweep_param, options.matched_scale
+                )
             except ValueError as error:
                 section.matched_error = str(error)
         if not ablation:
@@ -313,6 +316,7 @@ def matched_csv(report: Report) -> str:
             "method",
             "param",
             "metric",
+            "scale",
             "oracle_value",
             "reached",
             "param_value",
@@ -328,6 +332,7 @@ def matched_csv(report: Report) -> str:
                 r["method"],
                 r["param"],
                 r["metric"],
+                r["scale"],
                 r["oracle_value"],
                 r["reached"],
                 r["param_value"],
