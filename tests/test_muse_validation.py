@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from msa_bench.benchmarks import muse as muse_benchmark
 from msa_bench.benchmarks.muse_validation import split_retain_qa, validation_block, verbmem_items
 from msa_bench.errors import BenchmarkError
 from msa_bench.pipeline.artifacts import ArtifactStore
@@ -123,12 +124,19 @@ def test_a_knowmem_set_the_block_does_not_teach_is_refused_naming_the_knob(tmp_p
         pipeline.preflight()  # before any training: metrics=muse reads forget_knowmem_ROUGE
 
 
-def test_relearning_the_validation_texts_is_refused_saying_what_to_run(tmp_path):
+def test_relearning_on_validation_takes_retain_data_only_sized_by_the_block(tmp_path, monkeypatch):
     pipeline = muse_smoke_pipeline(
         tmp_path, _folder(tmp_path), "benchmark.forget_set=validation", "benchmark.validation_documents=2"
     )
     with pytest.raises(BenchmarkError, match="run the attack on the test forget set"):
         pipeline.benchmark.relearning_data("forget", 0.5, 0)
+    # Retain data instead, as many as the fraction of the 2-text forget set being unlearned, not of the 6 forget
+    # articles. (This fixture's retain texts are all evaluated, so the pool is empty: the count is read on the way.)
+    sized_by = []
+    monkeypatch.setattr(muse_benchmark, "relearned_count", lambda n, fraction: sized_by.append(n) or 1)
+    with pytest.raises(BenchmarkError, match="relearning needs 1 retain articles"):
+        pipeline.benchmark.relearning_data("retain", 0.5, 0)
+    assert sized_by == [2]
 
 
 def test_the_rules_on_their_own():
@@ -151,6 +159,13 @@ def test_the_rules_on_their_own():
     taught, kept = split_retain_qa(qa, texts, block_start=1)
     assert [item["answer"] for item in taught] == ["9 pounds"]
     assert [item["answer"] for item in kept] == ["7 pounds", "Arsenal"]  # "May" is in neither
+    # a forget article that also teaches Ripon's fee: the validation oracle learnt it, so it is no validation
+    # question (and, taught by the block, no retain question either)
+    taught, kept = split_retain_qa(
+        qa, texts, block_start=1, forget_texts=["The fee in Ripon was 9 pounds in 1990."]
+    )
+    assert taught == []
+    assert [item["answer"] for item in kept] == ["7 pounds", "Arsenal"]
 
 
 @needs_muse_news
@@ -178,9 +193,11 @@ def test_cpu_muse_news_validation_set(tmp_path):
     counts = {name: len(items) for name, items in sets.items()}
     assert counts == {
         "muse_verbmem_forget": 50,
-        "muse_knowmem_forget": 7,  # of the 16 retain questions whose answer a retain text holds
+        # of the 16 retain questions whose answer a retain text holds, the block alone teaches 3; 4 more that a block
+        # text answers are attributed to forget articles that match them better (the validation oracle knows them)
+        "muse_knowmem_forget": 3,
         "muse_knowmem_forget_icl": 10,
-        "muse_knowmem_retain": 93,  # 100 less the 7 the block teaches (no question is taught on both sides)
+        "muse_knowmem_retain": 97,  # 100 less the 3 the block teaches
         "muse_knowmem_retain_icl": 10,
         "muse_privleak_forget": 50,
         "muse_privleak_holdout": 100,

@@ -276,6 +276,8 @@ def test_matched_forgetting_on_a_log_scale_places_the_crossing_by_the_metric_log
     assert msa_result.param_value == pytest.approx(1 - 0.5 * 0.369070246)
     assert msa_result.values["model_utility"] == pytest.approx(0.4 + 0.1 * 0.369070246)
     assert msa_result.values["forget_Q_A_Prob"] == pytest.approx(0.2 + 0.4 * 0.369070246)
+    # a method with nothing swept is refused on the scale asked for, not the default one
+    assert results["npo"].scale == "log" and not results["npo"].reached
 
 
 def test_matched_forgetting_on_a_log_scale_refuses_a_zero_bracket_for_that_curve_only(tmp_path):
@@ -447,7 +449,7 @@ def test_report_command_matched_scale_reaches_the_written_records(tofu_runs, tmp
     args = [str(tofu_runs), "--out", str(out), "--format", "md,csv", "--no-plots", "--quiet"]
     assert report_main([*args, "--matched-forgetting", "forget_Q_A_Prob", "--matched-scale", "log"]) == 0
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO((out / "matched_forgetting.csv").read_text()))}
-    assert rows["msa"]["scale"] == "log"
+    assert rows["msa"]["scale"] == rows["npo"]["scale"] == "log"
     assert float(rows["msa"]["param_value"]) == pytest.approx(1 - 0.5 * math.log(1.5) / math.log(3))
     assert "on forget_Q_A_Prob's log scale" in (out / "report.md").read_text()
 

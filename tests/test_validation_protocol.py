@@ -333,10 +333,7 @@ def _write_muse(root: Path, alpha: float, seed: int, forget_set: str, auc: float
 def test_on_muse_the_default_criterion_reads_its_membership_auc_and_retain_knowmem(tmp_path, capsys):
     """No --select-metric: a MUSE sweep is chosen by min-k% AUC within a factor 1.2 of the validation oracle's
     (0.52), then the highest retain KnowMem. alpha 1 (0.55) and 2 (0.50) reach, alpha 1 keeps more."""
-    root = tmp_path / "runs"
-    for alpha, auc, knowmem in ((0.5, 0.70, 0.020), (1.0, 0.55, 0.018), (2.0, 0.50, 0.010)):
-        _write_muse(root, alpha, 0, "validation", auc, knowmem)
-        _write_muse(root, alpha, 0, "test", auc + 0.01, knowmem)
+    root = _muse_sweep(tmp_path / "runs")
     out = tmp_path / "report"
     assert report_main([str(root), "--out", str(out), "--no-plots", "--select-on", "validation"]) == 0
     [record] = json.loads((out / "selection.json").read_text())
@@ -344,10 +341,52 @@ def test_on_muse_the_default_criterion_reads_its_membership_auc_and_retain_knowm
     assert "muse_mia_min_k" in capsys.readouterr().out
     report = build_report([root], ReportOptions(plots=False, select_on="validation"))
     [selection] = report.selections
-    assert report.criterion.forget_metric == "muse_mia_min_k"
-    assert report.criterion.utility_metric == "retain_knowmem_ROUGE"
+    assert selection.criterion.forget_metric == "muse_mia_min_k"
+    assert selection.criterion.utility_metric == "retain_knowmem_ROUGE"
     assert selection.test["muse_mia_min_k"].mean == pytest.approx(0.56)
     assert selection.test["forget_verbmem_ROUGE"].mean == pytest.approx(0.56 / 4)  # MUSE's columns at test
+
+
+def _muse_sweep(root: Path) -> Path:
+    for alpha, auc, knowmem in ((0.5, 0.70, 0.020), (1.0, 0.55, 0.018), (2.0, 0.50, 0.010)):
+        _write_muse(root, alpha, 0, "validation", auc, knowmem)
+        _write_muse(root, alpha, 0, "test", auc + 0.01, knowmem)
+    return root
+
+
+def test_a_report_of_tofu_and_muse_reads_each_benchmark_by_its_own_default_metrics(sweep, tmp_path):
+    """One report of a TOFU sweep and a MUSE sweep: the TOFU table is chosen by its forget probability and model
+    utility, the MUSE table by min-k% AUC and retain KnowMem (not "no grid point has forget_Q_A_Prob")."""
+    muse = _muse_sweep(tmp_path / "muse")
+    out = tmp_path / "report"
+    assert (
+        report_main([str(sweep), str(muse), "--out", str(out), "--no-plots", "--select-on", "validation"])
+        == 0
+    )
+    records = {
+        (r["table"].split(" /")[0], r["method"]): r for r in json.loads((out / "selection.json").read_text())
+    }
+    tofu, muse_msa = records["synthetic_tofu", "msa"], records["muse_news", "msa"]
+    assert tofu["criterion"]["forget_metric"] == "forget_Q_A_Prob" and tofu["chosen"] == {"method.alpha": 1.0}
+    assert muse_msa["criterion"]["forget_metric"] == "muse_mia_min_k"
+    assert muse_msa["criterion"]["utility_metric"] == "retain_knowmem_ROUGE"
+    assert muse_msa["chosen"] == {"method.alpha": 1.0} and muse_msa["reached"]
+    markdown = (out / "report.md").read_text()
+    assert "Criterion: per benchmark, below." in markdown
+    assert "whose forget_Q_A_Prob is" in markdown and "whose muse_mia_min_k is" in markdown
+    header = (out / "selection.csv").read_text().splitlines()[0]
+    assert "validation:forget_Q_A_Prob" in header and "validation:muse_mia_min_k" in header
+
+
+def test_a_metric_one_benchmark_of_the_report_lacks_is_refused_naming_its_table(sweep, tmp_path, capsys):
+    muse = _muse_sweep(tmp_path / "muse")
+    out = tmp_path / "report"
+    argv = [str(sweep), str(muse), "--out", str(out), "--no-plots", "--select-on", "validation"]
+    assert report_main([*argv, "--select-metric", "forget_Q_A_Prob"]) == 2
+    error = capsys.readouterr().err
+    assert "no validation run of muse_news" in error and "'forget_Q_A_Prob'" in error
+    assert "leave both unset" in error
+    assert not out.exists()
 
 
 def test_a_chosen_point_without_a_test_run_names_the_run_to_make(tmp_path):
@@ -372,7 +411,10 @@ def test_an_unknown_selection_metric_is_refused_naming_it(sweep, tmp_path, capsy
         "forget_prob",
     ]
     assert report_main(argv) == 2
-    assert "no validation run has the metric 'forget_prob'" in capsys.readouterr().err
+    assert (
+        "no validation run of synthetic_tofu / forget10, model tiny_llama has the metric 'forget_prob'"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_each_point_is_compared_with_the_oracles_of_its_own_seeds(tmp_path):

@@ -201,7 +201,10 @@ class MuseBenchmark(Benchmark):
             [item["text"] for item in self._eval_sets.get(PRIVLEAK_HOLDOUT, [])],
         )
         taught, kept = validation.split_retain_qa(
-            self._eval_sets.get(KNOWMEM_RETAIN, []), [item["text"] for item in self._retain], start
+            self._eval_sets.get(KNOWMEM_RETAIN, []),
+            [item["text"] for item in self._retain],
+            start,
+            [item["text"] for item in self._forget],
         )
         eval_sets = dict(self._eval_sets)
         eval_sets[VERBMEM_FORGET] = validation.verbmem_items(texts, self._eval_sets.get(VERBMEM_FORGET, []))
@@ -226,7 +229,8 @@ class MuseBenchmark(Benchmark):
                 "validation forget set is evaluated (it is a privleak member), so none can be relearnt without "
                 "being read; run the attack on the test forget set (benchmark.forget_set=test) or on retain data"
             )
-        count = relearned_count(len(self._forget), fraction)
+        # A fraction of the forget set being unlearned: on validation, of the block.
+        count = relearned_count(len(self.forget_items()), fraction)
         ignored = self._boilerplate
         eval_sets = self._validation.eval_sets if self.validating else self._eval_sets
         evaluated = content_shingles(evaluated_passages(eval_sets), ignored)

@@ -12,12 +12,15 @@ texts:
   the median prompt and continuation of the test verbmem set (a text too short for both is left out);
 - privleak members: the block texts (the non-members stay MUSE's holdout texts);
 - knowmem: the retain QA whose answers the block teaches, found as the forget QA are found for sequential requests
-  (msa_bench/data/muse_attribution.py: the texts that hold the answer and match the question). A retain question
-  the block and another retain text both teach is in neither knowmem set; the retain knowmem set keeps the rest.
+  (msa_bench/data/muse_attribution.py: the texts that hold the answer and match the question), among the retain
+  and forget corpora. A question the block and another text (a retain text or a forget article) both teach is in
+  neither knowmem set: the validation oracle learnt the other text, so unlearning the block cannot remove it. The
+  retain knowmem set keeps the questions the block does not teach.
 
 The block is smaller than MUSE's forget corpus wherever the retain corpus is (cpu/muse_news: 50 of 100 retain texts
-against 888 forget articles), so an epoch on it is fewer optimizer steps than an epoch on the test forget set: the
-README of results/validation says how that bears on the baselines' epochs.
+against 888 forget articles), so an epoch on it is fewer optimizer steps than an epoch on the test forget set:
+docs/validation_protocol.md ("What does not carry over from TOFU") says how that bears on the baselines' training
+length.
 """
 
 from __future__ import annotations
@@ -78,15 +81,21 @@ def verbmem_items(block: Sequence[str], test_verbmem: Sequence[Mapping]) -> list
 
 
 def split_retain_qa(
-    retain_qa: Sequence[Mapping], retain_texts: Sequence[str], block_start: int
+    retain_qa: Sequence[Mapping],
+    retain_texts: Sequence[str],
+    block_start: int,
+    forget_texts: Sequence[str] = (),
 ) -> tuple[list[dict], list[dict]]:
     """The retain QA the block alone teaches (the validation knowmem set) and those it does not teach at all (the
-    retain knowmem set), by the texts of the retain corpus each question's answer comes from."""
-    matcher = QuestionMatcher(retain_texts)
+    retain knowmem set), by the texts each question's answer comes from, among the retain corpus and the forget
+    corpus: a question a forget article also teaches stays known to the validation oracle, which trained on the
+    forget corpus, so it is no validation forget question."""
+    matcher = QuestionMatcher([*retain_texts, *forget_texts])
+    block = range(block_start, len(retain_texts))
     taught, kept = [], []
     for item in retain_qa:
         sources = matcher.sources(item["question"], item["answer"])
-        in_block = {position >= block_start for position in sources}
+        in_block = {position in block for position in sources}
         if in_block == {True}:
             taught.append(dict(item))
         elif True not in in_block:

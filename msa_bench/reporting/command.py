@@ -84,15 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--select-metric",
         metavar="METRIC",
-        help="the forget metric that must match the validation oracle's (default: the first of "
-        f"{', '.join(DEFAULT_FORGET_METRICS)} the validation runs have: TOFU's, then MUSE's; name one for a report "
-        "that mixes benchmarks)",
+        help="the forget metric that must match the validation oracle's (default, per benchmark: the first of "
+        f"{', '.join(DEFAULT_FORGET_METRICS)} its validation runs have, TOFU's then MUSE's; a metric named here "
+        "applies to every benchmark of the report)",
     )
     parser.add_argument(
         "--select-utility",
         metavar="METRIC",
-        help="the utility maximised among the points that match (default: the first of "
-        f"{', '.join(DEFAULT_UTILITY_METRICS)} the validation runs have)",
+        help="the utility maximised among the points that match (default, per benchmark: the first of "
+        f"{', '.join(DEFAULT_UTILITY_METRICS)} its validation runs have)",
     )
     parser.add_argument(
         "--select-tolerance",

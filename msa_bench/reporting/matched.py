@@ -267,7 +267,7 @@ def matched_forgetting(
                 for strength in labelled_curves(curve.method, curve.runs, strength_key)
             ]
         else:
-            result = MatchedResult(curve.label, "-", metric, target_value, [], reached=False)
+            result = MatchedResult(curve.label, "-", metric, target_value, [], reached=False, scale=scale)
             result.note = "no swept hyperparameter (pass --sweep-param when several vary)"
             results.append(result)
     return results

@@ -69,7 +69,6 @@ class Report:
     sources: list[str]
     unreadable: list[UnreadableInput] = field(default_factory=list)  # inputs that could not be read, with why
     selections: list[Selection] = field(default_factory=list)  # --select-on validation
-    criterion: Criterion | None = None
 
     def all_tables(self) -> list[Table]:
         tables = []
@@ -145,7 +144,6 @@ def build_report(
             section.plots = make_plots(section, plot_dir, options.sweep_param)
         sections.append(section)
     selections = []
-    criterion = options.selection.resolved(runs) if options.select_on else None
     if options.select_on == "validation":
         families = dict.fromkeys(run.table_key[0] for run in runs)
         test_columns = [
@@ -154,7 +152,7 @@ def build_report(
             for column in T.FAMILY_COLUMNS.get(family, ())
             if any(column in run.metrics for run in runs)
         ]
-        selections = select_on_validation(runs, criterion, list(dict.fromkeys(test_columns)))
+        selections = select_on_validation(runs, options.selection, list(dict.fromkeys(test_columns)))
     # Plots have read the per_item.json files they needed by now, so the list is complete.
     return Report(
         runs=runs,
@@ -162,7 +160,6 @@ def build_report(
         sources=[str(s) for s in sources],
         unreadable=collected.unreadable,
         selections=selections,
-        criterion=criterion,
     )
 
 
@@ -240,7 +237,7 @@ def to_markdown(report: Report, relative_to: Path | None = None) -> str:
             "",
         ]
     if report.selections:
-        lines.append(selection_output.to_markdown(report.selections, report.criterion))
+        lines.append(selection_output.to_markdown(report.selections))
     for section in report.sections:
         lines.append(T.to_markdown(section.table))
         if section.relative:
@@ -396,13 +393,11 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
             written.append(path)
     if report.selections:
         path = out_dir / "selection.json"
-        path.write_text(
-            json.dumps(selection_output.to_records(report.selections, report.criterion), indent=2) + "\n"
-        )
+        path.write_text(json.dumps(selection_output.to_records(report.selections), indent=2) + "\n")
         written.append(path)
         if "csv" in formats:
             path = out_dir / "selection.csv"
-            path.write_text(selection_output.to_csv(report.selections, report.criterion))
+            path.write_text(selection_output.to_csv(report.selections))
             written.append(path)
     records = all_matched_records(report)
     if records:

@@ -39,7 +39,7 @@ from msa_bench.errors import ReportError
 from msa_bench.reporting.collect import ROW_EXCLUDED, Run, comparable_config, group_rows
 from msa_bench.reporting.tables import Cell, format_cell, format_number, metric_label
 
-# The default criterion's metrics: the first of each that the validation runs computed. TOFU's forget answer
+# The default criterion's metrics: the first of each that a table's validation runs computed. TOFU's forget answer
 # probability and model utility; MUSE's min-k% membership AUC (the forget metric that separates target and oracle at
 # CPU scale, results/cpu_reproduction) and retain KnowMem.
 DEFAULT_FORGET_METRICS = ("forget_Q_A_Prob", "muse_mia_min_k")
@@ -68,7 +68,8 @@ class Criterion:
 
     def resolved(self, runs: Sequence[Run]) -> Criterion:
         """The criterion with its unset metrics chosen from the defaults, by what the validation runs computed (the
-        first default when none has any: the error then names it)."""
+        first default when none has any: the error then names it). `select_on_validation` resolves it per table, so
+        a report of TOFU and MUSE runs reads each benchmark by its own defaults."""
         held = {name for run in runs if run.is_validation for name in run.metrics}
 
         def first(choices: tuple[str, ...]) -> str:
@@ -126,6 +127,7 @@ class Selection:
     test: dict[str, Cell] = field(default_factory=dict)  # the test runs at the chosen configuration
     test_n: int = 0
     note: str = ""
+    criterion: Criterion | None = None  # the table's criterion, its metrics resolved (`Criterion.resolved`)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -163,8 +165,8 @@ def _plain_key(run: Run) -> tuple[str, str, str, str]:
 def select_on_validation(
     runs: Sequence[Run], criterion: Criterion, test_columns: Sequence[str] = ()
 ) -> list[Selection]:
-    """Every method's chosen point per benchmark (see the module docstring), with the test metrics there; the
-    criterion's metrics must be set (`Criterion.resolved`)."""
+    """Every method's chosen point per benchmark (see the module docstring), with the test metrics there. The
+    criterion's unset metrics are resolved per table, from that table's validation runs."""
     validation_runs = [run for run in runs if run.is_validation]
     if not validation_runs:
         raise ReportError(
@@ -180,18 +182,20 @@ def select_on_validation(
     by_table: dict[tuple, list[Run]] = {}
     for run in validation_runs:
         by_table.setdefault(_plain_key(run), []).append(run)
-    for metric in (criterion.forget_metric, criterion.utility_metric):
-        if not any(_number(run.metrics.get(metric)) for run in validation_runs):
-            raise ReportError(
-                f"--select-on validation: no validation run has the metric {metric!r} (--select-metric / "
-                "--select-utility); choose one the runs computed, e.g. forget_Q_A_Prob and model_utility on TOFU, "
-                "muse_mia_min_k and retain_knowmem_ROUGE on MUSE"
-            )
     selections = []
     for key, table_runs in by_table.items():
         _, benchmark, split, model = key
         title = f"{benchmark} / {split}, model {model}"
-        oracle = _oracle_value(table_runs, criterion.forget_metric)
+        table_criterion = criterion.resolved(table_runs)
+        for metric in (table_criterion.forget_metric, table_criterion.utility_metric):
+            if not any(_number(run.metrics.get(metric)) for run in table_runs):
+                raise ReportError(
+                    f"--select-on validation: no validation run of {title} has the metric {metric!r} "
+                    "(--select-metric / --select-utility); choose one the runs computed, e.g. forget_Q_A_Prob and "
+                    "model_utility on TOFU, muse_mia_min_k and retain_knowmem_ROUGE on MUSE, or leave both unset "
+                    "so that each benchmark is read by its own defaults"
+                )
+        oracle = _oracle_value(table_runs, table_criterion.forget_metric)
         by_method: dict[str, list] = {}
         for group in group_rows(table_runs):
             if group.method not in REFERENCE_METHODS:
@@ -199,7 +203,13 @@ def select_on_validation(
         for method, groups in by_method.items():
             selections.append(
                 _select(
-                    title, method, groups, oracle, criterion, tests_by_identity.get(key, {}), test_columns
+                    title,
+                    method,
+                    groups,
+                    oracle,
+                    table_criterion,
+                    tests_by_identity.get(key, {}),
+                    test_columns,
                 )
             )
     return selections
@@ -240,7 +250,17 @@ def _select(title, method, groups, table_oracle, criterion, tests, test_columns)
                 "pass --select-distance relative for a metric that can be 0 or negative"
             )
         return Selection(
-            title, method, settings[id(group)], group.label, len(groups), False, None, {}, oracle, note=note
+            title,
+            method,
+            settings[id(group)],
+            group.label,
+            len(groups),
+            False,
+            None,
+            {},
+            oracle,
+            note=note,
+            criterion=criterion,
         )
     reaching = [entry for entry in measurable if entry[3] <= criterion.threshold]
     if reaching:
@@ -266,6 +286,7 @@ def _select(title, method, groups, table_oracle, criterion, tests, test_columns)
         {criterion.forget_metric: forget, criterion.utility_metric: utility},
         oracle,
         note=note,
+        criterion=criterion,
     )
     matching = tests.get(_pairing_identity(group.runs[0]), [])
     columns = list(dict.fromkeys([criterion.forget_metric, criterion.utility_metric, *test_columns]))
@@ -279,25 +300,35 @@ def _select(title, method, groups, table_oracle, criterion, tests, test_columns)
     return selection
 
 
-def to_markdown(selections: Sequence[Selection], criterion: Criterion) -> str:
+def _criteria(selections: Sequence[Selection]) -> list[Criterion]:
+    """The distinct criteria of the selections' tables, in order (one unless benchmarks with other defaults mix)."""
+    return list(dict.fromkeys(s.criterion for s in selections if s.criterion is not None))
+
+
+def to_markdown(selections: Sequence[Selection]) -> str:
     if not selections:
         return ""
-    forget, utility = criterion.forget_metric, criterion.utility_metric
     test_columns = list(dict.fromkeys(c for s in selections for c in s.test))
+    criteria = _criteria(selections)
+    stated_once = len(criteria) == 1
     lines = [
         "## Selection on validation",
         "",
-        f"Criterion: {criterion.text()}. Values: mean ± std over seeds (n). The matched-forgetting comparison "
-        "interpolates on the test forget set itself (selection on test).",
+        (f"Criterion: {criteria[0].text()}. " if stated_once else "Criterion: per benchmark, below. ")
+        + "Values: mean ± std over seeds (n). The matched-forgetting comparison interpolates on the test forget "
+        "set itself (selection on test).",
         "",
     ]
     for title in dict.fromkeys(s.table for s in selections):
         rows = [s for s in selections if s.table == title]
+        criterion = rows[0].criterion
+        forget, utility = criterion.forget_metric, criterion.utility_metric
         oracle = rows[0].validation_oracle
         lines += [
             f"### {title}: chosen on the validation forget set (its oracle's {metric_label(forget)}: "
             f"{format_number(oracle)})",
             "",
+            *([] if stated_once else [f"Criterion: {criterion.text()}.", ""]),
             "| method | chosen | points | val. "
             + metric_label(forget)
             + " | val. "
@@ -325,17 +356,17 @@ def to_markdown(selections: Sequence[Selection], criterion: Criterion) -> str:
     return "\n".join(lines)
 
 
-def to_records(selections: Sequence[Selection], criterion: Criterion) -> list[dict]:
-    """selection.json: one record per method and benchmark, with the criterion."""
+def to_records(selections: Sequence[Selection]) -> list[dict]:
+    """selection.json: one record per method and benchmark, with its table's criterion."""
     return [
         {
             "table": s.table,
             "method": s.method,
             "criterion": {
-                "forget_metric": criterion.forget_metric,
-                "utility_metric": criterion.utility_metric,
-                "tolerance": criterion.tolerance,
-                "distance": criterion.distance,
+                "forget_metric": s.criterion.forget_metric,
+                "utility_metric": s.criterion.utility_metric,
+                "tolerance": s.criterion.tolerance,
+                "distance": s.criterion.distance,
             },
             "chosen": s.chosen,
             "label": s.label,
@@ -352,23 +383,26 @@ def to_records(selections: Sequence[Selection], criterion: Criterion) -> list[di
     ]
 
 
-def to_csv(selections: Sequence[Selection], criterion: Criterion) -> str:
+def to_csv(selections: Sequence[Selection]) -> str:
+    """selection.csv: one row per method and benchmark; a validation column per criterion metric of any table (a
+    table's row is empty under another table's metrics)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     test_columns = list(dict.fromkeys(c for s in selections for c in s.test))
+    criteria = _criteria(selections)
+    validation_columns = list(dict.fromkeys(m for c in criteria for m in (c.forget_metric, c.utility_metric)))
+    distances = "/".join(dict.fromkeys(c.distance for c in criteria))
     writer.writerow(
-        ["table", "method", "chosen", "reached", f"distance ({criterion.distance})", "validation_oracle"]
-        + [f"validation:{m}" for m in (criterion.forget_metric, criterion.utility_metric)]
+        ["table", "method", "chosen", "reached", f"distance ({distances})", "validation_oracle"]
+        + [f"validation:{m}" for m in validation_columns]
         + [f"test:{c}" for c in test_columns]
         + ["test_n", "note"]
     )
     for s in selections:
+        own = (s.criterion.forget_metric, s.criterion.utility_metric)
         writer.writerow(
             [s.table, s.method, json.dumps(s.chosen, default=str), s.reached, s.distance, s.validation_oracle]
-            + [
-                s.validation[m].mean if m in s.validation else ""
-                for m in (criterion.forget_metric, criterion.utility_metric)
-            ]
+            + [s.validation[m].mean if m in own and m in s.validation else "" for m in validation_columns]
             + [s.test[c].mean if c in s.test and s.test[c].mean is not None else "" for c in test_columns]
             + [s.test_n, s.note]
         )
